@@ -1,0 +1,158 @@
+"""
+Domain errors.
+
+Each error carries the stable C{code} that the wire protocol puts in its
+C{ERR} frames and the HTTP API in its error bodies, so the mapping from a
+failure to what a client sees lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+
+class ProcessionError(Exception):
+    """
+    Base of every error a client may be told about.
+    """
+
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def as_dict(self) -> dict[str, object]:
+        """
+        The error as the JSON object both front ends send.
+        """
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        body.update(self.details)
+        return body
+
+
+class InvalidJob(ProcessionError):
+    """
+    A submitted job breaks the job schema; C{field} names the culprit.
+    """
+
+    code = "invalid_job"
+    http_status = 400
+
+
+class InvalidRequest(ProcessionError):
+    """
+    A request is well-framed but its content is wrong.
+    """
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class BadFrame(ProcessionError):
+    """
+    A protocol frame that cannot be parsed (bad UTF-8, bad JSON).
+    """
+
+    code = "bad_frame"
+    http_status = 400
+
+
+class UnknownVerb(ProcessionError):
+    """
+    A frame whose verb the protocol does not know.
+    """
+
+    code = "unknown_verb"
+    http_status = 400
+
+
+class FrameTooLarge(ProcessionError):
+    """
+    A frame or body over the configured limit.
+    """
+
+    code = "frame_too_large"
+    http_status = 413
+
+
+class JobTooLarge(ProcessionError):
+    """
+    A job whose encoded size is over C{--max-job-size}.
+    """
+
+    code = "job_too_large"
+    http_status = 413
+
+
+class NotAuthenticated(ProcessionError):
+    """
+    A request without valid credentials.
+    """
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class OutOfOrder(ProcessionError):
+    """
+    A verb sent before the state it needs (before HELLO, ACK before READY...).
+    """
+
+    code = "out_of_order"
+    http_status = 400
+
+
+class JobNotFound(ProcessionError):
+    """
+    No job has this id (or it has been removed by retention).
+    """
+
+    code = "not_found"
+    http_status = 404
+
+
+class NotHeld(ProcessionError):
+    """
+    A worker acks, fails or extends a job that this connection does not hold.
+    """
+
+    code = "not_held"
+    http_status = 409
+
+
+class LeaseLost(ProcessionError):
+    """
+    The lease on a job expired or was revoked and may belong to another
+    worker now; the late holder's ack, fail or extend is refused.
+    """
+
+    code = "lease_lost"
+    http_status = 409
+
+
+class IllegalState(ProcessionError):
+    """
+    The change asked for does not apply to the job's current state.
+    """
+
+    code = "illegal_state"
+    http_status = 409
+
+
+class StoreUnavailable(ProcessionError):
+    """
+    Redis did not answer in time; the request may be retried.
+    """
+
+    code = "store_unavailable"
+    http_status = 503
+
+
+class ShuttingDown(ProcessionError):
+    """
+    The server is stopping and takes no new work.
+    """
+
+    code = "shutting_down"
+    http_status = 503

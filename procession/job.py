@@ -1,0 +1,375 @@
+"""
+Jobs: what a client may submit, how it is checked, and how a job looks on
+the wire and in Redis.
+
+This module is pure: no I/O, no reactor.  Every conversion between a job's
+three forms (the JSON a client sends, the fields of its Redis hash, the
+JSON the server sends back) lives here, once each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from attrs import frozen
+
+from procession.errors import InvalidJob, JobTooLarge
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
+JOB_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 25
+DEFAULT_TIMEOUT = 300.0
+MAX_TIMEOUT = 7 * 86400.0
+MAX_ATTEMPTS_LIMIT = 1000
+PRIORITY_LIMIT = 1_000_000
+MAX_TYPE_LENGTH = 256
+
+STATES = (
+    "scheduled",
+    "queued",
+    "running",
+    "retrying",
+    "completed",
+    "dead",
+    "cancelled",
+)
+
+SUBMISSION_FIELDS = frozenset(
+    {
+        "id",
+        "type",
+        "args",
+        "queue",
+        "priority",
+        "run_at",
+        "delay",
+        "max_attempts",
+        "timeout",
+        "meta",
+    }
+)
+
+
+def new_job_id() -> str:
+    """
+    A fresh, unguessable job id (96 random bits, hex).
+    """
+    return os.urandom(12).hex()
+
+
+def format_time(ms: int | None) -> str | None:
+    """
+    Milliseconds since the epoch as an RFC 3339 UTC time, or L{None}.
+    """
+    if ms is None:
+        return None
+    when = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_time(text: str) -> int:
+    """
+    An RFC 3339 time as milliseconds since the epoch.
+
+    @raise ValueError: when C{text} is not an RFC 3339 time with an offset.
+    """
+    if not isinstance(text, str) or len(text) > 64:
+        raise ValueError("not a time")
+    when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError("a time needs a UTC offset or Z")
+    return int(when.timestamp() * 1000)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+@frozen
+class NewJob:
+    """
+    A validated submission, ready for the push script.
+
+    C{args} and C{meta} stay encoded: they are stored and sent back exactly
+    as the client wrote them, and never decoded again on the hot path.
+    """
+
+    id: str
+    type: str
+    queue: str
+    args: str
+    priority: int
+    max_attempts: int
+    timeout: float
+    meta: str
+    run_at: int
+    created_at: int
+
+    def script_args(self) -> list[str | int | float]:
+        """
+        The values the push script reads for this job, in its order.
+        """
+        return [
+            self.id,
+            self.type,
+            self.args,
+            self.priority,
+            self.max_attempts,
+            self.timeout,
+            self.meta,
+            self.run_at,
+        ]
+
+
+PUSH_ARITY = 8
+
+
+def parse_submission(
+    obj: object, now_ms: int, max_size: int, encoded_size: int | None = None
+) -> NewJob:
+    """
+    Check one submitted job and fill in its defaults.
+
+    @param obj: the decoded JSON the client sent.
+    @param now_ms: the current time, for C{delay}.
+    @param max_size: the most bytes a job may take (C{--max-job-size}).
+    @param encoded_size: the size of the job's JSON as received, when the
+        caller knows it; otherwise it is measured here.
+    @raise InvalidJob: naming the field at fault.
+    @raise JobTooLarge: when the job is over C{max_size}.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidJob("a job must be a JSON object", field=None)
+    unknown = sorted(set(obj) - SUBMISSION_FIELDS)
+    if unknown:
+        raise InvalidJob(f"unknown field {unknown[0]!r}", field=unknown[0])
+
+    job_type = obj.get("type")
+    if not isinstance(job_type, str) or not job_type:
+        raise InvalidJob("type must be a non-empty string", field="type")
+    if len(job_type) > MAX_TYPE_LENGTH:
+        raise InvalidJob(
+            f"type must be at most {MAX_TYPE_LENGTH} characters", field="type"
+        )
+
+    job_id = obj.get("id")
+    if job_id is None:
+        job_id = new_job_id()
+    elif not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise InvalidJob(
+            "id must be 1 to 128 printable ASCII characters without spaces",
+            field="id",
+        )
+
+    queue = obj.get("queue", DEFAULT_QUEUE)
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise InvalidJob(
+            "queue must match [A-Za-z0-9_.:-]{1,128}", field="queue"
+        )
+
+    priority = obj.get("priority", 0)
+    if not _is_int(priority) or abs(priority) > PRIORITY_LIMIT:
+        raise InvalidJob(
+            f"priority must be an integer between -{PRIORITY_LIMIT} and "
+            f"{PRIORITY_LIMIT}",
+            field="priority",
+        )
+
+    max_attempts = obj.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
+    if not _is_int(max_attempts) or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidJob(
+            f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}",
+            field="max_attempts",
+        )
+
+    timeout = obj.get("timeout", DEFAULT_TIMEOUT)
+    if not _is_number(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidJob(
+            f"timeout must be a number of seconds above 0 and at most "
+            f"{int(MAX_TIMEOUT)}",
+            field="timeout",
+        )
+
+    run_at = now_ms
+    if "run_at" in obj and "delay" in obj:
+        raise InvalidJob("give run_at or delay, not both", field="run_at")
+    if "run_at" in obj:
+        try:
+            run_at = parse_time(obj["run_at"])
+        except (ValueError, OverflowError, OSError):
+            raise InvalidJob(
+                "run_at must be an RFC 3339 time such as "
+                "2026-01-02T03:04:05Z",
+                field="run_at",
+            )
+    elif "delay" in obj:
+        delay = obj["delay"]
+        if not _is_number(delay) or not 0 <= delay <= 10 * 365 * 86400:
+            raise InvalidJob(
+                "delay must be a number of seconds, 0 or more", field="delay"
+            )
+        run_at = now_ms + int(delay * 1000)
+
+    meta = obj.get("meta", None)
+    if meta is not None and not isinstance(meta, dict):
+        raise InvalidJob("meta must be a JSON object", field="meta")
+
+    args = obj.get("args", [])
+    try:
+        args_text = _compact(args)
+        meta_text = "" if meta is None else _compact(meta)
+    except (ValueError, RecursionError):
+        raise InvalidJob("args and meta must be plain JSON", field="args")
+
+    size = encoded_size
+    if size is None:
+        size = len(args_text) + len(meta_text) + len(job_type) + 256
+    if size > max_size:
+        raise JobTooLarge(
+            f"the job is {size} bytes, over the limit of {max_size}",
+            limit=max_size,
+        )
+
+    return NewJob(
+        id=job_id,
+        type=job_type,
+        queue=queue,
+        args=args_text,
+        priority=priority,
+        max_attempts=max_attempts,
+        timeout=float(timeout),
+        meta=meta_text,
+        run_at=run_at,
+        created_at=now_ms,
+    )
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+# The fields of a job's Redis hash that the server sends to a worker, in the
+# order the claim script returns them.
+CLAIM_FIELDS = (
+    "id",
+    "type",
+    "queue",
+    "args",
+    "priority",
+    "attempt",
+    "max_attempts",
+    "timeout",
+    "meta",
+    "created_at",
+    "enqueued_at",
+)
+
+
+@frozen
+class ClaimedJob:
+    """
+    A job just leased to a worker, with the lease's token.
+    """
+
+    id: str
+    queue: str
+    lease: str
+    attempt: int
+    payload: str
+
+    @classmethod
+    def from_claim(cls, values: list[str], lease: str) -> "ClaimedJob":
+        """
+        Build from one job's row of the claim script's reply, and encode the
+        JSON sent to the worker once, here.
+        """
+        (jid, jtype, queue, args, priority, attempt, max_attempts,
+         timeout, meta, created_at, enqueued_at) = values
+        attempt_n = int(attempt)
+        parts = [
+            '{"id":', json.dumps(jid),
+            ',"type":', json.dumps(jtype, ensure_ascii=False),
+            ',"queue":', json.dumps(queue),
+            ',"args":', args,
+            ',"priority":', str(int(priority)),
+            ',"attempt":', str(attempt_n),
+            ',"max_attempts":', str(int(max_attempts)),
+            ',"timeout":', _number(timeout),
+            ',"created_at":', json.dumps(format_time(int(created_at))),
+            ',"enqueued_at":', json.dumps(format_time(int(enqueued_at or 0))),
+            ',"lease":', json.dumps(lease),
+        ]
+        if meta:
+            parts += [',"meta":', meta]
+        parts.append("}")
+        return cls(jid, queue, lease, attempt_n, "".join(parts))
+
+
+def _number(text: str) -> str:
+    value = float(text)
+    if value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+INT_FIELDS = ("priority", "attempt", "max_attempts")
+TIME_FIELDS = (
+    "created_at",
+    "enqueued_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def job_from_hash(fields: dict[str, str], errors: list[str]) -> dict[str, Any]:
+    """
+    Everything about a stored job as the JSON object the APIs return.
+
+    @param fields: the job's Redis hash.
+    @param errors: its error history, newest first, each a JSON text.
+    """
+    job: dict[str, Any] = {
+        "id": fields["id"],
+        "type": fields["type"],
+        "queue": fields["queue"],
+        "state": fields["state"],
+        "args": json.loads(fields["args"]),
+    }
+    for name in INT_FIELDS:
+        job[name] = int(fields.get(name) or 0)
+    job["timeout"] = float(fields["timeout"])
+    for name in TIME_FIELDS:
+        value = fields.get(name)
+        job[name] = format_time(int(value)) if value else None
+    job["worker"] = fields.get("worker") or None
+    job["meta"] = json.loads(fields["meta"]) if fields.get("meta") else None
+    result = fields.get("result")
+    job["result"] = json.loads(result) if result else None
+    job["errors"] = [json.loads(e) for e in errors]
+    return job
+
+
+def backoff_jitter() -> int:
+    """
+    The random part of the retry delay, 0 to 30, drawn here because Redis
+    seeds Lua's generator the same way for every script call.
+    """
+    return os.urandom(1)[0] % 31

@@ -1,0 +1,31 @@
+-- ack.lua: complete jobs whose leases the caller holds.
+--
+-- KEYS[1]  the queue's key prefix
+-- ARGV[1]  now (ms)
+-- then 3 values per job: id, lease token, result (JSON text, '' for none)
+--
+-- Returns per job 'ok', 'not_found' or 'lease_lost'.  A refused ack
+-- changes nothing.
+local now = tonumber(ARGV[1])
+local replies = {}
+local done = 0
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i]
+  local problem = check_lease(id, ARGV[i + 1])
+  if problem then
+    replies[#replies + 1] = problem
+  else
+    local key = jobkey(id)
+    redis.call('HSET', key, 'state', 'completed', 'finished_at', now,
+      'result', ARGV[i + 2])
+    redis.call('HDEL', key, 'lease')
+    redis.call('ZREM', prefix .. 'running', id)
+    redis.call('ZADD', prefix .. 'done', now, id)
+    done = done + 1
+    replies[#replies + 1] = 'ok'
+  end
+end
+if done > 0 then
+  count('processed', now, done)
+end
+return replies

@@ -1,0 +1,31 @@
+-- claim.lua: lease up to N queued jobs of one queue, best first.
+--
+-- KEYS[1]  the queue's key prefix
+-- ARGV[1]  now (ms)
+-- then 2 values per wanted job: the worker's name, the new lease token
+--
+-- Returns one row per job leased (fewer than asked when the queue ran
+-- out, none while it is paused): the fields listed in
+-- procession.job.CLAIM_FIELDS.  Row i belongs to the i-th worker/lease
+-- pair.  Each claim counts as an attempt.
+local now = tonumber(ARGV[1])
+local wanted = (#ARGV - 1) / 2
+if wanted < 1 or redis.call('EXISTS', prefix .. 'paused') == 1 then
+  return {}
+end
+local popped = redis.call('ZPOPMIN', prefix .. 'queued', wanted)
+local rows = {}
+for i = 1, #popped, 2 do
+  local id = string.sub(popped[i], 17)
+  local key = jobkey(id)
+  local slot = 2 + 2 * #rows
+  redis.call('HINCRBY', key, 'attempt', 1)
+  redis.call('HSET', key, 'state', 'running', 'started_at', now,
+    'worker', ARGV[slot], 'lease', ARGV[slot + 1])
+  local row = redis.call('HMGET', key, 'id', 'type', 'queue', 'args',
+    'priority', 'attempt', 'max_attempts', 'timeout', 'meta', 'created_at',
+    'enqueued_at')
+  redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(row[8]) * 1000), id)
+  rows[#rows + 1] = row
+end
+return rows

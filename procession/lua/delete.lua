@@ -1,0 +1,15 @@
+-- delete.lua: remove a job, whatever its state, with its error history.
+--
+-- KEYS[1]  the queue's key prefix
+-- ARGV[1]  the job's id
+--
+-- A running job's worker will find its lease lost.  Returns the former
+-- state or 'not_found'.
+local id = ARGV[1]
+local state = redis.call('HGET', jobkey(id), 'state')
+if not state then
+  return 'not_found'
+end
+unlist(id, state)
+redis.call('DEL', jobkey(id), prefix .. 'errors:' .. id)
+return state

@@ -1,0 +1,744 @@
+"""
+The job store: every read and write of procession's state in Redis.
+
+Each change of a job's state is one Lua script from C{procession/lua/}
+(run by EVALSHA, sent again in full when Redis answers NOSCRIPT), so no
+crash of the server or of Redis can leave a job half-moved between two
+commands.  Nothing outside this module talks to Redis.
+
+Every key of a queue carries the queue's hash tag (C{ns:{queue}:...}) and
+every script touches one queue only, so the scripts stay valid on a
+sharded Redis.  The only keys outside a queue are the set of known queues
+and the pub/sub channel that wakes the servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.resources import files
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import parse_qs, unquote, urlparse
+
+from attrs import frozen
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from procession.errors import (
+    IllegalState,
+    InvalidRequest,
+    JobNotFound,
+    LeaseLost,
+    StoreUnavailable,
+)
+from procession.job import (
+    PUSH_ARITY,
+    STATES,
+    ClaimedJob,
+    NewJob,
+    backoff_jitter,
+    job_from_hash,
+)
+
+log = Logger()
+
+SCRIPT_NAMES = (
+    "push",
+    "claim",
+    "ack",
+    "fail",
+    "extend",
+    "release",
+    "sweep",
+    "cancel",
+    "retry",
+    "kill",
+    "delete",
+    "purge",
+    "pause",
+)
+
+PURGEABLE = ("queued", "scheduled", "retrying", "dead")
+
+# The zsets that hold each state's jobs (completed and cancelled share one).
+STATE_SETS = {
+    "queued": "queued",
+    "scheduled": "scheduled",
+    "retrying": "retrying",
+    "running": "running",
+    "dead": "dead",
+    "completed": "done",
+    "cancelled": "done",
+}
+
+
+@frozen
+class Script:
+    """
+    One Lua script: its full text (with the shared helpers) and its SHA1.
+    """
+
+    name: str
+    text: str
+    sha: str
+
+
+def load_scripts() -> dict[str, Script]:
+    """
+    Read the Lua scripts shipped with the package.
+    """
+    folder = files("procession").joinpath("lua")
+    common = folder.joinpath("common.lua").read_text("utf-8")
+    scripts = {}
+    for name in SCRIPT_NAMES:
+        text = common + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")
+        sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
+        scripts[name] = Script(name, text, sha)
+    return scripts
+
+
+@frozen
+class RedisAddress:
+    """
+    Where Redis is, parsed from a C{redis://}, C{rediss://} or C{unix://} URL.
+    """
+
+    host: str | None = None
+    port: int = 6379
+    path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> "RedisAddress":
+        """
+        Parse C{redis://[user:password@]host[:port][/db]},
+        C{rediss://...} (TLS) or C{unix:///path/to/socket[?db=N]}.
+
+        @raise ValueError: with a message fit for the command line.
+        """
+        parsed = urlparse(url)
+        user = unquote(parsed.username) if parsed.username else None
+        password = unquote(parsed.password) if parsed.password else None
+        if parsed.scheme == "unix":
+            if not parsed.path:
+                raise ValueError("a unix:// Redis URL needs a socket path")
+            db = parse_qs(parsed.query).get("db", ["0"])[0]
+            return cls(
+                path=parsed.path, db=_db(db), username=user, password=password
+            )
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ValueError(
+                "the Redis URL must start with redis://, rediss:// or unix://"
+            )
+        if not parsed.hostname:
+            raise ValueError("the Redis URL needs a host")
+        return cls(
+            host=parsed.hostname,
+            port=parsed.port or 6379,
+            db=_db(parsed.path.strip("/") or "0"),
+            username=user,
+            password=password,
+            tls=parsed.scheme == "rediss",
+        )
+
+    def describe(self) -> str:
+        """
+        The address for logs: never the password.
+        """
+        if self.path:
+            return f"unix:{self.path} db {self.db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.host}:{self.port}/{self.db}"
+
+
+def _db(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError("the Redis database must be a number")
+    return int(text)
+
+
+def connect(address: RedisAddress, poolsize: int = 4) -> Any:
+    """
+    A lazy txredisapi connection pool: it returns at once and connects (and
+    reconnects) in the background.
+    """
+    import txredisapi
+
+    common = dict(
+        dbid=address.db,
+        poolsize=poolsize,
+        reconnect=True,
+        password=address.password,
+        convertNumbers=False,
+    )
+    if address.username:
+        common["username"] = address.username
+    if address.path:
+        return txredisapi.lazyUnixConnectionPool(address.path, **common)
+    return txredisapi.lazyConnectionPool(
+        address.host,
+        address.port,
+        ssl_context_factory=address.tls,
+        connectTimeout=5,
+        **common,
+    )
+
+
+class WakeListener:
+    """
+    A pub/sub subscription to the wake channel: calls C{on_wake(queue)} for
+    every push (on any server) that queued work, and C{on_connect()} after
+    every (re)connection, when messages may have been missed.
+    """
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        channel: str,
+        on_wake: Callable[[str], None],
+        on_connect: Callable[[], None],
+    ) -> None:
+        self._address = address
+        self._channel = channel
+        self._on_wake = on_wake
+        self._on_connect = on_connect
+        self._factory: Any = None
+
+    def start(self) -> None:
+        """
+        Connect and subscribe; keep reconnecting until L{stop}.
+        """
+        import txredisapi
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            UNIXClientEndpoint,
+            wrapClientTLS,
+        )
+
+        listener = self
+
+        class Subscriber(txredisapi.SubscriberProtocol):
+            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+                listener._on_wake(message)
+
+        class Factory(txredisapi.SubscriberFactory):
+            protocol = Subscriber
+
+            def addConnection(self, conn: Any) -> None:
+                super().addConnection(conn)
+                if conn.connected:
+                    conn.subscribe(listener._channel).addCallback(
+                        lambda _: listener._on_connect()
+                    ).addErrback(lambda f: log.failure("subscribing", f))
+
+        address = self._address
+        factory = Factory(isLazy=True)
+        factory.dbid = None
+        factory.password = address.password
+        factory.username = address.username
+        factory.convertNumbers = False
+        if address.path:
+            endpoint = UNIXClientEndpoint(reactor, address.path, timeout=5)
+        else:
+            endpoint = HostnameEndpoint(
+                reactor, address.host, address.port, timeout=5
+            )
+            if address.tls:
+                from twisted.internet.ssl import optionsForClientTLS
+
+                endpoint = wrapClientTLS(
+                    optionsForClientTLS(address.host), endpoint
+                )
+        factory.startConnecting(endpoint)
+        self._factory = factory
+
+    def stop(self) -> defer.Deferred[None]:
+        """
+        Unsubscribe and close the connection.
+        """
+        if self._factory is None:
+            return defer.succeed(None)
+        factory, self._factory = self._factory, None
+        return defer.maybeDeferred(factory.disconnect).addErrback(lambda _: None)
+
+
+class Store:
+    """
+    procession's state in Redis, as Deferred-returning operations.
+
+    @param redis: a txredisapi connection (pool) handler.
+    @param clock: gives the time written into jobs (C{seconds()}).
+    @param reactor: runs the timeouts.
+    @param namespace: the prefix of every key, so several deployments may
+        share one Redis database.
+    @param timeout: seconds to wait for Redis before a request fails with
+        L{StoreUnavailable}.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        clock: IReactorTime,
+        reactor: IReactorTime,
+        namespace: str = "procession",
+        timeout: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.reactor = reactor
+        self.namespace = namespace
+        self.timeout = timeout
+        self.channel = f"{namespace}:wake"
+        self.queues_key = f"{namespace}:queues"
+        self.scripts = load_scripts()
+        self._known_queues: set[str] = set()
+
+    # -- plumbing
+
+    def now_ms(self) -> int:
+        """
+        The current time in milliseconds, as written into jobs.
+        """
+        return int(self.clock.seconds() * 1000)
+
+    def prefix(self, queue: str) -> str:
+        """
+        The key prefix of a queue, hash tag included.
+        """
+        return f"{self.namespace}:{{{queue}}}:"
+
+    def _guard(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        import txredisapi
+
+        def unavailable(failure: Any) -> Any:
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                raise StoreUnavailable(
+                    f"Redis did not answer within {self.timeout:g} s"
+                )
+            if failure.check(txredisapi.ConnectionError):
+                raise StoreUnavailable(
+                    f"Redis is unreachable: {failure.getErrorMessage()}"
+                )
+            return failure
+
+        d.addTimeout(self.timeout, self.reactor)
+        return d.addErrback(unavailable)
+
+    def command(self, *args: Any) -> defer.Deferred[Any]:
+        """
+        Run one plain Redis command (reads only: state changes are scripts).
+        """
+        return self._guard(
+            defer.maybeDeferred(self.redis.execute_command, *args)
+        )
+
+    def run(
+        self, name: str, queue: str, args: Sequence[Any]
+    ) -> defer.Deferred[Any]:
+        """
+        Run one script on one queue's keys.
+        """
+        import txredisapi
+
+        script = self.scripts[name]
+        keys = [self.prefix(queue)]
+
+        def noscript(failure: Any) -> Any:
+            failure.trap(txredisapi.ScriptDoesNotExist)
+            log.info("Loading script {name} into Redis", name=name)
+            return self.redis.execute_command(
+                "EVAL", script.text, 1, *keys, *args
+            )
+
+        d = defer.maybeDeferred(
+            self.redis.execute_command, "EVALSHA", script.sha, 1, *keys, *args
+        )
+        d.addErrback(self._noscript_to_error)
+        d.addErrback(noscript)
+        return self._guard(d)
+
+    @staticmethod
+    def _noscript_to_error(failure: Any) -> Any:
+        import txredisapi
+
+        if failure.check(txredisapi.ResponseError) and str(
+            failure.value
+        ).startswith("NOSCRIPT"):
+            raise txredisapi.ScriptDoesNotExist(str(failure.value))
+        return failure
+
+    def ping(self) -> defer.Deferred[Any]:
+        """
+        Check that Redis answers.
+        """
+        return self.command("PING")
+
+    # -- queues
+
+    def _register(self, queues: Iterable[str]) -> defer.Deferred[None]:
+        new = set(queues) - self._known_queues
+        if not new:
+            return defer.succeed(None)
+
+        def registered(_: Any) -> None:
+            self._known_queues.update(new)
+
+        return self.command("SADD", self.queues_key, *sorted(new)).addCallback(
+            registered
+        )
+
+    def known_queues(self) -> defer.Deferred[list[str]]:
+        """
+        The names of every queue that ever had a job, sorted.
+        """
+
+        def got(names: list[str]) -> list[str]:
+            self._known_queues.update(names)
+            return sorted(names)
+
+        return self.command("SMEMBERS", self.queues_key).addCallback(got)
+
+    # -- the worker's side
+
+    def push(self, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool]]:
+        """
+        Store new jobs; a job whose id exists already is left untouched.
+
+        Jobs of one queue are pushed by one script call, atomically.
+
+        @return: for each job, whether it was created.
+        """
+        by_queue: dict[str, list[int]] = {}
+        for index, job in enumerate(jobs):
+            by_queue.setdefault(job.queue, []).append(index)
+
+        async def push() -> list[bool]:
+            await self._register(by_queue)
+            created = [False] * len(jobs)
+            now = self.now_ms()
+            calls = []
+            for queue, indexes in by_queue.items():
+                args: list[Any] = [now, self.channel, queue]
+                for i in indexes:
+                    args.extend(jobs[i].script_args())
+                calls.append((indexes, self.run("push", queue, args)))
+            for indexes, call in calls:
+                flags = await call
+                for i, flag in zip(indexes, flags):
+                    created[i] = bool(int(flag))
+            return created
+
+        return defer.Deferred.fromCoroutine(push())
+
+    def claim(
+        self, queue: str, slots: Sequence[tuple[str, str]]
+    ) -> defer.Deferred[list[ClaimedJob]]:
+        """
+        Lease up to C{len(slots)} jobs from a queue.
+
+        @param slots: per wanted job, the worker's name and the new lease.
+        @return: the jobs leased, the i-th under the i-th slot's lease.
+        """
+        args: list[Any] = [self.now_ms()]
+        for worker, lease in slots:
+            args.append(worker)
+            args.append(lease)
+
+        def built(rows: list[list[str]]) -> list[ClaimedJob]:
+            return [
+                ClaimedJob.from_claim(row, slots[i][1])
+                for i, row in enumerate(rows)
+            ]
+
+        return self.run("claim", queue, args).addCallback(built)
+
+    def ack(
+        self, queue: str, items: Sequence[tuple[str, str, str]]
+    ) -> defer.Deferred[list[str]]:
+        """
+        Complete jobs: C{items} are (id, lease, result JSON text or '').
+
+        @return: per job C{'ok'}, C{'not_found'} or C{'lease_lost'}.
+        """
+        args: list[Any] = [self.now_ms()]
+        for item in items:
+            args.extend(item)
+        return self.run("ack", queue, args)
+
+    def fail(
+        self,
+        queue: str,
+        items: Sequence[tuple[str, str, str, float | None, bool]],
+    ) -> defer.Deferred[list[tuple[str, int]]]:
+        """
+        Record failed attempts: C{items} are (id, lease, error JSON text,
+        retry_in seconds or None for the default backoff, retry).
+
+        @return: per job (C{'retrying'}, run_at ms) or (C{'dead'}, 0) or an
+            error code with 0.
+        """
+        args: list[Any] = [self.now_ms()]
+        for job_id, lease, error, retry_in, retry in items:
+            if not retry:
+                wait: float = -2
+            elif retry_in is None:
+                wait = -1
+            else:
+                wait = retry_in
+            args.extend([job_id, lease, error, wait, backoff_jitter()])
+        return self.run("fail", queue, args).addCallback(
+            lambda rows: [(status, int(at)) for status, at in rows]
+        )
+
+    def extend(
+        self, queue: str, items: Sequence[tuple[str, str, float]]
+    ) -> defer.Deferred[list[tuple[str, int]]]:
+        """
+        Extend leases: C{items} are (id, lease, seconds from now).
+
+        @return: per job (C{'ok'}, new expiry ms) or (error code, 0).
+        """
+        args: list[Any] = [self.now_ms()]
+        for item in items:
+            args.extend(item)
+        return self.run("extend", queue, args).addCallback(
+            lambda rows: [(status, int(at)) for status, at in rows]
+        )
+
+    def release(
+        self,
+        queue: str,
+        items: Sequence[tuple[str, str]],
+        reason: str,
+        delivered: bool = True,
+    ) -> defer.Deferred[list[str]]:
+        """
+        Give leased jobs back to their queue at once.
+
+        @param items: (id, lease) pairs.
+        @param reason: why, recorded as the attempt's error.
+        @param delivered: L{False} for jobs that never reached a worker:
+            their attempt is not counted.
+        """
+        error = json.dumps(
+            {"type": "WorkerLost", "message": reason, "at": self.now_ms()}
+        )
+        args: list[Any] = [
+            self.now_ms(),
+            self.channel,
+            queue,
+            error,
+            "0" if delivered else "1",
+        ]
+        for item in items:
+            args.extend(item)
+        return self.run("release", queue, args)
+
+    # -- upkeep
+
+    def sweep(
+        self,
+        queue: str,
+        limit: int,
+        keep_completed: float,
+        keep_dead: float,
+        max_dead: int,
+    ) -> defer.Deferred[tuple[int, int, int]]:
+        """
+        Promote due jobs, take back expired leases and apply retention on
+        one queue.
+
+        @return: (promoted, reclaimed, removed).
+        """
+        now = self.now_ms()
+        error = json.dumps(
+            {
+                "type": "LeaseExpired",
+                "message": "the worker held the job past its lease",
+                "at": now,
+            }
+        )
+        args = [
+            now,
+            self.channel,
+            queue,
+            limit,
+            int(keep_completed * 1000),
+            int(keep_dead * 1000),
+            max_dead,
+            error,
+        ]
+        return self.run("sweep", queue, args).addCallback(
+            lambda r: tuple(int(n) for n in r)
+        )
+
+    # -- management
+
+    def _checked(self, outcome: str, job_id: str) -> str:
+        if outcome == "not_found":
+            raise JobNotFound(f"no job {job_id!r}", id=job_id)
+        if outcome == "illegal_state":
+            raise IllegalState(
+                f"job {job_id!r} is not in a state that allows this", id=job_id
+            )
+        if outcome == "lease_lost":
+            raise LeaseLost(f"the lease on job {job_id!r} is lost", id=job_id)
+        return outcome
+
+    def cancel(self, queue: str, job_id: str) -> defer.Deferred[str]:
+        """
+        Cancel a job that has not finished; returns its former state.
+        """
+        return self.run("cancel", queue, [self.now_ms(), job_id]).addCallback(
+            self._checked, job_id
+        )
+
+    def retry_now(self, queue: str, job_id: str) -> defer.Deferred[str]:
+        """
+        Queue a scheduled, retrying or dead job now; returns its former state.
+        """
+        return self.run(
+            "retry", queue, [self.now_ms(), self.channel, queue, job_id]
+        ).addCallback(self._checked, job_id)
+
+    def kill(self, queue: str, job_id: str) -> defer.Deferred[str]:
+        """
+        Send a job that has not finished to dead; returns its former state.
+        """
+        return self.run("kill", queue, [self.now_ms(), job_id]).addCallback(
+            self._checked, job_id
+        )
+
+    def delete(self, queue: str, job_id: str) -> defer.Deferred[str]:
+        """
+        Remove a job entirely; returns its former state.
+        """
+        return self.run("delete", queue, [job_id]).addCallback(
+            self._checked, job_id
+        )
+
+    async def purge(self, queue: str, state: str, batch: int = 1000) -> int:
+        """
+        Delete every job of one state from a queue, a batch per script call.
+
+        @return: how many were deleted.
+        """
+        if state not in PURGEABLE:
+            raise InvalidRequest(
+                f"state must be one of {', '.join(PURGEABLE)}", field="state"
+            )
+        total = 0
+        while True:
+            n = int(await self.run("purge", queue, [state, batch]))
+            total += n
+            if n < batch:
+                return total
+
+    def set_paused(self, queue: str, paused: bool) -> defer.Deferred[bool]:
+        """
+        Pause or resume a queue; returns whether that changed anything.
+        """
+        action = "pause" if paused else "resume"
+
+        async def go() -> bool:
+            await self._register([queue])
+            changed = await self.run(
+                "pause", queue, [action, self.channel, queue]
+            )
+            return bool(int(changed))
+
+        return defer.Deferred.fromCoroutine(go())
+
+    # -- reads
+
+    async def get_job(self, queue: str, job_id: str) -> dict[str, Any]:
+        """
+        Everything about one job of a known queue.
+
+        @raise JobNotFound: when there is no such job.
+        """
+        prefix = self.prefix(queue)
+        fields, errors = await defer.gatherResults(
+            [
+                self.command("HGETALL", prefix + "job:" + job_id),
+                self.command("LRANGE", prefix + "errors:" + job_id, 0, -1),
+            ],
+            consumeErrors=True,
+        ).addErrback(lambda f: f.value.subFailure)
+        if not fields:
+            raise JobNotFound(f"no job {job_id!r}", id=job_id)
+        return job_from_hash(_as_dict(fields), errors)
+
+    async def find_job(self, job_id: str) -> dict[str, Any]:
+        """
+        Everything about a job, looked up by id alone in every queue.
+
+        @raise JobNotFound: when no queue has it.
+        """
+        for queue in await self.known_queues():
+            exists = await self.command(
+                "EXISTS", self.prefix(queue) + "job:" + job_id
+            )
+            if int(exists):
+                return await self.get_job(queue, job_id)
+        raise JobNotFound(f"no job {job_id!r}", id=job_id)
+
+    async def queue_sizes(self, queue: str) -> dict[str, Any]:
+        """
+        How many jobs a queue holds in each state, whether it is paused and
+        its processed/failed totals.
+        """
+        prefix = self.prefix(queue)
+        names = ("queued", "scheduled", "retrying", "running", "dead", "done")
+        replies = await defer.gatherResults(
+            [self.command("ZCARD", prefix + n) for n in names]
+            + [
+                self.command("EXISTS", prefix + "paused"),
+                self.command("HGETALL", prefix + "stats"),
+            ],
+            consumeErrors=True,
+        ).addErrback(lambda f: f.value.subFailure)
+        sizes = {n: int(v) for n, v in zip(names, replies)}
+        stats = _as_dict(replies[-1])
+        return {
+            "name": queue,
+            "sizes": {s: sizes[s] for s in names if s != "done"},
+            "paused": bool(int(replies[-2])),
+            "pushed": int(stats.get("pushed", 0)),
+            "processed": int(stats.get("processed", 0)),
+            "failed": int(stats.get("failed", 0)),
+        }
+
+    async def state_members(self, queue: str, state: str) -> list[str]:
+        """
+        The ids of every job of a queue in one state (for tests and small
+        listings; the HTTP API pages).
+        """
+        if state not in STATES:
+            raise InvalidRequest(f"unknown state {state!r}", field="state")
+        members = await self.command(
+            "ZRANGE", self.prefix(queue) + STATE_SETS[state], 0, -1
+        )
+        if state == "queued":
+            return [m[16:] for m in members]
+        if STATE_SETS[state] == "done":
+            states = []
+            for m in members:
+                s = await self.command(
+                    "HGET", self.prefix(queue) + "job:" + m, "state"
+                )
+                if s == state:
+                    states.append(m)
+            return states
+        return list(members)
+
+
+def _as_dict(reply: Any) -> dict[str, str]:
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2]))

@@ -1,0 +1,170 @@
+"""
+Tests for L{procession.store}: the Lua scripts against a real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial.unittest import TestCase
+
+from procession.errors import IllegalState, JobNotFound
+from tests.support import FakeClock, connected_store, new_job
+
+
+class StoreTests(TestCase):
+    async def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.store = await connected_store(self, self.clock)
+
+    def job(self, **fields):
+        return new_job(self.store.now_ms(), **fields)
+
+    async def test_push_is_idempotent_on_id(self) -> None:
+        created = await self.store.push([self.job(id="a", args=[1])])
+        self.assertEqual(created, [True])
+        again = await self.store.push([self.job(id="a", args=[2])])
+        self.assertEqual(again, [False])
+        job = await self.store.get_job("default", "a")
+        self.assertEqual(job["args"], [1])
+        sizes = await self.store.queue_sizes("default")
+        self.assertEqual(sizes["sizes"]["queued"], 1)
+        self.assertEqual(sizes["pushed"], 1)
+
+    async def test_claim_orders_by_priority_then_fifo(self) -> None:
+        await self.store.push(
+            [
+                self.job(id="low1", priority=-1),
+                self.job(id="mid1"),
+                self.job(id="high", priority=5),
+                self.job(id="mid2"),
+                self.job(id="low2", priority=-1),
+            ]
+        )
+        claimed = await self.store.claim(
+            "default", [("w", f"l{i}") for i in range(10)]
+        )
+        self.assertEqual(
+            [j.id for j in claimed], ["high", "mid1", "mid2", "low1", "low2"]
+        )
+        self.assertEqual([j.lease for j in claimed], [f"l{i}" for i in range(5)])
+        payload = json.loads(claimed[0].payload)
+        self.assertEqual(payload["attempt"], 1)
+        self.assertEqual(payload["type"], "test")
+
+    async def test_ack_needs_the_lease(self) -> None:
+        await self.store.push([self.job(id="a")])
+        [job] = await self.store.claim("default", [("w", "lease-1")])
+        self.assertEqual(
+            await self.store.ack("default", [("a", "other", "")]), ["lease_lost"]
+        )
+        self.assertEqual(
+            await self.store.ack("default", [("a", "lease-1", '{"x":1}')]), ["ok"]
+        )
+        self.assertEqual(
+            await self.store.ack("default", [("a", "lease-1", "")]), ["lease_lost"]
+        )
+        self.assertEqual(
+            await self.store.ack("default", [("zz", "lease-1", "")]), ["not_found"]
+        )
+        stored = await self.store.get_job("default", "a")
+        self.assertEqual(stored["state"], "completed")
+        self.assertEqual(stored["result"], {"x": 1})
+
+    async def test_fail_backs_off_then_dies(self) -> None:
+        await self.store.push([self.job(id="a", max_attempts=2)])
+        await self.store.claim("default", [("w", "l1")])
+        [(status, run_at)] = await self.store.fail(
+            "default", [("a", "l1", '{"type":"E","message":"m"}', None, True)]
+        )
+        self.assertEqual(status, "retrying")
+        now = self.store.now_ms()
+        # attempt 1: 1 + 15 + jitter * 2, jitter 0..30
+        self.assertTrue(now + 16_000 <= run_at <= now + 76_000, run_at - now)
+        self.clock.advance(100)
+        self.assertEqual(
+            await self.store.sweep("default", 100, 3600, 86400, 100), (1, 0, 0)
+        )
+        await self.store.claim("default", [("w", "l2")])
+        [(status, _)] = await self.store.fail(
+            "default", [("a", "l2", '{"type":"E","message":"m2"}', None, True)]
+        )
+        self.assertEqual(status, "dead")
+        job = await self.store.get_job("default", "a")
+        self.assertEqual(job["state"], "dead")
+        self.assertEqual([e["message"] for e in job["errors"]], ["m2", "m"])
+
+    async def test_expired_lease_is_reclaimed(self) -> None:
+        await self.store.push([self.job(id="a", timeout=10)])
+        await self.store.claim("default", [("w", "l1")])
+        self.clock.advance(5)
+        self.assertEqual(
+            (await self.store.extend("default", [("a", "l1", 20)]))[0][0], "ok"
+        )
+        self.clock.advance(15)
+        self.assertEqual(
+            await self.store.sweep("default", 100, 3600, 86400, 100), (0, 0, 0)
+        )
+        self.clock.advance(6)
+        self.assertEqual(
+            await self.store.sweep("default", 100, 3600, 86400, 100), (0, 1, 0)
+        )
+        self.assertEqual(
+            await self.store.ack("default", [("a", "l1", "")]), ["lease_lost"]
+        )
+        [again] = await self.store.claim("default", [("w2", "l2")])
+        self.assertEqual(again.attempt, 2)
+
+    async def test_release_uncounted(self) -> None:
+        await self.store.push([self.job(id="a", max_attempts=1)])
+        await self.store.claim("default", [("w", "l1")])
+        self.assertEqual(
+            await self.store.release("default", [("a", "l1")], "gone", delivered=False),
+            ["queued"],
+        )
+        [job] = await self.store.claim("default", [("w", "l2")])
+        self.assertEqual(job.attempt, 1)
+        self.assertEqual(
+            await self.store.release("default", [("a", "l2")], "gone"), ["dead"]
+        )
+
+    async def test_scheduled_job_waits(self) -> None:
+        await self.store.push([self.job(id="a", delay=60)])
+        self.assertEqual(await self.store.claim("default", [("w", "l")]), [])
+        self.clock.advance(61)
+        await self.store.sweep("default", 100, 3600, 86400, 100)
+        self.assertEqual(len(await self.store.claim("default", [("w", "l")])), 1)
+
+    async def test_pause(self) -> None:
+        await self.store.push([self.job(id="a")])
+        self.assertTrue(await self.store.set_paused("default", True))
+        self.assertEqual(await self.store.claim("default", [("w", "l")]), [])
+        self.assertTrue(await self.store.set_paused("default", False))
+        self.assertEqual(len(await self.store.claim("default", [("w", "l")])), 1)
+
+    async def test_cancel_running_refuses_ack(self) -> None:
+        await self.store.push([self.job(id="a")])
+        await self.store.claim("default", [("w", "l")])
+        self.assertEqual(await self.store.cancel("default", "a"), "running")
+        self.assertEqual(await self.store.ack("default", [("a", "l", "")]), ["lease_lost"])
+        with self.assertRaises(IllegalState):
+            await self.store.cancel("default", "a")
+        with self.assertRaises(JobNotFound):
+            await self.store.cancel("default", "nope")
+
+    async def test_retention(self) -> None:
+        await self.store.push([self.job(id="a"), self.job(id="b")])
+        await self.store.claim("default", [("w", "l1"), ("w", "l2")])
+        await self.store.ack("default", [("a", "l1", ""), ("b", "l2", "")])
+        self.clock.advance(3601)
+        self.assertEqual(
+            await self.store.sweep("default", 100, 3600, 86400, 100), (0, 0, 2)
+        )
+        with self.assertRaises(JobNotFound):
+            await self.store.get_job("default", "a")
+
+    async def test_purge(self) -> None:
+        await self.store.push([self.job(id=str(i)) for i in range(25)])
+        self.assertEqual(await self.store.purge("default", "queued", batch=10), 25)
+        sizes = await self.store.queue_sizes("default")
+        self.assertEqual(sizes["sizes"]["queued"], 0)
