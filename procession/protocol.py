@@ -19,6 +19,7 @@ from typing import Any, Callable
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from procession import __version__
 from procession.dispatch import Dispatcher
@@ -118,7 +119,7 @@ class WorkerProtocol(protocol.Protocol):
             "auth": bool(self.factory.token),
             "max_frame": self.factory.max_frame,
         }
-        self._write_frame("HI", json.dumps(hi))
+        self._write_frame("HI", json.dumps(hi, separators=(",", ":")))
         self._handshake_timer = self.factory.clock.callLater(
             self.factory.handshake_timeout, self._handshake_expired
         )
@@ -540,7 +541,8 @@ def _ok(value: Any) -> tuple[str, str | None]:
 
 
 def _err(error: Any) -> tuple[str, str]:
-    if not isinstance(error, BaseException):
+    # Check for a Failure first: recent Twisted makes Failure an exception.
+    if isinstance(error, Failure):
         if error.check(ProcessionError):
             error = error.value
         else:
