@@ -70,7 +70,7 @@ def format_time(ms: int | None) -> str | None:
     """
     if ms is None:
         return None
-    when = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    when = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -85,7 +85,10 @@ def parse_time(text: str) -> int:
     when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
     if when.tzinfo is None:
         raise ValueError("a time needs a UTC offset or Z")
-    return int(when.timestamp() * 1000)
+    # Exact integer arithmetic: timestamp() is a float and would round
+    # some milliseconds down.
+    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def _is_int(value: object) -> bool:

@@ -9,6 +9,7 @@ Protocol and queue logic live elsewhere; this module only assembles.
 from __future__ import annotations
 
 import ipaddress
+import re
 import os
 import sys
 from typing import Any
@@ -48,7 +49,7 @@ def is_local(description: str) -> bool:
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
     interface = None
-    for part in rest.split(":"):
+    for part in re.split(r"(?<!\\):", rest):
         if part.startswith("interface="):
             interface = part[len("interface="):].replace("\\", "")
     if interface is None:
