@@ -156,3 +156,39 @@ class ShuttingDown(ProcessionError):
 
     code = "shutting_down"
     http_status = 503
+
+
+class Forbidden(ProcessionError):
+    """
+    Valid credentials of the wrong kind (a worker token on an admin route).
+    """
+
+    code = "forbidden"
+    http_status = 403
+
+
+class MalformedJSON(ProcessionError):
+    """
+    A request body that is not valid JSON.
+    """
+
+    code = "malformed_json"
+    http_status = 400
+
+
+class RouteNotFound(ProcessionError):
+    """
+    No route has this path.
+    """
+
+    code = "no_route"
+    http_status = 404
+
+
+class MethodNotAllowed(ProcessionError):
+    """
+    The route exists but not with this method.
+    """
+
+    code = "method_not_allowed"
+    http_status = 405

@@ -1,44 +1,52 @@
 """
-The HTTP front end: a Klein app.
+The HTTP front end: one Klein app (L{procession.web.app}) serving the
+health probes here, the worker API and the management API.
 
-For now it serves the health and readiness probes; the HTTP API and the
-operator UI build on it.
+Routes speak only to the dispatcher (and through it the store).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-from klein import Klein
 
 from procession.dispatch import Dispatcher
 from procession.errors import ProcessionError
-
-
-def _json(request: Any, body: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body).encode("utf-8")
+from procession.web import app, json_response
 
 
 class HTTPServer:
     """
-    The Klein application of one procession server.
+    The HTTP server of one procession process.
+
+    @param dispatcher: the queue service.
+    @param worker_token: the token of worker routes (None: open).
+    @param admin_token: the token of management routes (None: open).
+    @param max_body: the largest request body, in bytes.
+    @param poll_timeout: the longest a long-poll waits, in seconds.
     """
 
-    app = Klein()
+    app = app
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        worker_token: str | None = None,
+        admin_token: str | None = None,
+        max_body: int = 1 << 20,
+        poll_timeout: float = 15.0,
+    ) -> None:
         self.dispatcher = dispatcher
+        self.worker_token = worker_token
+        self.admin_token = admin_token
+        self.max_body = max_body
+        self.poll_timeout = poll_timeout
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Any) -> bytes:
         """
         The process is alive and serving.
         """
-        return _json(request, {"status": "ok"})
+        return json_response(request, {"status": "ok"})
 
     @app.route("/readyz", methods=["GET"])
     async def readyz(self, request: Any) -> bytes:
@@ -46,11 +54,9 @@ class HTTPServer:
         Redis answers: this server can take work.
         """
         if not self.dispatcher.accepting:
-            return _json(request, {"status": "shutting_down"}, 503)
+            return json_response(request, {"status": "shutting_down"}, 503)
         try:
             await self.dispatcher.store.ping()
         except ProcessionError as e:
-            return _json(
-                request, {"status": "unavailable", "error": e.as_dict()}, 503
-            )
-        return _json(request, {"status": "ok"})
+            return json_response(request, {"status": "unavailable", "error": e.as_dict()}, 503)
+        return json_response(request, {"status": "ok"})

@@ -133,7 +133,28 @@ class Options(usage.Options):
             "The token workers must give in HELLO. Also PROCESSION_TOKEN. "
             "Prefer --token-file: a command line is visible to other users.",
         ],
-        ["token-file", None, None, "A file whose first line is the token."],
+        ["token-file", None, None, "A file whose first line is the worker token."],
+        [
+            "admin-token",
+            None,
+            None,
+            "The token of the HTTP management API and UI. Also "
+            "PROCESSION_ADMIN_TOKEN. It opens the worker routes too.",
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "A file whose first line is the admin token.",
+        ],
+        [
+            "poll-timeout",
+            None,
+            15.0,
+            "The longest an HTTP long-poll waits before it answers 204, in "
+            "seconds (at least 1).",
+            float,
+        ],
         [
             "shutdown-grace",
             None,
@@ -208,26 +229,24 @@ class Options(usage.Options):
         if not self["redis"]:
             self["redis"] = os.environ.get("PROCESSION_REDIS") or None
 
-        token = self["token"] or os.environ.get("PROCESSION_TOKEN") or None
-        if self["token-file"]:
-            try:
-                with open(self["token-file"], encoding="utf-8") as f:
-                    token = f.readline().strip()
-            except OSError as e:
-                raise usage.UsageError(f"cannot read --token-file: {e.strerror}")
-            if not token:
-                raise usage.UsageError("--token-file is empty")
-        self["token"] = token
+        if self["poll-timeout"] < 1:
+            raise usage.UsageError("--poll-timeout must be at least 1 second")
+        self["token"] = _token(self, "token", "PROCESSION_TOKEN")
+        self["admin-token"] = _token(self, "admin-token", "PROCESSION_ADMIN_TOKEN")
 
-        exposed = [
-            d for d in (self["tcp"], self["http"]) if not is_local(d)
-        ]
-        if exposed and not token and not self["insecure"]:
-            raise usage.UsageError(
-                f"{exposed[0]} is reachable beyond loopback and no token is "
-                "set: give --token-file (or PROCESSION_TOKEN), or --insecure "
-                "to run open anyway"
-            )
+        if not self["insecure"]:
+            if not is_local(self["tcp"]) and not self["token"]:
+                raise usage.UsageError(
+                    f"{self['tcp']} is reachable beyond loopback and no worker "
+                    "token is set: give --token-file (or PROCESSION_TOKEN), or "
+                    "--insecure to run open anyway"
+                )
+            if not is_local(self["http"]) and not self["admin-token"]:
+                raise usage.UsageError(
+                    f"{self['http']} is reachable beyond loopback and no admin "
+                    "token is set: give --admin-token-file (or "
+                    "PROCESSION_ADMIN_TOKEN), or --insecure to run open anyway"
+                )
 
         from procession.store import RedisAddress
 
@@ -245,6 +264,23 @@ class Options(usage.Options):
             except RedisServerNotFound as e:
                 raise usage.UsageError(str(e))
             self["redis-address"] = None
+
+
+def _token(options: Options, name: str, variable: str) -> str | None:
+    """
+    A token from --NAME-file, --NAME or the environment, in that order.
+    """
+    path = options[f"{name}-file"]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except OSError as e:
+            raise usage.UsageError(f"cannot read --{name}-file: {e.strerror}")
+        if not token:
+            raise usage.UsageError(f"--{name}-file is empty")
+        return token
+    return options[name] or os.environ.get(variable) or None
 
 
 class ProcessionService(service.MultiService):
@@ -362,7 +398,14 @@ class ProcessionService(service.MultiService):
         self.tcp_port = await serverFromString(
             self.reactor, options["tcp"]
         ).listen(self.worker_factory)
-        site = Site(HTTPServer(self.dispatcher).app.resource())
+        self.http_server = HTTPServer(
+            self.dispatcher,
+            worker_token=options["token"],
+            admin_token=options["admin-token"],
+            max_body=options["max-job-size"],
+            poll_timeout=options["poll-timeout"],
+        )
+        site = Site(self.http_server.app.resource())
         site.displayTracebacks = False
         self.http_port = await serverFromString(
             self.reactor, options["http"]
@@ -462,6 +505,11 @@ class ProcessionService(service.MultiService):
         if self.embedded is not None:
             await self.embedded.stopService()
         log.info("procession stopped")
+        # twist re-raises the signal that stopped the reactor once the
+        # reactor has returned, so even a clean SIGTERM shutdown would end
+        # "killed by SIGTERM".  A clean stop is a success: exit 0.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
 
 
 def _describe(port: Any) -> str:

@@ -1,0 +1,145 @@
+"""
+What every HTTP route shares: the one Klein app, JSON in and out, bearer
+token checks and the mapping of domain errors to HTTP statuses.
+
+Routes live in the classes that L{procession.http.HTTPServer} combines
+(the worker API, the management API); they register on L{app} here, and
+take C{self} as that server.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+
+from procession.errors import (
+    Forbidden,
+    FrameTooLarge,
+    MalformedJSON,
+    MethodNotAllowed,
+    NotAuthenticated,
+    ProcessionError,
+    RouteNotFound,
+)
+
+log = Logger()
+
+app = Klein()
+
+WORKER = "worker"
+ADMIN = "admin"
+
+
+def json_response(request: Any, body: Any, status: int = 200) -> bytes:
+    """
+    Encode C{body} as the response, with its status and content type.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def error_response(request: Any, error: ProcessionError) -> bytes:
+    """
+    An error as C{{"error": {"code": ..., "message": ...}}}.
+    """
+    return json_response(request, {"error": error.as_dict()}, error.http_status)
+
+
+def read_body(request: Any, limit: int) -> bytes:
+    """
+    The request's body, refused with 413 past C{limit} bytes.
+    """
+    length = request.getHeader(b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise FrameTooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
+    body = request.content.read(limit + 1)
+    if len(body) > limit:
+        raise FrameTooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
+    return body
+
+
+def read_json(request: Any, limit: int, default: Any = None) -> Any:
+    """
+    The request's body decoded as JSON; an empty body is C{default}.
+    """
+    body = read_body(request, limit)
+    if not body.strip():
+        return default
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedJSON("the body is not valid JSON")
+
+
+def bearer(request: Any) -> str | None:
+    """
+    The token of an C{Authorization: Bearer} header, if any.
+    """
+    header = request.getHeader(b"authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token.strip().decode("utf-8", "replace")
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def authorize(request: Any, kind: str, worker_token: str | None, admin_token: str | None) -> None:
+    """
+    Check the request's bearer token for a route of C{kind}.
+
+    The admin token opens every route; the worker token only worker routes.
+    A route whose kind has no token configured is open (loopback default).
+
+    @raise NotAuthenticated: no token, or an unknown one (401).
+    @raise Forbidden: a worker token on an admin route (403).
+    """
+    needed = admin_token if kind == ADMIN else (worker_token or admin_token)
+    if kind == WORKER and worker_token is None and admin_token is not None:
+        # Workers are open when only an admin token is set.
+        needed = None
+    if needed is None:
+        return
+    token = bearer(request)
+    if token is None:
+        raise NotAuthenticated("this route needs an Authorization: Bearer token")
+    if admin_token is not None and _same(token, admin_token):
+        return
+    if worker_token is not None and _same(token, worker_token):
+        if kind == WORKER:
+            return
+        raise Forbidden("this route needs the admin token")
+    raise NotAuthenticated("the token is not valid")
+
+
+@app.handle_errors(ProcessionError)
+def _domain_error(request: Any, failure: Any) -> bytes:
+    return error_response(request, failure.value)
+
+
+@app.handle_errors(WerkzeugNotFound)
+def _no_route(request: Any, failure: Any) -> bytes:
+    return error_response(request, RouteNotFound("no such route"))
+
+
+@app.handle_errors(WerkzeugMethodNotAllowed)
+def _bad_method(request: Any, failure: Any) -> bytes:
+    return error_response(request, MethodNotAllowed("method not allowed on this route"))
+
+
+@app.handle_errors(Exception)
+def _unexpected(request: Any, failure: Any) -> bytes:
+    log.failure("Unexpected error in {method} {path}", failure, method=request.method, path=request.path)
+    return error_response(request, ProcessionError("internal error"))
