@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,10 @@ FSYNC_POLICIES = ("always", "everysec", "no")
 # sun_path is 108 bytes on Linux (104 on the BSDs) including the NUL; stay
 # well below both.
 _MAX_SOCKET_PATH = 100
+
+
+# Run argv[1:] in a new session: setsid(), then exec (same pid).
+_NEW_SESSION = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
 
 
 class EmbeddedRedisError(Exception):
@@ -429,10 +434,14 @@ class EmbeddedRedis(Service):
                 socket_path=self._socket_path,
             )
             try:
+                # redis-server runs in a session of its own, so that a
+                # signal to our whole process group (Ctrl-C, systemd's
+                # control-group kill) does not stop it before we have
+                # given leased jobs back; we stop it ourselves, last.
                 self._process = self._reactor.spawnProcess(
                     _RedisProcessProtocol(self._on_output, self._on_process_ended),
-                    self.binary,
-                    args,
+                    sys.executable,
+                    [sys.executable, "-c", _NEW_SESSION, self.binary, *args[1:]],
                     env=None,
                     # redis-server inherits the lock: if this process dies
                     # without stopping it, nobody else can start a second
