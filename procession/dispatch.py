@@ -31,7 +31,8 @@ from procession.errors import (
     ProcessionError,
     ShuttingDown,
 )
-from procession.job import ClaimedJob, NewJob
+from procession.job import QUEUE_NAME, ClaimedJob, NewJob
+from procession.pollers import Pollers
 from procession.store import Store
 
 log = Logger()
@@ -59,11 +60,27 @@ class Consumer(Protocol):
         """
 
 
-def new_lease() -> str:
+def new_lease(queue: str) -> str:
     """
-    A fresh, unguessable lease token.
+    A fresh, unguessable lease token for a job of C{queue}:
+    C{<random>@<queue>}.
+
+    The queue rides along so that a client holding nothing but the job's id
+    and lease (an HTTP worker) names the queue its ack goes to; queue names
+    never contain C{@}, and the random part is URL-safe base64.
     """
-    return base64.urlsafe_b64encode(os.urandom(9)).decode("ascii")
+    return base64.urlsafe_b64encode(os.urandom(9)).decode("ascii") + "@" + queue
+
+
+def lease_queue(lease: str) -> str | None:
+    """
+    The queue a lease token from L{new_lease} was issued for, or L{None}
+    when C{lease} cannot be one.
+    """
+    token, at, queue = lease.rpartition("@")
+    if not at or not token or not QUEUE_NAME.match(queue):
+        return None
+    return queue
 
 
 @define
@@ -160,6 +177,7 @@ class Dispatcher:
         self._ack = Coalescer(reactor, store.ack)
         self._fail = Coalescer(reactor, store.fail)
         self._extend = Coalescer(reactor, store.extend)
+        self.pollers = Pollers(reactor)
 
     # -- life cycle
 
@@ -183,12 +201,13 @@ class Dispatcher:
     def quiet(self) -> None:
         """
         Stop handing out work: no claim starts after this.  Consumers are
-        told by their front ends.
+        told by their front ends, except open HTTP polls, which end now.
         """
         self.accepting = False
         if self._pump_call is not None and self._pump_call.active():
             self._pump_call.cancel()
         self._pump_call = None
+        self.pollers.quiet()
 
     def claims_settled(self) -> defer.Deferred[Any]:
         """
@@ -233,6 +252,20 @@ class Dispatcher:
         Every consumer of this process.
         """
         return list(self._consumers)
+
+    def recent_pollers(self) -> list[dict[str, Any]]:
+        """
+        The HTTP workers of this process: every one seen in the last minute,
+        waiting now or holding a job, sorted by name (see
+        L{procession.pollers.PollerRecord.as_dict} for the fields).
+        """
+        return self.pollers.recent()
+
+    def now_ms(self) -> int:
+        """
+        The current time in milliseconds, for front ends that check jobs.
+        """
+        return int(self.reactor.seconds() * 1000)
 
     def ready(self, consumer: Consumer) -> None:
         """
@@ -315,7 +348,7 @@ class Dispatcher:
                 if rooms[consumer] > 0 and len(slots) < MAX_CLAIM:
                     rooms[consumer] -= 1
                     slots.append(consumer)
-        leases = [(c.name, new_lease()) for c in slots]
+        leases = [(c.name, new_lease(name)) for c in slots]
         state.claiming = True
         state.dirty = False
         d = self.store.claim(name, leases)

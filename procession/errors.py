@@ -192,3 +192,21 @@ class MethodNotAllowed(ProcessionError):
 
     code = "method_not_allowed"
     http_status = 405
+
+
+class QueueNotFound(ProcessionError):
+    """
+    No queue has this name (it never held a job and was never paused).
+    """
+
+    code = "queue_not_found"
+    http_status = 404
+
+
+class WorkerNotFound(ProcessionError):
+    """
+    No worker connected to this server has this name.
+    """
+
+    code = "worker_not_found"
+    http_status = 404

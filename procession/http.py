@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from procession.api_admin import AdminRoutes
+from procession.api_worker import WorkerRoutes
 from procession.dispatch import Dispatcher
 from procession.errors import ProcessionError
 from procession.web import app, json_response
 
 
-class HTTPServer:
+class HTTPServer(WorkerRoutes, AdminRoutes):
     """
     The HTTP server of one procession process.
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from attrs import frozen
 
-from procession.errors import InvalidJob, JobTooLarge
+from procession.errors import InvalidJob, InvalidRequest, JobTooLarge, ProcessionError
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 JOB_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
@@ -30,6 +30,12 @@ MAX_TIMEOUT = 7 * 86400.0
 MAX_ATTEMPTS_LIMIT = 1000
 PRIORITY_LIMIT = 1_000_000
 MAX_TYPE_LENGTH = 256
+# The most jobs one batch push may hold.
+MAX_BATCH = 10_000
+WORKER_NAME_LIMIT = 128
+# The most queues one worker may take jobs from.
+MAX_QUEUES = 100
+MAX_RETRY_IN = 365 * 86400.0
 
 STATES = (
     "scheduled",
@@ -268,6 +274,163 @@ def _compact(value: Any) -> str:
     )
 
 
+def parse_batch(obj: object, now_ms: int, max_size: int) -> list[NewJob]:
+    """
+    Check a batch of submitted jobs: all or nothing.
+
+    @raise InvalidRequest: when C{obj} is not a non-empty list of at most
+        L{MAX_BATCH} items.
+    @raise InvalidJob: (or L{JobTooLarge}) for the first bad job, with its
+        C{index} among the details and in the message.
+    """
+    if not isinstance(obj, list) or not obj:
+        raise InvalidRequest("a batch is a non-empty JSON array of jobs")
+    if len(obj) > MAX_BATCH:
+        raise InvalidRequest(
+            f"a batch holds at most {MAX_BATCH} jobs", limit=MAX_BATCH
+        )
+    jobs = []
+    for index, item in enumerate(obj):
+        try:
+            jobs.append(parse_submission(item, now_ms, max_size))
+        except ProcessionError as e:
+            e.details["index"] = index
+            e.message = f"job {index}: {e.message}"
+            e.args = (e.message,)
+            raise
+    return jobs
+
+
+def parse_queues(obj: object) -> tuple[str, ...]:
+    """
+    Check the queues a worker takes jobs from, in its order of preference.
+
+    @raise InvalidRequest: unless C{obj} is a list of 1 to L{MAX_QUEUES}
+        distinct queue names.
+    """
+    if (
+        not isinstance(obj, list)
+        or not obj
+        or len(obj) > MAX_QUEUES
+        or not all(isinstance(q, str) and QUEUE_NAME.match(q) for q in obj)
+        or len(set(obj)) != len(obj)
+    ):
+        raise InvalidRequest(
+            f"queues must be a list of 1 to {MAX_QUEUES} distinct queue names",
+            field="queues",
+        )
+    return tuple(obj)
+
+
+def parse_worker_name(obj: object) -> str:
+    """
+    Check the name a worker gives itself.
+
+    @raise InvalidRequest: unless it is a string of 1 to 128 characters.
+    """
+    if not isinstance(obj, str) or not 0 < len(obj) <= WORKER_NAME_LIMIT:
+        raise InvalidRequest(
+            f"worker must be a name of 1 to {WORKER_NAME_LIMIT} characters",
+            field="worker",
+        )
+    return obj
+
+
+def encode_result(value: object) -> str:
+    """
+    A job's result as stored: its JSON text, or '' for none.
+    """
+    if value is None:
+        return ""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("result must be plain JSON", field="result")
+
+
+@frozen
+class FailureReport:
+    """
+    A worker's report of a failed attempt, checked.
+
+    @ivar error: the error record to keep with the job, as JSON text.
+    @ivar retry_in: seconds until the retry, or L{None} for the default
+        backoff.
+    @ivar retry: L{False} to send the job to dead at once.
+    """
+
+    error: str
+    retry_in: float | None
+    retry: bool
+
+
+def parse_failure(body: dict[str, Any], worker: str, now_ms: int) -> FailureReport:
+    """
+    Check the C{error}, C{retry_in} and C{retry} fields of a failure report
+    (the TCP C{FAIL} body, the HTTP C{/fail} body).
+
+    @param worker: the worker's name, recorded with the error.
+    @raise InvalidRequest: naming the field at fault.
+    """
+    error = body.get("error", {})
+    if error is None:
+        error = {}
+    if not isinstance(error, dict):
+        raise InvalidRequest("error must be an object", field="error")
+    retry_in = body.get("retry_in")
+    if retry_in is not None and (
+        not _is_number(retry_in) or not 0 <= retry_in <= MAX_RETRY_IN
+    ):
+        raise InvalidRequest(
+            "retry_in must be a number of seconds from 0 to "
+            f"{int(MAX_RETRY_IN)}",
+            field="retry_in",
+        )
+    retry = body.get("retry", True)
+    if not isinstance(retry, bool):
+        raise InvalidRequest("retry must be true or false", field="retry")
+    backtrace = error.get("backtrace", [])
+    record = {
+        "type": str(error.get("type", "Error"))[:256],
+        "message": str(error.get("message", ""))[:4096],
+        "backtrace": backtrace if isinstance(backtrace, list) else [],
+        "worker": worker,
+        "at": now_ms,
+    }
+    try:
+        text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("error must be plain JSON", field="error")
+    return FailureReport(text, retry_in, retry)
+
+
+def failure_reply(job_id: str, state: str, run_at_ms: int) -> dict[str, Any]:
+    """
+    What both front ends answer to a recorded failure.
+    """
+    reply: dict[str, Any] = {"id": job_id, "state": state}
+    if state == "retrying":
+        reply["run_at"] = format_time(run_at_ms)
+    return reply
+
+
+def parse_extend_seconds(body: dict[str, Any]) -> float:
+    """
+    Check the C{seconds} of a lease extension (TCP C{EXTEND}, HTTP
+    C{/extend}).
+
+    @raise InvalidRequest: unless it is a number above 0 and at most
+        L{MAX_TIMEOUT}.
+    """
+    seconds = body.get("seconds")
+    if not _is_number(seconds) or not 0 < seconds <= MAX_TIMEOUT:
+        raise InvalidRequest(
+            f"seconds must be a number above 0 and at most {int(MAX_TIMEOUT)}",
+            field="seconds",
+        )
+    return seconds
+
+
 # The fields of a job's Redis hash that the server sends to a worker, in the
 # order the claim script returns them.
 CLAIM_FIELDS = (
@@ -296,6 +459,7 @@ class ClaimedJob:
     lease: str
     attempt: int
     payload: str
+    timeout: float = DEFAULT_TIMEOUT
 
     @classmethod
     def from_claim(cls, values: list[str], lease: str) -> "ClaimedJob":
@@ -322,7 +486,7 @@ class ClaimedJob:
         if meta:
             parts += [',"meta":', meta]
         parts.append("}")
-        return cls(jid, queue, lease, attempt_n, "".join(parts))
+        return cls(jid, queue, lease, attempt_n, "".join(parts), float(timeout))
 
 
 def _number(text: str) -> str:

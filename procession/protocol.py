@@ -26,7 +26,6 @@ from procession.dispatch import Dispatcher
 from procession.errors import (
     BadFrame,
     FrameTooLarge,
-    InvalidJob,
     InvalidRequest,
     NotAuthenticated,
     NotHeld,
@@ -35,17 +34,26 @@ from procession.errors import (
     ShuttingDown,
     UnknownVerb,
 )
-from procession.job import ClaimedJob, parse_submission
+from procession.job import (
+    ClaimedJob,
+    encode_result,
+    failure_reply,
+    format_time,
+    parse_batch,
+    parse_extend_seconds,
+    parse_failure,
+    parse_queues,
+    parse_submission,
+    parse_worker_name,
+)
 
 log = Logger()
 
 PROTOCOL_VERSION = 1
 MAX_CREDIT = 10_000
-MAX_BATCH = 10_000
 # With this many replies pending, stop reading the connection until some
 # are written: a client that floods pipelined requests slows itself down.
 MAX_PENDING_REPLIES = 1_000
-WORKER_NAME_LIMIT = 128
 
 
 
@@ -277,11 +285,7 @@ class WorkerProtocol(protocol.Protocol):
         if self.hello:
             raise OutOfOrder("HELLO was sent already")
         body = _object(body, "HELLO")
-        worker = body.get("worker")
-        if not isinstance(worker, str) or not 0 < len(worker) <= WORKER_NAME_LIMIT:
-            raise InvalidRequest(
-                "worker must be a name of 1 to 128 characters", field="worker"
-            )
+        worker = parse_worker_name(body.get("worker"))
         if self.factory.token:
             token = body.get("token")
             if not isinstance(token, str) or not hmac.compare_digest(
@@ -329,42 +333,17 @@ class WorkerProtocol(protocol.Protocol):
     def do_PUSHB(self, body: Any, size: int) -> Any:
         if not self.dispatcher.accepting:
             raise ShuttingDown("the server is shutting down")
-        if not isinstance(body, list) or not body:
-            raise InvalidRequest("PUSHB takes a non-empty JSON array of jobs")
-        if len(body) > MAX_BATCH:
-            raise InvalidRequest(f"a batch holds at most {MAX_BATCH} jobs")
-        now = self.factory.now_ms()
-        jobs = []
-        for index, item in enumerate(body):
-            try:
-                jobs.append(
-                    parse_submission(item, now, self.factory.max_job_size)
-                )
-            except (InvalidJob, ProcessionError) as e:
-                e.details["index"] = index
-                e.message = f"job {index}: {e.message}"
-                raise
+        jobs = parse_batch(
+            body, self.factory.now_ms(), self.factory.max_job_size
+        )
         return defer.Deferred.fromCoroutine(self.dispatcher.push(jobs)).addCallback(
             lambda created: {"ids": [j.id for j in jobs], "created": created}
         )
 
     def do_READY(self, body: Any, size: int) -> Any:
         body = _object(body, "READY")
-        queues = body.get("queues", ["default"])
+        queues = parse_queues(body.get("queues", ["default"]))
         credit = body.get("credit", 1)
-        from procession.job import QUEUE_NAME
-
-        if (
-            not isinstance(queues, list)
-            or not queues
-            or len(queues) > 100
-            or not all(isinstance(q, str) and QUEUE_NAME.match(q) for q in queues)
-            or len(set(queues)) != len(queues)
-        ):
-            raise InvalidRequest(
-                "queues must be a list of 1 to 100 distinct queue names",
-                field="queues",
-            )
         if (
             not isinstance(credit, int)
             or isinstance(credit, bool)
@@ -377,10 +356,10 @@ class WorkerProtocol(protocol.Protocol):
         if self.quieted:
             raise ShuttingDown("this connection has been quieted")
         self.dispatcher.remove_consumer(self)
-        self.queues = tuple(queues)
+        self.queues = queues
         self.credit = credit
         self.dispatcher.add_consumer(self)
-        return {"queues": queues, "credit": credit}
+        return {"queues": list(queues), "credit": credit}
 
     def _take(self, body: Any, verb: str) -> tuple[dict[str, Any], str, Held]:
         body = _object(body, verb)
@@ -412,71 +391,28 @@ class WorkerProtocol(protocol.Protocol):
 
     def do_ACK(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "ACK")
-        result = ""
-        if body.get("result") is not None:
-            result = json.dumps(body["result"], separators=(",", ":"))
+        result = encode_result(body.get("result"))
         d = self.dispatcher.ack(held.queue, job_id, held.lease, result)
         return self._finish(job_id, held, d).addCallback(lambda _: {"id": job_id})
 
     def do_FAIL(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "FAIL")
-        error = body.get("error", {})
-        if not isinstance(error, dict):
-            raise InvalidRequest("error must be an object", field="error")
-        retry_in = body.get("retry_in")
-        if retry_in is not None and (
-            not isinstance(retry_in, (int, float))
-            or isinstance(retry_in, bool)
-            or not 0 <= retry_in <= 365 * 86400
-        ):
-            raise InvalidRequest(
-                "retry_in must be a number of seconds", field="retry_in"
-            )
-        retry = body.get("retry", True)
-        if not isinstance(retry, bool):
-            raise InvalidRequest("retry must be true or false", field="retry")
-        record = {
-            "type": str(error.get("type", "Error"))[:256],
-            "message": str(error.get("message", ""))[:4096],
-            "backtrace": error.get("backtrace", [])
-            if isinstance(error.get("backtrace", []), list)
-            else [],
-            "worker": self.name,
-            "at": self.factory.now_ms(),
-        }
+        report = parse_failure(body, self.name, self.factory.now_ms())
         d = self.dispatcher.fail(
             held.queue,
             job_id,
             held.lease,
-            json.dumps(record, separators=(",", ":")),
-            retry_in,
-            retry,
+            report.error,
+            report.retry_in,
+            report.retry,
         )
-
-        def answer(outcome: tuple[str, int]) -> dict[str, Any]:
-            from procession.job import format_time
-
-            state, run_at = outcome
-            reply: dict[str, Any] = {"id": job_id, "state": state}
-            if state == "retrying":
-                reply["run_at"] = format_time(run_at)
-            return reply
-
-        return self._finish(job_id, held, d).addCallback(answer)
+        return self._finish(job_id, held, d).addCallback(
+            lambda outcome: failure_reply(job_id, *outcome)
+        )
 
     def do_EXTEND(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "EXTEND")
-        seconds = body.get("seconds")
-        if (
-            not isinstance(seconds, (int, float))
-            or isinstance(seconds, bool)
-            or not 0 < seconds <= 7 * 86400
-        ):
-            raise InvalidRequest(
-                "seconds must be a number above 0", field="seconds"
-            )
-        from procession.job import format_time
-
+        seconds = parse_extend_seconds(body)
         return self.dispatcher.extend(held.queue, job_id, held.lease, seconds).addCallback(
             lambda expiry: {"id": job_id, "expires_at": format_time(expiry)}
         )

@@ -40,6 +40,8 @@ from procession.job import (
     backoff_jitter,
     job_from_hash,
 )
+from procession.listing import SCAN_BUDGET, QueuePage, merge
+from procession.stats import QueueSummary
 
 log = Logger()
 
@@ -57,9 +59,21 @@ SCRIPT_NAMES = (
     "delete",
     "purge",
     "pause",
+    "retry_bulk",
+    "kill_bulk",
+    "list",
+    "summary",
 )
 
 PURGEABLE = ("queued", "scheduled", "retrying", "dead")
+# The states a bulk retry or kill over a queue applies to.
+RETRYABLE = ("scheduled", "retrying", "dead")
+KILLABLE = ("queued", "scheduled", "retrying")
+
+# How far summary.lua looks for the oldest queued job: the first jobs of the
+# first priority levels (see the script).
+LATENCY_LEVELS = 64
+LATENCY_PER_LEVEL = 16
 
 # The zsets that hold each state's jobs (completed and cancelled share one).
 STATE_SETS = {
@@ -161,7 +175,7 @@ def _db(text: str) -> int:
     return int(text)
 
 
-def connect(address: RedisAddress, poolsize: int = 4) -> Any:
+def connect(address: RedisAddress, poolsize: int = 1) -> Any:
     """
     A lazy txredisapi connection pool: it returns at once and connects (and
     reconnects) in the background.
@@ -234,7 +248,14 @@ class WakeListener:
                 if conn.connected:
                     conn.subscribe(listener._channel).addCallback(
                         lambda _: listener._on_connect()
-                    ).addErrback(lambda f: log.failure("subscribing", f))
+                    ).addErrback(subscribe_failed)
+
+        def subscribe_failed(failure: Any) -> None:
+            # Stopping while a SUBSCRIBE is in flight loses it: not a fault.
+            # Otherwise the factory reconnects and subscribes again.
+            if listener._factory is None:
+                return
+            log.failure("subscribing", failure)
 
         address = self._address
         factory = Factory(isLazy=True)
@@ -639,6 +660,50 @@ class Store:
             if n < batch:
                 return total
 
+    async def _bulk(
+        self, name: str, queue: str, state: str, args: list[Any], batch: int
+    ) -> int:
+        # Bounded by the set's size at the start: jobs that come back to
+        # the state meanwhile (a retried job failing again at once) are not
+        # chased round and round.
+        size = int(await self.command("ZCARD", self.prefix(queue) + state))
+        total = 0
+        while total < size:
+            n = int(await self.run(name, queue, args + [min(batch, size - total)]))
+            total += n
+            if n == 0:
+                break
+        return total
+
+    async def retry_all(self, queue: str, state: str, batch: int = 1000) -> int:
+        """
+        Queue every job of a queue in one state (scheduled, retrying, dead)
+        now, a batch per script call.
+
+        @return: how many were queued.
+        """
+        if state not in RETRYABLE:
+            raise InvalidRequest(
+                f"state must be one of {', '.join(RETRYABLE)}", field="state"
+            )
+        args: list[Any] = [self.now_ms(), self.channel, queue, state]
+        return await self._bulk("retry_bulk", queue, state, args, batch)
+
+    async def kill_all(self, queue: str, state: str, batch: int = 1000) -> int:
+        """
+        Send every job of a queue in one state (queued, scheduled, retrying)
+        to dead, a batch per script call.
+
+        @return: how many were killed.
+        """
+        if state not in KILLABLE:
+            raise InvalidRequest(
+                f"state must be one of {', '.join(KILLABLE)}", field="state"
+            )
+        return await self._bulk(
+            "kill_bulk", queue, state, [self.now_ms(), state], batch
+        )
+
     def set_paused(self, queue: str, paused: bool) -> defer.Deferred[bool]:
         """
         Pause or resume a queue; returns whether that changed anything.
@@ -687,6 +752,91 @@ class Store:
             if int(exists):
                 return await self.get_job(queue, job_id)
         raise JobNotFound(f"no job {job_id!r}", id=job_id)
+
+    async def locate(self, job_id: str) -> str:
+        """
+        The queue that holds a job.
+
+        @raise JobNotFound: when no queue has it.
+        """
+        queues = await self.known_queues()
+        found = await defer.gatherResults(
+            [
+                self.command("EXISTS", self.prefix(q) + "job:" + job_id)
+                for q in queues
+            ],
+            consumeErrors=True,
+        ).addErrback(lambda f: f.value.subFailure)
+        for queue, exists in zip(queues, found):
+            if int(exists):
+                return queue
+        raise JobNotFound(f"no job {job_id!r}", id=job_id)
+
+    async def summary(self, queue: str) -> QueueSummary:
+        """
+        One queue's sizes, pause, latency, totals and throughput, read in
+        one snapshot.
+        """
+        now = self.now_ms()
+        reply = await self.run(
+            "summary", queue, [now, LATENCY_LEVELS, LATENCY_PER_LEVEL]
+        )
+        return QueueSummary.from_script(queue, now, reply)
+
+    async def summaries(self) -> list[QueueSummary]:
+        """
+        The summary of every known queue, by name.
+        """
+        queues = await self.known_queues()
+        return await defer.gatherResults(
+            [defer.ensureDeferred(self.summary(q)) for q in queues],
+            consumeErrors=True,
+        ).addErrback(lambda f: f.value.subFailure)
+
+    async def list_jobs(
+        self,
+        queue: str | None,
+        after: str | None,
+        limit: int,
+        state: str | None = None,
+        job_type: str | None = None,
+        budget: int = SCAN_BUDGET,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """
+        One page of jobs, newest first (by creation time, then id), of one
+        queue or of every known queue.
+
+        @param after: the position (see L{procession.listing}) to continue
+            after; None starts with the newest job.
+        @param budget: the most index entries to examine in all.
+        @return: the jobs (without their error histories) and the position
+            to continue after, or None when the listing is complete.
+        """
+        if state is not None and state not in STATES:
+            raise InvalidRequest(f"unknown state {state!r}", field="state")
+        queues = [queue] if queue is not None else await self.known_queues()
+        if not queues:
+            return [], None
+        per_queue = max(limit, budget // len(queues))
+        args = [after or "", limit, per_queue, state or "", job_type or ""]
+        replies = await defer.gatherResults(
+            [self.run("list", q, args) for q in queues], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure)
+        pages = []
+        for reply in replies:
+            jobs = []
+            for flat in reply[1:]:
+                fields = _as_dict(flat)
+                position = f"{int(fields['created_at']):015d}{fields['id']}"
+                jobs.append((position, fields))
+            pages.append(QueuePage(jobs, reply[0] or None))
+        chosen, position = merge(pages, limit)
+        listed = []
+        for fields in chosen:
+            job = job_from_hash(fields, [])
+            del job["errors"]
+            listed.append(job)
+        return listed, position
 
     async def queue_sizes(self, queue: str) -> dict[str, Any]:
         """

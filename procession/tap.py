@@ -329,7 +329,9 @@ class ProcessionService(service.MultiService):
                 os._exit(1)
 
             self.reactor.addSystemEventTrigger("after", "shutdown", exit_with_error)
-            self.reactor.stop()
+            # Start-up can fail before the reactor runs (an import error, a
+            # port in use); stop it once it does.
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _start(self) -> None:
         from twisted.internet.endpoints import serverFromString
@@ -405,6 +407,7 @@ class ProcessionService(service.MultiService):
             max_body=options["max-job-size"],
             poll_timeout=options["poll-timeout"],
         )
+        self.http_server.worker_factory = self.worker_factory
         site = Site(self.http_server.app.resource())
         site.displayTracebacks = False
         self.http_port = await serverFromString(

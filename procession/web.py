@@ -21,6 +21,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from procession.errors import (
     Forbidden,
     FrameTooLarge,
+    InvalidRequest,
     MalformedJSON,
     MethodNotAllowed,
     NotAuthenticated,
@@ -40,10 +41,19 @@ def json_response(request: Any, body: Any, status: int = 200) -> bytes:
     """
     Encode C{body} as the response, with its status and content type.
     """
+    return json_text_response(
+        request, json.dumps(body, separators=(",", ":")), status
+    )
+
+
+def json_text_response(request: Any, text: str, status: int = 200) -> bytes:
+    """
+    Answer with JSON that is encoded already (a job's payload).
+    """
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return text.encode("utf-8")
 
 
 def error_response(request: Any, error: ProcessionError) -> bytes:
@@ -79,6 +89,19 @@ def read_json(request: Any, limit: int, default: Any = None) -> Any:
         raise MalformedJSON("the body is not valid JSON")
 
 
+def query(request: Any, name: str) -> str | None:
+    """
+    A query parameter's first value as text, L{None} when absent or empty.
+    """
+    values = request.args.get(name.encode("ascii"))
+    if not values or not values[0]:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{name} must be UTF-8", field=name)
+
+
 def bearer(request: Any) -> str | None:
     """
     The token of an C{Authorization: Bearer} header, if any.
@@ -106,10 +129,10 @@ def authorize(request: Any, kind: str, worker_token: str | None, admin_token: st
     @raise NotAuthenticated: no token, or an unknown one (401).
     @raise Forbidden: a worker token on an admin route (403).
     """
+    # With only an admin token set, worker routes need it too: an HTTP
+    # listener that needs a token for management is not left open to
+    # anyone who wants to push or take jobs.
     needed = admin_token if kind == ADMIN else (worker_token or admin_token)
-    if kind == WORKER and worker_token is None and admin_token is not None:
-        # Workers are open when only an admin token is set.
-        needed = None
     if needed is None:
         return
     token = bearer(request)
@@ -124,22 +147,41 @@ def authorize(request: Any, kind: str, worker_token: str | None, admin_token: st
     raise NotAuthenticated("the token is not valid")
 
 
+def _unbound(handler: Any) -> Any:
+    """
+    Let an error handler serve the bare app and an app bound to a server
+    instance alike: Klein passes the instance first when routes are methods
+    (L{procession.http.HTTPServer}), and only C{(request, failure)} otherwise.
+    """
+
+    def handle(*args: Any) -> Any:
+        return handler(*args[-2:])
+
+    handle.__name__ = handler.__name__
+    handle.__doc__ = handler.__doc__
+    return handle
+
+
 @app.handle_errors(ProcessionError)
+@_unbound
 def _domain_error(request: Any, failure: Any) -> bytes:
     return error_response(request, failure.value)
 
 
 @app.handle_errors(WerkzeugNotFound)
+@_unbound
 def _no_route(request: Any, failure: Any) -> bytes:
     return error_response(request, RouteNotFound("no such route"))
 
 
 @app.handle_errors(WerkzeugMethodNotAllowed)
+@_unbound
 def _bad_method(request: Any, failure: Any) -> bytes:
     return error_response(request, MethodNotAllowed("method not allowed on this route"))
 
 
 @app.handle_errors(Exception)
+@_unbound
 def _unexpected(request: Any, failure: Any) -> bytes:
     log.failure("Unexpected error in {method} {path}", failure, method=request.method, path=request.path)
     return error_response(request, ProcessionError("internal error"))

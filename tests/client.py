@@ -119,6 +119,11 @@ class ServerFixture:
     async def stop(self) -> None:
         if self.service is not None and self.service.running:
             await self.service.stopService()
+            # txredisapi finishes parsing a reply that arrived in pieces in a
+            # callLater(0): let it run, or trial sees a dirty reactor.
+            from twisted.internet.task import deferLater
+
+            await deferLater(reactor, 0.01, lambda: None)
 
     @property
     def store(self) -> Any:

@@ -9,12 +9,20 @@ import json
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.errors import InvalidJob, JobTooLarge
+from procession.errors import InvalidJob, InvalidRequest, JobTooLarge
 from procession.job import (
+    MAX_BATCH,
     ClaimedJob,
+    encode_result,
+    failure_reply,
     format_time,
+    parse_batch,
+    parse_extend_seconds,
+    parse_failure,
+    parse_queues,
     parse_submission,
     parse_time,
+    parse_worker_name,
 )
 
 NOW = 1_800_000_000_000
@@ -102,3 +110,106 @@ class ClaimedJobTests(SynchronousTestCase):
         self.assertEqual(payload["meta"], {"m": 1})
         self.assertEqual(payload["lease"], "lease")
         self.assertEqual(job.attempt, 2)
+
+    def test_timeout(self) -> None:
+        row = ["i", "t", "q", "[]", "0", "1", "25", "0.5", "", str(NOW), str(NOW)]
+        self.assertEqual(ClaimedJob.from_claim(row, "l").timeout, 0.5)
+
+
+class BatchTests(SynchronousTestCase):
+    def test_batch(self) -> None:
+        jobs = parse_batch([{"type": "a", "id": "x"}, {"type": "b"}], NOW, 1 << 20)
+        self.assertEqual([j.type for j in jobs], ["a", "b"])
+
+    def test_names_the_bad_job(self) -> None:
+        error = self.assertRaises(
+            InvalidJob, parse_batch, [{"type": "a"}, {"type": "b", "queue": "no way"}], NOW, 1 << 20
+        )
+        self.assertEqual((error.details["index"], error.details["field"]), (1, "queue"))
+        self.assertTrue(error.message.startswith("job 1: "))
+        error = self.assertRaises(JobTooLarge, parse_batch, [{"type": "a", "args": "x" * 2000}], NOW, 1000)
+        self.assertEqual(error.details["index"], 0)
+
+    def test_not_a_batch(self) -> None:
+        for obj in ([], {}, None, "x", [{"type": "t"}] * (MAX_BATCH + 1)):
+            self.assertRaises(InvalidRequest, parse_batch, obj, NOW, 1 << 20)
+
+
+class WorkerRequestTests(SynchronousTestCase):
+    """
+    The checks the TCP protocol and the HTTP worker API share.
+    """
+
+    def test_queues(self) -> None:
+        self.assertEqual(parse_queues(["high", "default"]), ("high", "default"))
+        for obj in ([], ["a", "a"], ["a b"], [""], [1], "default", None, ["q"] * 101):
+            error = self.assertRaises(InvalidRequest, parse_queues, obj)
+            self.assertEqual(error.details["field"], "queues")
+
+    def test_worker_name(self) -> None:
+        self.assertEqual(parse_worker_name("w"), "w")
+        for obj in ("", "x" * 129, None, 5):
+            error = self.assertRaises(InvalidRequest, parse_worker_name, obj)
+            self.assertEqual(error.details["field"], "worker")
+
+    def test_result(self) -> None:
+        self.assertEqual(encode_result(None), "")
+        self.assertEqual(encode_result({"a": [1, "é"]}), '{"a":[1,"\\u00e9"]}')
+        self.assertRaises(InvalidRequest, encode_result, float("nan"))
+
+    def test_failure_defaults(self) -> None:
+        report = parse_failure({}, "w#1", NOW)
+        self.assertEqual((report.retry_in, report.retry), (None, True))
+        self.assertEqual(
+            json.loads(report.error),
+            {"type": "Error", "message": "", "backtrace": [], "worker": "w#1", "at": NOW},
+        )
+
+    def test_failure(self) -> None:
+        report = parse_failure(
+            {"error": {"type": "Boom", "message": "m" * 5000, "backtrace": ["a", "b"], "extra": 1},
+             "retry_in": 2.5, "retry": False},
+            "w", NOW,
+        )
+        self.assertEqual((report.retry_in, report.retry), (2.5, False))
+        record = json.loads(report.error)
+        self.assertEqual((record["type"], len(record["message"]), record["backtrace"]), ("Boom", 4096, ["a", "b"]))
+        self.assertNotIn("extra", record)
+        self.assertEqual(json.loads(parse_failure({"error": {"backtrace": "x"}}, "w", NOW).error)["backtrace"], [])
+
+    def test_failure_fields(self) -> None:
+        for body, field in (
+            ({"error": "x"}, "error"),
+            ({"error": [1]}, "error"),
+            ({"retry_in": -1}, "retry_in"),
+            ({"retry_in": True}, "retry_in"),
+            ({"retry_in": float("inf")}, "retry_in"),
+            ({"retry_in": 366 * 86400}, "retry_in"),
+            ({"retry": 0}, "retry"),
+        ):
+            error = self.assertRaises(InvalidRequest, parse_failure, body, "w", NOW)
+            self.assertEqual(error.details["field"], field, body)
+
+    @given(st.dictionaries(st.sampled_from(["error", "retry_in", "retry", "x"]), json_values, max_size=4))
+    def test_arbitrary_failures_never_crash(self, body) -> None:
+        try:
+            report = parse_failure(body, "w", NOW)
+        except InvalidRequest as e:
+            self.assertIn(e.details["field"], ("error", "retry_in", "retry"))
+        else:
+            json.loads(report.error)
+
+    def test_failure_reply(self) -> None:
+        self.assertEqual(failure_reply("j", "dead", 0), {"id": "j", "state": "dead"})
+        self.assertEqual(
+            failure_reply("j", "retrying", NOW),
+            {"id": "j", "state": "retrying", "run_at": format_time(NOW)},
+        )
+
+    def test_extend_seconds(self) -> None:
+        self.assertEqual(parse_extend_seconds({"seconds": 30}), 30)
+        self.assertEqual(parse_extend_seconds({"seconds": 0.5}), 0.5)
+        for body in ({}, {"seconds": 0}, {"seconds": -1}, {"seconds": "5"}, {"seconds": True},
+                     {"seconds": 7 * 86400 + 1}, {"seconds": float("nan")}):
+            error = self.assertRaises(InvalidRequest, parse_extend_seconds, body)
+            self.assertEqual(error.details["field"], "seconds")

@@ -8,7 +8,7 @@ import json
 
 from twisted.trial.unittest import TestCase
 
-from procession.errors import IllegalState, JobNotFound
+from procession.errors import IllegalState, InvalidRequest, JobNotFound
 from tests.support import FakeClock, connected_store, new_job
 
 
@@ -168,3 +168,110 @@ class StoreTests(TestCase):
         self.assertEqual(await self.store.purge("default", "queued", batch=10), 25)
         sizes = await self.store.queue_sizes("default")
         self.assertEqual(sizes["sizes"]["queued"], 0)
+
+
+class ManagementReadTests(TestCase):
+    """
+    The created index, the paged listing, queue summaries and the bulk
+    changes (list.lua, summary.lua, retry_bulk.lua, kill_bulk.lua).
+    """
+
+    async def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.store = await connected_store(self, self.clock)
+
+    def job(self, **fields):
+        return new_job(self.store.now_ms(), **fields)
+
+    async def index(self, queue: str = "default") -> list[str]:
+        return await self.store.command(
+            "ZRANGE", self.store.prefix(queue) + "created", 0, -1
+        )
+
+    async def test_index_follows_every_removal(self) -> None:
+        now = self.store.now_ms()
+        await self.store.push([self.job(id=i) for i in "abcdef"])
+        self.assertEqual(await self.index(), [f"{now:015d}{i}" for i in "abcdef"])
+        await self.store.delete("default", "a")
+        self.assertEqual(await self.store.purge("default", "queued", batch=2), 5)
+        self.assertEqual(await self.index(), [])
+        await self.store.push([self.job(id="x"), self.job(id="y")])
+        await self.store.claim("default", [("w", "l1"), ("w", "l2")])
+        await self.store.ack("default", [("x", "l1", "")])
+        await self.store.fail("default", [("y", "l2", "{}", None, False)])
+        self.clock.advance(3601)
+        self.assertEqual(await self.store.sweep("default", 100, 3600, 86400, 0), (0, 0, 2))
+        self.assertEqual(await self.index(), [])
+
+    async def test_listing_by_creation_then_id(self) -> None:
+        await self.store.push([self.job(id=i) for i in ("b", "a", "c")])
+        self.clock.advance(0.001)
+        await self.store.push([self.job(id="d", queue="other", type="odd")])
+        jobs, position = await self.store.list_jobs(None, None, 3)
+        self.assertEqual([j["id"] for j in jobs], ["d", "c", "b"])
+        self.assertNotIn("errors", jobs[0])
+        jobs, position = await self.store.list_jobs(None, position, 3)
+        self.assertEqual(([j["id"] for j in jobs], position), (["a"], None))
+        jobs, _ = await self.store.list_jobs(None, None, 10, job_type="odd")
+        self.assertEqual([j["id"] for j in jobs], ["d"])
+        jobs, _ = await self.store.list_jobs("default", None, 10, state="queued")
+        self.assertEqual([j["id"] for j in jobs], ["c", "b", "a"])
+        with self.assertRaises(InvalidRequest):
+            await self.store.list_jobs(None, None, 10, state="nap")
+
+    async def test_latency_sees_past_a_job_given_back(self) -> None:
+        await self.store.push([self.job(id="a")])
+        self.clock.advance(1)
+        await self.store.push([self.job(id="b")])
+        await self.store.claim("default", [("w", "l")])
+        self.clock.advance(4)
+        # "a" goes back to the head of the line, queued anew.
+        await self.store.release("default", [("a", "l")], "gone")
+        self.clock.advance(2)
+        summary = await self.store.summary("default")
+        self.assertEqual(summary.latency, 6.0)
+        self.assertEqual(summary.sizes["queued"], 2)
+
+    async def test_latency_over_priorities(self) -> None:
+        await self.store.push([self.job(id="low", priority=-3)])
+        self.clock.advance(10)
+        await self.store.push([self.job(id="high", priority=3)])
+        self.assertEqual((await self.store.summary("default")).latency, 10.0)
+        await self.store.kill("default", "low")
+        self.assertEqual((await self.store.summary("default")).latency, 0.0)
+
+    async def test_throughput_window(self) -> None:
+        # Start a minute on the dot.
+        self.clock.now = 1_800_000_000 - 1_800_000_000 % 60
+        await self.store.push([self.job(id=str(i)) for i in range(4)])
+        claimed = await self.store.claim("default", [("w", f"l{i}") for i in range(4)])
+        await self.store.ack("default", [(j.id, j.lease, "") for j in claimed])
+        summary = await self.store.summary("default")
+        self.assertEqual(summary.throughput.processed_minute, 4)
+        self.clock.advance(60 + 15)
+        summary = await self.store.summary("default")
+        self.assertEqual(summary.throughput.processed_minute, 3)
+        self.assertEqual(summary.throughput.processed_hour, 4 / 60)
+        self.assertEqual(summary.processed, 4)
+
+    async def test_bulk_retry_and_kill(self) -> None:
+        await self.store.push([self.job(delay=60) for _ in range(5)])
+        await self.store.push([self.job() for _ in range(3)])
+        self.assertEqual(await self.store.kill_all("default", "scheduled", batch=2), 5)
+        self.assertEqual(await self.store.kill_all("default", "queued", batch=2), 3)
+        sizes = (await self.store.summary("default")).sizes
+        self.assertEqual((sizes["dead"], sizes["queued"], sizes["scheduled"]), (8, 0, 0))
+        self.assertEqual(await self.store.retry_all("default", "dead", batch=3), 8)
+        sizes = (await self.store.summary("default")).sizes
+        self.assertEqual((sizes["dead"], sizes["queued"]), (0, 8))
+        self.assertEqual(await self.store.retry_all("default", "dead"), 0)
+        with self.assertRaises(InvalidRequest):
+            await self.store.retry_all("default", "queued")
+        with self.assertRaises(InvalidRequest):
+            await self.store.kill_all("default", "running")
+
+    async def test_locate(self) -> None:
+        await self.store.push([self.job(id="a", queue="q1"), self.job(id="b", queue="q2")])
+        self.assertEqual(await self.store.locate("b"), "q2")
+        with self.assertRaises(JobNotFound):
+            await self.store.locate("c")

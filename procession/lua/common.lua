@@ -14,6 +14,10 @@
 --   running      zset: score lease expiry ms, member id
 --   dead         zset: score time of death ms, member id
 --   done         zset: score finish time ms, member id (completed, cancelled)
+--   created      zset: every job of the queue, newest last: score 0, member
+--                <15-digit created_at ms><id>, so that ZREVRANGEBYLEX walks
+--                jobs by (created_at, id) and a listing resumes exactly
+--                where it stopped (the HTTP API's paged job listing)
 --   seq          string: the FIFO counter
 --   paused       string: present while the queue is paused
 --   stats        hash: pushed, processed, failed (since the queue began)
@@ -43,6 +47,21 @@ local function enqueue(id, now, keep_place)
   redis.call('HSET', key, 'state', 'queued', 'enqueued_at', now, 'qm', member)
   redis.call('HDEL', key, 'run_at', 'lease')
   redis.call('ZADD', prefix .. 'queued', -priority, member)
+end
+
+-- A job's member in the created index.
+local function created_member(id, created_at)
+  return string.format('%015d', tonumber(created_at)) .. id
+end
+
+-- Remove a job for good: its hash, its error history and its index entry.
+-- The caller takes it off its state set.
+local function erase(id)
+  local created_at = redis.call('HGET', jobkey(id), 'created_at')
+  if created_at then
+    redis.call('ZREM', prefix .. 'created', created_member(id, created_at))
+  end
+  redis.call('DEL', jobkey(id), prefix .. 'errors:' .. id)
 end
 
 local function record_error(id, err)

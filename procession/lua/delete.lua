@@ -1,4 +1,5 @@
--- delete.lua: remove a job, whatever its state, with its error history.
+-- delete.lua: remove a job, whatever its state, with its error history
+-- and its entry in the created index.
 --
 -- KEYS[1]  the queue's key prefix
 -- ARGV[1]  the job's id
@@ -11,5 +12,5 @@ if not state then
   return 'not_found'
 end
 unlist(id, state)
-redis.call('DEL', jobkey(id), prefix .. 'errors:' .. id)
+erase(id)
 return state

@@ -4,6 +4,7 @@
 -- ARGV[1]  the state: queued, scheduled, retrying or dead
 -- ARGV[2]  the most jobs to delete in this call
 --
+-- Each job goes with its error history and its entry in the created index.
 -- Callers repeat until it returns 0, so no single call blocks Redis for
 -- long.  Returns how many jobs it deleted.
 local state = ARGV[1]
@@ -15,6 +16,6 @@ for _, member in ipairs(members) do
     id = string.sub(member, 17)
   end
   redis.call('ZREM', prefix .. state, member)
-  redis.call('DEL', jobkey(id), prefix .. 'errors:' .. id)
+  erase(id)
 end
 return #members

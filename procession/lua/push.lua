@@ -8,7 +8,8 @@
 --
 -- Returns, per job, 1 when it was created and 0 when a job with that id
 -- already existed (which is left exactly as it was: pushes are idempotent).
--- A job due now is queued; one due later is scheduled.
+-- A job due now is queued; one due later is scheduled.  Every new job goes
+-- into the created index.
 local now = tonumber(ARGV[1])
 local queue = ARGV[3]
 local created = {}
@@ -26,6 +27,7 @@ for i = 4, #ARGV, 8 do
       'priority', ARGV[i + 3], 'max_attempts', ARGV[i + 4],
       'timeout', ARGV[i + 5], 'meta', ARGV[i + 6], 'attempt', 0,
       'created_at', now)
+    redis.call('ZADD', prefix .. 'created', 0, created_member(id, now))
     if run_at > now then
       redis.call('HSET', key, 'state', 'scheduled', 'run_at', run_at)
       redis.call('ZADD', prefix .. 'scheduled', run_at, id)

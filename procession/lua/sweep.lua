@@ -11,7 +11,8 @@
 --
 -- 1. promote scheduled and retrying jobs that are due to queued;
 -- 2. take back running jobs whose lease expired (as release.lua does);
--- 3. remove finished jobs past their retention.
+-- 3. remove finished jobs past their retention (with their error history
+--    and their entry in the created index).
 -- Returns {promoted, reclaimed, removed}.
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[4])
@@ -41,7 +42,7 @@ end
 
 local function forget(set, ids)
   for _, id in ipairs(ids) do
-    redis.call('DEL', jobkey(id), prefix .. 'errors:' .. id)
+    erase(id)
     redis.call('ZREM', prefix .. set, id)
     removed = removed + 1
   end

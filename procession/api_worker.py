@@ -1,0 +1,308 @@
+"""
+The HTTP worker API: push jobs, long-poll for the next one, and ack, fail
+or extend it by its lease, for workers that cannot keep a TCP connection
+(docs/http-api.rst, "Worker API").
+
+A waiting long-poll is a dispatcher consumer with room for one job, woken
+by pushes exactly like a TCP worker; it never polls Redis.  The lease token
+names the job's queue (L{procession.dispatch.new_lease}), so an ack needs
+nothing but the job's id and lease.  Like every front end, these routes
+speak only to the dispatcher; they check requests with the same functions
+as the TCP protocol (L{procession.job}).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from procession.dispatch import Dispatcher, lease_queue
+from procession.errors import (
+    InvalidRequest,
+    JobNotFound,
+    LeaseLost,
+    MethodNotAllowed,
+    ShuttingDown,
+)
+from procession.job import (
+    ClaimedJob,
+    encode_result,
+    failure_reply,
+    format_time,
+    parse_batch,
+    parse_extend_seconds,
+    parse_failure,
+    parse_queues,
+    parse_submission,
+    parse_worker_name,
+)
+from procession.web import (
+    WORKER,
+    app,
+    authorize,
+    json_response,
+    json_text_response,
+    query,
+    read_json,
+)
+
+log = Logger()
+
+# A shorter wait could run out before the first claim's round trip to
+# Redis, and answer 204 with a job waiting.
+MIN_WAIT = 0.1
+
+
+class Poll:
+    """
+    One waiting long-poll: a dispatcher consumer with room for one job.
+
+    L{result} fires with the job, or with L{None} when the server quiets
+    the poll.  Cancelling it (the client went away, or the wait ran out)
+    takes the poll off the dispatcher; a job the dispatcher claimed for it
+    after that is refused by L{deliver}, so the dispatcher gives it back.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, name: str, queues: Sequence[str]) -> None:
+        self.dispatcher = dispatcher
+        self.name = name
+        self.queues = queues
+        self.finished = False
+        self.quieted = False
+        self.result: defer.Deferred[ClaimedJob | None] = defer.Deferred(
+            lambda _: self._finish()
+        )
+
+    def start(self) -> None:
+        """
+        Start taking a job.
+        """
+        self.dispatcher.add_consumer(self)
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.dispatcher.remove_consumer(self)
+
+    # -- the dispatcher's consumer interface
+
+    def room(self) -> int:
+        return 0 if self.finished else 1
+
+    def deliver(self, job: ClaimedJob) -> bool:
+        if self.finished or self.result.called:
+            return False
+        self._finish()
+        self.result.callback(job)
+        return True
+
+    # -- the poller registry's
+
+    def quiet(self) -> None:
+        """
+        The server stops: answer now, without a job.
+        """
+        if self.finished or self.result.called:
+            return
+        self.quieted = True
+        self._finish()
+        self.result.callback(None)
+
+
+def parse_wait(text: str | None, cap: float) -> float:
+    """
+    The C{wait} parameter of a long-poll: seconds, at most C{cap}.
+    """
+    if text is None:
+        return cap
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = math.nan
+    if math.isnan(wait) or wait < 0:
+        raise InvalidRequest("wait must be a number of seconds, 0 or more", field="wait")
+    return min(max(wait, MIN_WAIT), cap)
+
+
+def lease_of(body: dict[str, Any], job_id: str) -> tuple[str, str]:
+    """
+    The lease of an ack, fail or extend body, and the queue it names.
+
+    @raise InvalidRequest: when the body has no lease string.
+    @raise LeaseLost: when the string cannot be a lease this server issued
+        (so it cannot be the job's current lease either).
+    """
+    lease = body.get("lease")
+    if not isinstance(lease, str) or not lease:
+        raise InvalidRequest("lease must be the job's lease token", field="lease")
+    queue = lease_queue(lease)
+    if queue is None:
+        raise LeaseLost(f"{lease[:64]!r} is not a lease on job {job_id!r}", id=job_id)
+    return lease, queue
+
+
+def request_object(request: Any, limit: int) -> dict[str, Any]:
+    """
+    The request's body, which must be a JSON object (empty: C{{}}).
+    """
+    body = read_json(request, limit, {})
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+class WorkerRoutes:
+    """
+    The worker routes of L{procession.http.HTTPServer}: C{self} is that
+    server (its dispatcher, tokens, C{max_body} and C{poll_timeout}).
+    """
+
+    dispatcher: Dispatcher
+    worker_token: str | None
+    admin_token: str | None
+    max_body: int
+    poll_timeout: float
+
+    def _worker(self, request: Any) -> None:
+        authorize(request, WORKER, self.worker_token, self.admin_token)
+
+    @app.route("/api/v1/jobs", methods=["POST"])
+    async def worker_push(self, request: Any) -> bytes:
+        """
+        Push a job (201, or 200 when its id exists), or a batch of jobs as
+        a JSON array, all or nothing.
+        """
+        self._worker(request)
+        body = read_json(request, self.max_body)
+        now = self.dispatcher.now_ms()
+        if isinstance(body, list):
+            jobs = parse_batch(body, now, self.max_body)
+            created = await self.dispatcher.push(jobs)
+            return json_response(
+                request,
+                {"ids": [j.id for j in jobs], "created": created},
+                201 if any(created) else 200,
+            )
+        job = parse_submission(body, now, self.max_body)
+        [new] = await self.dispatcher.push([job])
+        return json_response(
+            request, {"id": job.id, "created": new}, 201 if new else 200
+        )
+
+    @app.route("/api/v1/jobs/next", methods=["GET"])
+    async def worker_next(self, request: Any) -> bytes:
+        """
+        The long poll: one job with its lease as soon as one is leased to
+        this poller, or 204 when C{wait} runs out.
+        """
+        self._worker(request)
+        if request.method == b"HEAD":
+            # A HEAD answer has no body: a job leased for it would be lost.
+            raise MethodNotAllowed("use GET to take a job")
+        queues = parse_queues((query(request, "queues") or "default").split(","))
+        worker = query(request, "worker")
+        if worker is None:
+            address = request.getClientAddress()
+            worker = f"http:{getattr(address, 'host', None) or 'local'}"
+        worker = parse_worker_name(worker)
+        wait = parse_wait(query(request, "wait"), self.poll_timeout)
+        if not self.dispatcher.accepting:
+            raise ShuttingDown("the server is shutting down")
+
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        poll = Poll(self.dispatcher, worker, queues)
+        pollers = self.dispatcher.pollers
+        pollers.poll_started(poll)
+        try:
+            poll.start()
+            job = await poll.result.addTimeout(
+                wait, self.dispatcher.reactor, onTimeoutCancel=lambda *_: None
+            )
+        finally:
+            pollers.poll_ended(poll)
+
+        if job is None:
+            if poll.quieted:
+                raise ShuttingDown("the server is shutting down")
+            request.setResponseCode(204)
+            request.setHeader(b"Cache-Control", b"no-store")
+            return b""
+        if gone:
+            # Taken for a client that has just gone: give it back now
+            # rather than when its lease expires.
+            log.info(
+                "Job {id} of queue {queue} was taken for HTTP poller {worker}, "
+                "gone since: giving it back",
+                id=job.id,
+                queue=job.queue,
+                worker=worker,
+            )
+            self.dispatcher.release(
+                job.queue, [job], "the HTTP poller went away", delivered=False
+            )
+            return b""
+        pollers.handed_out(worker, job.id, job.queue, job.lease, job.timeout)
+        return json_text_response(request, job.payload)
+
+    @app.route("/api/v1/jobs/<path:id>/ack", methods=["POST"])
+    async def worker_ack(self, request: Any, id: str) -> bytes:
+        """
+        The job succeeded: C{{"lease": ..., "result": ...}}.
+        """
+        self._worker(request)
+        body = request_object(request, self.max_body)
+        lease, queue = lease_of(body, id)
+        result = encode_result(body.get("result"))
+        await self._settled(lease, self.dispatcher.ack(queue, id, lease, result))
+        return json_response(request, {"id": id})
+
+    @app.route("/api/v1/jobs/<path:id>/fail", methods=["POST"])
+    async def worker_fail(self, request: Any, id: str) -> bytes:
+        """
+        The attempt failed: C{{"lease", "error", "retry_in", "retry"}}.
+        """
+        self._worker(request)
+        body = request_object(request, self.max_body)
+        lease, queue = lease_of(body, id)
+        worker = self.dispatcher.pollers.worker_of(lease) or "http"
+        report = parse_failure(body, worker, self.dispatcher.now_ms())
+        state, run_at = await self._settled(
+            lease,
+            self.dispatcher.fail(
+                queue, id, lease, report.error, report.retry_in, report.retry
+            ),
+        )
+        return json_response(request, failure_reply(id, state, run_at))
+
+    @app.route("/api/v1/jobs/<path:id>/extend", methods=["POST"])
+    async def worker_extend(self, request: Any, id: str) -> bytes:
+        """
+        Keep the lease C{seconds} more from now: C{{"lease", "seconds"}}.
+        """
+        self._worker(request)
+        body = request_object(request, self.max_body)
+        lease, queue = lease_of(body, id)
+        seconds = parse_extend_seconds(body)
+        try:
+            expiry = await self.dispatcher.extend(queue, id, lease, seconds)
+        except (LeaseLost, JobNotFound):
+            self.dispatcher.pollers.lease_ended(lease)
+            raise
+        self.dispatcher.pollers.lease_extended(lease, expiry / 1000)
+        return json_response(request, {"id": id, "expires_at": format_time(expiry)})
+
+    async def _settled(self, lease: str, d: defer.Deferred[Any]) -> Any:
+        """
+        Await an ack or fail: unless the store failed (the client may try
+        again), the lease is over.
+        """
+        try:
+            outcome = await d
+        except (LeaseLost, JobNotFound):
+            self.dispatcher.pollers.lease_ended(lease)
+            raise
+        self.dispatcher.pollers.lease_ended(lease)
+        return outcome
