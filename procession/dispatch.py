@@ -174,6 +174,7 @@ class Dispatcher:
         self._sweeping = False
         self._sweeps = 0
         self._claims_in_flight: set[defer.Deferred[Any]] = set()
+        self._push = Coalescer(reactor, store.push_queue)
         self._ack = Coalescer(reactor, store.ack)
         self._fail = Coalescer(reactor, store.fail)
         self._extend = Coalescer(reactor, store.extend)
@@ -415,7 +416,12 @@ class Dispatcher:
         """
         if not self.accepting:
             raise ShuttingDown("the server is shutting down")
-        created = await self.store.push(jobs)
+        if len(jobs) == 1:
+            # Single pushes of one reactor turn (pipelined by a client, or
+            # from many clients at once) go to Redis as one script call.
+            created = [await self._push(jobs[0].queue, jobs[0])]
+        else:
+            created = await self.store.push(jobs)
         for job in jobs:
             self.wake(job.queue)
         return created

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import re
+import time
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any
 
@@ -76,8 +78,17 @@ def format_time(ms: int | None) -> str | None:
     """
     if ms is None:
         return None
-    when = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return _format_ms(ms)
+
+
+@lru_cache(maxsize=4096)
+def _format_ms(ms: int) -> str:
+    # Cached: on the hot path, the jobs of one batch share their times.
+    t = time.gmtime(ms // 1000)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms % 1000:03d}Z"
+    )
 
 
 def parse_time(text: str) -> int:

@@ -456,6 +456,12 @@ class Store:
 
         return defer.Deferred.fromCoroutine(push())
 
+    def push_queue(self, queue: str, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool]]:
+        """
+        L{push} for jobs that all belong to C{queue}.
+        """
+        return self.push(jobs)
+
     def claim(
         self, queue: str, slots: Sequence[tuple[str, str]]
     ) -> defer.Deferred[list[ClaimedJob]]:
