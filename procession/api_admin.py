@@ -334,8 +334,11 @@ class AdminRoutes:
     @app.route("/metrics", methods=["GET"])
     async def admin_metrics(self, request: Any) -> bytes:
         """
-        Prometheus metrics (open: no token).
+        Prometheus metrics: open unless C{--metrics-auth} asks for the
+        admin token.
         """
+        if self.metrics_auth:
+            authorize(request, ADMIN, self.worker_token, self.admin_token)
         store = self.dispatcher.store
         clock = store.reactor
         started = clock.seconds()

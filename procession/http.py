@@ -25,6 +25,7 @@ class HTTPServer(WorkerRoutes, AdminRoutes):
     @param admin_token: the token of management routes (None: open).
     @param max_body: the largest request body, in bytes.
     @param poll_timeout: the longest a long-poll waits, in seconds.
+    @param metrics_auth: whether C{/metrics} needs the admin token.
     """
 
     app = app
@@ -36,12 +37,14 @@ class HTTPServer(WorkerRoutes, AdminRoutes):
         admin_token: str | None = None,
         max_body: int = 1 << 20,
         poll_timeout: float = 15.0,
+        metrics_auth: bool = False,
     ) -> None:
         self.dispatcher = dispatcher
         self.worker_token = worker_token
         self.admin_token = admin_token
         self.max_body = max_body
         self.poll_timeout = poll_timeout
+        self.metrics_auth = metrics_auth
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Any) -> bytes:

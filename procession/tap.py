@@ -94,6 +94,12 @@ class Options(usage.Options):
             None,
             "Allow listeners reachable beyond loopback without a token.",
         ],
+        [
+            "metrics-auth",
+            None,
+            "Make GET /metrics need the admin token (it is open by default, "
+            "like /healthz and /readyz).",
+        ],
     ]
 
     optParameters = [
@@ -406,6 +412,7 @@ class ProcessionService(service.MultiService):
             admin_token=options["admin-token"],
             max_body=options["max-job-size"],
             poll_timeout=options["poll-timeout"],
+            metrics_auth=bool(options["metrics-auth"]),
         )
         self.http_server.worker_factory = self.worker_factory
         site = Site(self.http_server.app.resource())

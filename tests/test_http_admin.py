@@ -738,3 +738,15 @@ class DocsTests(TestCase):
                     same_line(documented, line, seen),
                     f"{example.command}\ndocumented: {documented}\nactual:     {line}",
                 )
+
+
+class MetricsAuthTests(TestCase):
+    async def test_metrics_auth_needs_admin_token(self) -> None:
+        server = await ServerFixture(
+            self, "--token", "w", "--admin-token", "a", "--metrics-auth"
+        ).start()
+        http = HTTP(server.http_port, token=None)
+        self.assertEqual((await http.get("/metrics")).code, 401)
+        self.assertEqual((await http.get("/metrics", token="w")).code, 403)
+        self.assertEqual((await http.get("/metrics", token="a")).code, 200)
+        self.assertEqual((await http.get("/healthz")).code, 200)
