@@ -17,8 +17,10 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 from twisted.python.failure import Failure
 
 from procession import __version__
@@ -72,6 +74,7 @@ class Held:
         self.finishing = False
 
 
+@implementer(IHalfCloseableProtocol)
 class WorkerProtocol(protocol.Protocol):
     """
     One worker (or producer) connection.
@@ -95,6 +98,7 @@ class WorkerProtocol(protocol.Protocol):
         self._buffer = b""
         self._replies: deque[list[Any]] = deque()
         self._paused = False
+        self._closing_after_replies = False
         self._handshake_timer: Any = None
 
     # -- connection
@@ -138,6 +142,17 @@ class WorkerProtocol(protocol.Protocol):
             self._error_and_close(
                 OutOfOrder("no HELLO within the handshake timeout")
             )
+
+    def readConnectionLost(self) -> None:
+        """
+        The client will send nothing more (C{nc -q}, C{shutdown(SHUT_WR)}):
+        answer what it asked, then close.
+        """
+        self.dispatcher.remove_consumer(self)
+        self._close_after_replies()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closing = True
@@ -207,10 +222,18 @@ class WorkerProtocol(protocol.Protocol):
         """
         Answer with an ERR frame after the replies already owed, then close.
         """
-        self.closing = True
         slot = self._new_reply()
+        self._close_after_replies()
         self._settle(slot, ("ERR", json.dumps(error.as_dict())))
-        self.transport.loseConnection()
+
+    def _close_after_replies(self) -> None:
+        """
+        Read nothing more; close once every reply owed has been written.
+        """
+        self.closing = True
+        self._closing_after_replies = True
+        if not self._replies:
+            self.transport.loseConnection()
 
     # -- replies in order
 
@@ -231,6 +254,8 @@ class WorkerProtocol(protocol.Protocol):
         if self._paused and len(replies) < MAX_PENDING_REPLIES // 2:
             self._paused = False
             self.transport.resumeProducing()
+        if self._closing_after_replies and not replies:
+            self.transport.loseConnection()
 
     def _reply(self, result: Any) -> None:
         """
@@ -314,8 +339,8 @@ class WorkerProtocol(protocol.Protocol):
         slot = self._new_reply()
 
         def done(_: Any) -> None:
+            self._close_after_replies()
             self._settle(slot, ("OK", None))
-            self.transport.loseConnection()
 
         released.addCallback(done)
         return _NO_REPLY

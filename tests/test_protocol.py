@@ -249,3 +249,25 @@ class ShutdownTests(TestCase):
         job = await again.store.get_job("default", "s")
         self.assertEqual(job["state"], "queued")
         del store
+
+
+class HalfCloseTests(TestCase):
+    async def test_replies_arrive_after_the_client_stops_sending(self) -> None:
+        """
+        Like C{nc -q}: requests, then end of input; every request is still
+        answered before the server closes.
+        """
+        server = await ServerFixture(self).start()
+        client = await server.connect()
+        await client.ok("PUSH", {"type": "t", "id": "h"})
+        await client.ok("READY", {"queues": ["default"], "credit": 1})
+        await client.next_job()
+        replies = [client.send("ACK", {"id": "h"}), client.send("PING"), client.send("BYE")]
+        client.transport.loseWriteConnection()
+        self.assertEqual(
+            await defer.gatherResults(replies),
+            [("OK", {"id": "h"}), ("OK", None), ("OK", None)],
+        )
+        await client.closed
+        job = await server.store.get_job("default", "h")
+        self.assertEqual(job["state"], "completed")
