@@ -45,6 +45,11 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+# The job's rules live with the server's; procession.job is pure (no
+# Twisted), so the client shares them instead of copying them.
+from procession.job import SUBMISSION_FIELDS as JOB_FIELDS
+from procession.job import new_job_id
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
@@ -58,29 +63,6 @@ WORKER_NAME_LIMIT = 128
 # keep the pipe full, few enough that the server never pauses reading.
 PIPELINE_WINDOW = 500
 PIPELINE_WINDOW_BYTES = 4 << 20
-JOB_FIELDS = frozenset(
-    {
-        "id",
-        "type",
-        "args",
-        "queue",
-        "priority",
-        "run_at",
-        "delay",
-        "max_attempts",
-        "timeout",
-        "meta",
-    }
-)
-
-
-def new_job_id() -> str:
-    """
-    A fresh job id: 96 random bits in hex, like the server's own.
-    """
-    return os.urandom(12).hex()
-
-
 # -- errors
 
 
