@@ -109,7 +109,12 @@ class AdminRoutes:
         """
         self._admin(request)
         summaries = await self.dispatcher.store.summaries()
-        totals = Totals.of(summaries, len(self._tcp_workers()), len(self._pollers()))
+        workers = await self.dispatcher.cluster_workers(self.local_workers())
+        tcp = sum(1 for w in workers if w.get("kind") == "tcp")
+        # An HTTP worker behind a load balancer polls several servers: count
+        # it once.
+        http = len({w.get("name") for w in workers if w.get("kind") == "http"})
+        totals = Totals.of(summaries, tcp, http)
         return json_response(request, totals.as_json())
 
     @app.route("/api/v1/queues", methods=["GET"])
@@ -287,12 +292,21 @@ class AdminRoutes:
     # -- workers
 
     @app.route("/api/v1/workers", methods=["GET"])
-    def admin_workers(self, request: Any) -> bytes:
+    async def admin_workers(self, request: Any) -> bytes:
         """
-        The TCP workers connected to this server and its recent HTTP
-        pollers.
+        The TCP workers connected to every live server of the cluster and
+        their recent HTTP pollers, each with its C{server}.
         """
         self._admin(request)
+        workers = await self.dispatcher.cluster_workers(self.local_workers())
+        return json_response(request, {"workers": workers})
+
+    def local_workers(self) -> list[dict[str, Any]]:
+        """
+        The TCP workers connected to this server and its recent HTTP
+        pollers, as the workers listing shows them (and this server's
+        heartbeat describes them to the others).
+        """
         workers: list[dict[str, Any]] = []
         for c in self._tcp_workers():
             workers.append(
@@ -310,7 +324,7 @@ class AdminRoutes:
                 }
             )
         workers.extend(self._pollers())
-        return json_response(request, {"workers": workers})
+        return workers
 
     @app.route("/api/v1/workers/<path:name>/quiet", methods=["POST"])
     def admin_quiet_worker(self, request: Any, name: str) -> bytes:

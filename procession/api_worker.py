@@ -66,6 +66,10 @@ class Poll:
     after that is refused by L{deliver}, so the dispatcher gives it back.
     """
 
+    # The worker may ack through any server: its lease is not this
+    # server's to give back if this server dies (it expires instead).
+    connection_bound = False
+
     def __init__(self, dispatcher: Dispatcher, name: str, queues: Sequence[str]) -> None:
         self.dispatcher = dispatcher
         self.name = name

@@ -11,13 +11,20 @@ for.  It also coalesces acks, fails and extends that arrive in the same
 reactor turn into one script call per queue, and runs the periodic sweep.
 
 It holds no state that a crash could lose: every job is in Redis, and a
-lease whose holder vanished comes back by itself when it expires.
+lease whose holder vanished comes back by itself when it expires, or
+sooner: each server heartbeats into a registry in Redis, and when one
+stops (it died, or lost Redis), any other gives back the jobs its worker
+connections held, once the server timeout has passed.  The heartbeat
+also carries a description of the server and its workers, so that any
+server can list the workers of the whole cluster.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import socket
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from attrs import define, field
@@ -31,7 +38,7 @@ from procession.errors import (
     ProcessionError,
     ShuttingDown,
 )
-from procession.job import QUEUE_NAME, ClaimedJob, NewJob
+from procession.job import QUEUE_NAME, ClaimedJob, NewJob, format_time
 from procession.pollers import Pollers
 from procession.store import Store
 
@@ -39,6 +46,10 @@ log = Logger()
 
 # The most jobs one claim script call may lease.
 MAX_CLAIM = 1000
+
+# The most jobs listed per worker in a heartbeat's description (the
+# description is written every heartbeat, so it must stay small).
+MAX_DESCRIBED_JOBS = 100
 
 
 class Consumer(Protocol):
@@ -58,6 +69,16 @@ class Consumer(Protocol):
         """
         Hand it a leased job; L{False} when it can no longer take it (gone).
         """
+
+
+def connection_bound(consumer: Consumer) -> bool:
+    """
+    Whether the leases of C{consumer}'s jobs live and die with its
+    connection to this server (a TCP worker: yes; an HTTP long-poll, whose
+    worker may ack through any server: no, it says C{connection_bound =
+    False}).  Only such jobs are given back when this server is lost.
+    """
+    return bool(getattr(consumer, "connection_bound", True))
 
 
 def new_lease(queue: str) -> str:
@@ -96,6 +117,9 @@ class QueueState:
     empty: bool = False
     claiming: bool = False
     dirty: bool = False
+    # Whose turn it is when connection-bound consumers and HTTP polls both
+    # wait: one claim serves one kind (see Dispatcher._pump).
+    bound_turn: bool = True
 
 
 class Coalescer:
@@ -148,6 +172,12 @@ class Dispatcher:
 
     @param store: the job store.
     @param reactor: for timers and coalescing.
+    @param server_timeout: seconds without a heartbeat after which a
+        server counts as lost and the jobs its connections held are given
+        back.
+    @ivar describe: gives the parts of this server's description that
+        only the front ends know (its C{workers}, its listeners), for the
+        heartbeat; start-up wiring sets it.
     """
 
     def __init__(
@@ -158,6 +188,7 @@ class Dispatcher:
         keep_completed: float = 3600.0,
         keep_dead: float = 30 * 86400.0,
         max_dead: int = 10_000,
+        server_timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.reactor = reactor
@@ -165,7 +196,17 @@ class Dispatcher:
         self.keep_completed = keep_completed
         self.keep_dead = keep_dead
         self.max_dead = max_dead
+        self.server_timeout = server_timeout
+        self.heartbeat_interval = min(sweep_interval, server_timeout / 4)
+        self.describe: Callable[[], dict[str, Any]] = dict
+        self.started_at = reactor.seconds()
         self.accepting = True
+        self._heartbeat: task.LoopingCall | None = None
+        # Since when (reactor seconds) this server's heartbeats have gone
+        # through without a break; None while they fail.
+        self._heard_since: float | None = None
+        self._last_beat: float | None = None
+        self._beating: set[defer.Deferred[Any]] = set()
         self._queues: dict[str, QueueState] = {}
         self._consumers: set[Consumer] = set()
         self._scheduled: set[str] = set()
@@ -184,20 +225,52 @@ class Dispatcher:
 
     def start(self) -> None:
         """
-        Start the periodic sweep.
+        Start the periodic sweep and heartbeat.
         """
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor
         self._sweeper.start(self.sweep_interval, now=True).addErrback(
             lambda f: log.failure("The sweep stopped", f)
         )
+        self._heartbeat = task.LoopingCall(self.heartbeat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(self.heartbeat_interval, now=True).addErrback(
+            lambda f: log.failure("The heartbeat stopped", f)
+        )
 
     def stop_sweeping(self) -> None:
         """
-        Stop the periodic sweep.
+        Stop the periodic sweep.  The heartbeat goes on until L{leave}:
+        workers may still be finishing jobs that this server holds.
         """
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+
+    async def leave(self) -> None:
+        """
+        Leave the server registry, for a clean stop, after the front ends
+        have given back the jobs their workers held: jobs still recorded as
+        held here (a claim whose reply was lost) go back to their queues,
+        then this server's entry goes.  If Redis does not answer, the
+        entry stays, and another server gives the jobs back once the
+        server timeout has passed.
+        """
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        # A heartbeat still on its way would put this server back.
+        while self._beating:
+            await defer.DeferredList(list(self._beating))
+        own = self.store.server_id
+        try:
+            for name in await self.store.known_queues():
+                await self._give_back(name, own, "the server stopped")
+            await self.store.deregister()
+        except ProcessionError as e:
+            log.warn(
+                "Could not leave the server registry ({error}); another "
+                "server gives back what this one held",
+                error=e.message,
+            )
 
     def quiet(self) -> None:
         """
@@ -340,6 +413,18 @@ class Dispatcher:
         eligible = self._eligible(name, state)
         if not eligible:
             return
+        # One claim records its jobs as held by this server or not: when
+        # both kinds of consumers wait, serve them in turns.  If this
+        # claim fills every slot the queue is not empty and the next one
+        # serves the other kind; if it does not, the queue ran dry for
+        # both.
+        bound = {connection_bound(c) for c in eligible}
+        if len(bound) > 1:
+            state.bound_turn = not state.bound_turn
+            eligible = [
+                c for c in eligible if connection_bound(c) == state.bound_turn
+            ]
+        held = connection_bound(eligible[0])
         # Deal the slots round-robin so that a batch shared by many consumers
         # spreads over them.
         rooms = {c: c.room() for c in eligible}
@@ -352,7 +437,10 @@ class Dispatcher:
         leases = [(c.name, new_lease(name)) for c in slots]
         state.claiming = True
         state.dirty = False
-        d = self.store.claim(name, leases)
+        if held:
+            d = self.store.claim(name, leases, held=True)
+        else:
+            d = self.store.claim(name, leases)
         self._claims_in_flight.add(d)
         d.addBoth(self._track, d)
         d.addCallbacks(
@@ -518,6 +606,7 @@ class Dispatcher:
                 await self.store.sweep(
                     name, 1000, self.keep_completed, self.keep_dead, self.max_dead
                 )
+            await self._recover_lost_servers(names)
             # A safety net against lost wake-ups (pub/sub is fire and forget):
             # now and then, look again at queues that consumers wait on.
             if self._sweeps % 5 == 0:
@@ -528,6 +617,143 @@ class Dispatcher:
             log.failure("The sweep failed")
         finally:
             self._sweeping = False
+
+
+    # -- the server registry
+
+    def description(self) -> dict[str, Any]:
+        """
+        What this server's heartbeat says about it: where it runs, since
+        when, and what the front ends add (see L{describe}), its workers'
+        job lists cut to L{MAX_DESCRIBED_JOBS} each.
+        """
+        described: dict[str, Any] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": format_time(int(self.started_at * 1000)),
+        }
+        described.update(self.describe())
+        workers = []
+        for worker in described.get("workers", []):
+            jobs = worker.get("jobs")
+            if jobs is not None and len(jobs) > MAX_DESCRIBED_JOBS:
+                worker = {**worker, "jobs": jobs[:MAX_DESCRIBED_JOBS]}
+            workers.append(worker)
+        described["workers"] = workers
+        return described
+
+    async def heartbeat(self) -> None:
+        """
+        Tell the registry this server is alive, with its description.
+        Failures are logged: a server that cannot reach Redis cannot do
+        anything else either.
+        """
+        try:
+            text = json.dumps(self.description(), separators=(",", ":"))
+            beat = self.store.heartbeat(text, self.server_timeout)
+            self._beating.add(beat)
+            try:
+                await beat
+            finally:
+                self._beating.discard(beat)
+        except ProcessionError as e:
+            if self._heard_since is not None:
+                log.warn("The heartbeat failed: {error}", error=e.message)
+            self._heard_since = None
+            return
+        except Exception:
+            self._heard_since = None
+            log.failure("The heartbeat failed")
+            return
+        now = self.reactor.seconds()
+        if (
+            self._heard_since is None
+            or self._last_beat is None
+            or now - self._last_beat > self.server_timeout / 2
+        ):
+            self._heard_since = now
+        self._last_beat = now
+
+    def judges_servers(self) -> bool:
+        """
+        Whether this server may declare others lost: only after its own
+        heartbeats have gone through for a whole server timeout.  After an
+        outage of Redis every heartbeat is old; the others must have had
+        the time to reconnect and beat again before their silence means
+        anything.
+        """
+        return (
+            self._heard_since is not None
+            and self.reactor.seconds() - self._heard_since >= self.server_timeout
+        )
+
+    async def _recover_lost_servers(self, names: Sequence[str]) -> None:
+        """
+        Give back what lost servers held, and forget them once nothing is
+        left.  Every server does this; the scripts make it safe.
+        """
+        if not self.judges_servers():
+            return
+        own = self.store.server_id
+        for server_id in await self.store.lost_servers(self.server_timeout):
+            if server_id == own:
+                continue
+            left = 0
+            taken = 0
+            for name in names:
+                given, still = await self._give_back(
+                    name,
+                    server_id,
+                    f"server {server_id} was not heard of for "
+                    f"{self.server_timeout:g} s",
+                )
+                taken += given
+                left += still
+            if taken:
+                log.warn(
+                    "Server {server} is lost: gave back {count} jobs its "
+                    "workers held",
+                    server=server_id,
+                    count=taken,
+                )
+            if not left:
+                await self.store.forget_server(server_id, self.server_timeout)
+
+    async def _give_back(
+        self, name: str, server_id: str, reason: str, rounds: int = 10
+    ) -> tuple[int, int]:
+        """
+        Give back the jobs of queue C{name} held by server C{server_id}, a
+        bounded number of batches at a time.
+
+        @return: (jobs given back, jobs still recorded as held).
+        """
+        total = 0
+        left = 0
+        for _ in range(rounds):
+            given, left = await self.store.server_lost(name, server_id, reason)
+            total += given
+            if not left:
+                break
+        return total, left
+
+    async def cluster_workers(
+        self, local: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """
+        The workers of every live server: C{local}, this server's own (read
+        now), then the others' as their last heartbeat described them, each
+        with the C{server} it is connected to.
+        """
+        own = self.store.server_id
+        workers = [{**w, "server": own} for w in local]
+        for described in await self.store.live_servers():
+            if described["id"] == own:
+                continue
+            for worker in described.get("workers") or []:
+                if isinstance(worker, dict):
+                    workers.append({**worker, "server": described["id"]})
+        return workers
 
 
 def _checked(outcome: str, job_id: str) -> None:

@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -53,8 +54,24 @@ FSYNC_POLICIES = ("always", "everysec", "no")
 _MAX_SOCKET_PATH = 100
 
 
-# Run argv[1:] in a new session: setsid(), then exec (same pid).
-_NEW_SESSION = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
+# Run argv[2:] in a new session: setsid(), then exec (same pid).  On Linux
+# redis-server also gets SIGTERM when its parent, the server whose pid is
+# argv[1], dies: a server killed with SIGKILL does not leave it running,
+# holding the data directory (SIGTERM makes Redis write its AOF and exit).
+_NEW_SESSION = (
+    "import os, sys\n"
+    "os.setsid()\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    import ctypes, signal\n"
+    "    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG\n"
+    "    if os.getppid() != int(sys.argv[1]):\n"
+    "        sys.exit('the procession server is gone')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+#: Seconds to wait for the data directory's lock when the server that holds
+#: it is dead: its orphaned redis-server is shutting down.
+ORPHAN_WAIT = 10.0
 
 
 class EmbeddedRedisError(Exception):
@@ -140,7 +157,7 @@ def _lock_data_dir(data_dir: str) -> int:
     path = os.path.join(data_dir, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_unless_live_holder(fd)
     except OSError as e:
         try:
             holder = os.pread(fd, 200, 0).decode("ascii", "replace").strip()
@@ -155,6 +172,50 @@ def _lock_data_dir(data_dir: str) -> int:
             "another data directory."
         ) from None
     return fd
+
+
+def _flock_unless_live_holder(fd: int) -> None:
+    """
+    Lock C{fd}; if another holds the lock but the server recorded as its
+    owner is dead, wait up to L{ORPHAN_WAIT} seconds for the orphaned
+    redis-server (told to stop when its server died) to let go.  This blocks:
+    it only happens at start-up, before anything is served.
+
+    @raise OSError: the lock is held, by a live server or for too long.
+    """
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            if deadline is None:
+                owner = os.pread(fd, 200, 0).decode("ascii", "replace")
+                server, _, _ = owner.partition(",")
+                pid = server.removeprefix("server pid ").strip()
+                if not pid.isdigit() or _pid_alive(int(pid)):
+                    raise
+                log.info(
+                    "The data directory's last server (pid {pid}) died; waiting "
+                    "for its redis-server to stop",
+                    pid=pid,
+                )
+                deadline = time.monotonic() + ORPHAN_WAIT
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _format_tail(lines: deque[str]) -> str:
@@ -441,7 +502,7 @@ class EmbeddedRedis(Service):
                 self._process = self._reactor.spawnProcess(
                     _RedisProcessProtocol(self._on_output, self._on_process_ended),
                     sys.executable,
-                    [sys.executable, "-c", _NEW_SESSION, self.binary, *args[1:]],
+                    [sys.executable, "-c", _NEW_SESSION, str(os.getpid()), *args],
                     env=None,
                     # redis-server inherits the lock: if this process dies
                     # without stopping it, nobody else can start a second

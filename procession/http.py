@@ -13,10 +13,11 @@ from procession.api_admin import AdminRoutes
 from procession.api_worker import WorkerRoutes
 from procession.dispatch import Dispatcher
 from procession.errors import ProcessionError
+from procession.ui import UIRoutes
 from procession.web import app, json_response
 
 
-class HTTPServer(WorkerRoutes, AdminRoutes):
+class HTTPServer(WorkerRoutes, AdminRoutes, UIRoutes):
     """
     The HTTP server of one procession process.
 

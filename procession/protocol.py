@@ -56,6 +56,8 @@ MAX_CREDIT = 10_000
 # With this many replies pending, stop reading the connection until some
 # are written: a client that floods pipelined requests slows itself down.
 MAX_PENDING_REPLIES = 1_000
+# The longest frame before HELLO: a HELLO is small.
+HANDSHAKE_MAX_FRAME = 16 * 1024
 
 
 
@@ -95,7 +97,9 @@ class WorkerProtocol(protocol.Protocol):
         self.quieted = False
         self.closing = False
         self.connected_at = 0.0
-        self._buffer = b""
+        # The start of a frame not yet ended by a newline, in pieces.
+        self._pieces: list[bytes] = []
+        self._pending = 0
         self._replies: deque[list[Any]] = deque()
         self._paused = False
         self._closing_after_replies = False
@@ -184,32 +188,56 @@ class WorkerProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        buffer = self._buffer + data if self._buffer else data
-        limit = self.factory.max_frame
+        if b"\n" not in data:
+            # No frame ends here: keep the piece without copying what came
+            # before, so a frame dribbled in tiny pieces costs linear time.
+            self._pieces.append(data)
+            self._pending += len(data)
+            if self._pending > self._frame_limit():
+                self._too_large()
+            return
+        if self._pieces:
+            data = b"".join(self._pieces) + data
+            self._pieces = []
         start = 0
         while not self.closing:
-            end = buffer.find(b"\n", start)
+            end = data.find(b"\n", start)
             if end < 0:
                 break
-            if end - start > limit:
+            if end - start > self._frame_limit():
                 self._too_large()
                 return
-            line = buffer[start:end]
+            line = data[start:end]
             start = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             self.frameReceived(line)
-        self._buffer = buffer[start:]
-        if len(self._buffer) > limit:
+        if self.closing:
+            self._pieces = []
+            self._pending = 0
+            return
+        rest = data[start:]
+        self._pieces = [rest] if rest else []
+        self._pending = len(rest)
+        if self._pending > self._frame_limit():
             self._too_large()
 
+    def _frame_limit(self) -> int:
+        """
+        The longest frame this connection may send now: --max-frame, but
+        less before HELLO, so that connections that have not shown a token
+        cannot make the server hold --max-frame bytes each.
+        """
+        if self.hello:
+            return self.factory.max_frame
+        return min(self.factory.max_frame, HANDSHAKE_MAX_FRAME)
+
     def _too_large(self) -> None:
-        self._buffer = b""
+        limit = self._frame_limit()
+        self._pieces = []
+        self._pending = 0
         self._error_and_close(
-            FrameTooLarge(
-                f"frames are limited to {self.factory.max_frame} bytes",
-                limit=self.factory.max_frame,
-            )
+            FrameTooLarge(f"frames are limited to {limit} bytes", limit=limit)
         )
 
     def _write_frame(self, verb: str, body: str | None = None) -> None:
@@ -297,7 +325,9 @@ class WorkerProtocol(protocol.Protocol):
                 body = json.loads(body_bytes)
             except UnicodeDecodeError:
                 return self._reply(BadFrame("the frame is not valid UTF-8"))
-            except (ValueError, RecursionError):
+            except RecursionError:
+                return self._reply(BadFrame("the frame's JSON is nested too deeply"))
+            except ValueError:
                 return self._reply(BadFrame("the frame's JSON is malformed"))
         try:
             result = handler(self, body, len(body_bytes))

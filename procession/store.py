@@ -8,14 +8,17 @@ commands.  Nothing outside this module talks to Redis.
 
 Every key of a queue carries the queue's hash tag (C{ns:{queue}:...}) and
 every script touches one queue only, so the scripts stay valid on a
-sharded Redis.  The only keys outside a queue are the set of known queues
-and the pub/sub channel that wakes the servers.
+sharded Redis.  The only keys outside a queue are the set of known queues,
+the pub/sub channel that wakes the servers, and the server registry
+(C{ns:servers}, a zset of heartbeats, and C{ns:server:<id>}, each live
+server's description): each command or script on them touches one key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from importlib.resources import files
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qs, unquote, urlparse
@@ -63,7 +66,13 @@ SCRIPT_NAMES = (
     "kill_bulk",
     "list",
     "summary",
+    "history",
+    "server_lost",
 )
+
+# Scripts that are not about one queue: they run without common.lua, on
+# the keys they are given.
+REGISTRY_SCRIPT_NAMES = ("servers",)
 
 PURGEABLE = ("queued", "scheduled", "retrying", "dead")
 # The states a bulk retry or kill over a queue applies to.
@@ -105,17 +114,31 @@ def load_scripts() -> dict[str, Script]:
     folder = files("procession").joinpath("lua")
     common = folder.joinpath("common.lua").read_text("utf-8")
     scripts = {}
-    for name in SCRIPT_NAMES:
-        text = common + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")
+    for name in SCRIPT_NAMES + REGISTRY_SCRIPT_NAMES:
+        text = folder.joinpath(f"{name}.lua").read_text("utf-8")
+        if name in SCRIPT_NAMES:
+            text = common + "\n" + text
         sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
         scripts[name] = Script(name, text, sha)
     return scripts
 
 
+def new_server_id() -> str:
+    """
+    A fresh id for a server process: 12 random hex digits.
+    """
+    return os.urandom(6).hex()
+
+
 @frozen
 class RedisAddress:
     """
-    Where Redis is, parsed from a C{redis://}, C{rediss://} or C{unix://} URL.
+    Where Redis is, parsed from a C{redis://}, C{rediss://}, C{unix://} or
+    C{sentinel://} URL.
+
+    @ivar sentinels: for Redis Sentinel, the sentinels' (host, port) pairs;
+        C{master} is then the name of the master they watch, and the
+        connection follows it through failovers.
     """
 
     host: str | None = None
@@ -125,15 +148,22 @@ class RedisAddress:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "RedisAddress":
         """
         Parse C{redis://[user:password@]host[:port][/db]},
-        C{rediss://...} (TLS) or C{unix:///path/to/socket[?db=N]}.
+        C{rediss://...} (TLS), C{unix:///path/to/socket[?db=N]} or
+        C{sentinel://[[user:]password@]host[:port],host[:port].../master[/db]}
+        (the password is the master's; sentinels listen on 26379 unless
+        told).
 
         @raise ValueError: with a message fit for the command line.
         """
+        if url.startswith("sentinel://"):
+            return cls._from_sentinel_url(url)
         parsed = urlparse(url)
         user = unquote(parsed.username) if parsed.username else None
         password = unquote(parsed.password) if parsed.password else None
@@ -159,10 +189,49 @@ class RedisAddress:
             tls=parsed.scheme == "rediss",
         )
 
+    @classmethod
+    def _from_sentinel_url(cls, url: str) -> "RedisAddress":
+        rest = url[len("sentinel://"):]
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        user = password = None
+        if at:
+            name, colon, secret = userinfo.partition(":")
+            if colon:
+                user = unquote(name) or None
+                password = unquote(secret)
+            else:
+                password = unquote(name)
+        sentinels = []
+        for host in hosts.split(","):
+            name, colon, port = host.strip().rpartition(":")
+            if not colon:
+                name, port = port, "26379"
+            name = name.strip("[]")
+            if not name or not port.isdigit():
+                raise ValueError(f"bad sentinel address {host!r} in the Redis URL")
+            sentinels.append((name, int(port)))
+        master, _, db = path.strip("/").partition("/")
+        if not master:
+            raise ValueError(
+                "a sentinel:// Redis URL needs the master's name: "
+                "sentinel://host:26379,host:26379/mymaster/0"
+            )
+        return cls(
+            db=_db(db or "0"),
+            username=user,
+            password=password,
+            sentinels=tuple(sentinels),
+            master=unquote(master),
+        )
+
     def describe(self) -> str:
         """
         The address for logs: never the password.
         """
+        if self.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"sentinel://{hosts}/{self.master}/{self.db}"
         if self.path:
             return f"unix:{self.path} db {self.db}"
         scheme = "rediss" if self.tls else "redis"
@@ -191,6 +260,8 @@ def connect(address: RedisAddress, poolsize: int = 1) -> Any:
     )
     if address.username:
         common["username"] = address.username
+    if address.sentinels:
+        return SentinelPool(address, poolsize)
     if address.path:
         return txredisapi.lazyUnixConnectionPool(address.path, **common)
     return txredisapi.lazyConnectionPool(
@@ -200,6 +271,64 @@ def connect(address: RedisAddress, poolsize: int = 1) -> Any:
         connectTimeout=5,
         **common,
     )
+
+
+# How long a look-up of the master may take before it fails and is tried
+# again (txredisapi waits 10 s by default: too long during a failover).
+SENTINEL_DISCOVERY_TIMEOUT = 1.0
+# The longest wait between two attempts to reach the master (txredisapi's
+# default is 10 s).
+SENTINEL_MAX_RETRY_DELAY = 2.0
+
+
+def _sentinel(address: RedisAddress) -> Any:
+    import txredisapi
+
+    sentinel = txredisapi.Sentinel(list(address.sentinels))
+    sentinel.discovery_timeout = SENTINEL_DISCOVERY_TIMEOUT
+    return sentinel
+
+
+class SentinelPool:
+    """
+    A txredisapi connection pool to the master that Redis Sentinel names:
+    it asks the sentinels before every (re)connection, so after a failover
+    it reconnects to the new master by itself.  Used like any txredisapi
+    pool.
+    """
+
+    def __init__(self, address: RedisAddress, poolsize: int) -> None:
+        self.sentinel = _sentinel(address)
+        kwargs: dict[str, Any] = dict(
+            password=address.password,
+            convertNumbers=False,
+            isLazy=True,
+        )
+        if address.username:
+            kwargs["username"] = address.username
+        self.handler = self.sentinel.master_for(
+            address.master, dbid=address.db, poolsize=poolsize, **kwargs
+        )
+        self.handler._factory.maxDelay = SENTINEL_MAX_RETRY_DELAY
+
+    @property
+    def _factory(self) -> Any:
+        return self.handler._factory
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handler, name)
+
+    def disconnect(self) -> defer.Deferred[Any]:
+        """
+        Close the connections to the master and to the sentinels.
+        """
+        return defer.gatherResults(
+            [
+                defer.maybeDeferred(self.handler.disconnect),
+                defer.maybeDeferred(self.sentinel.disconnect),
+            ],
+            consumeErrors=True,
+        )
 
 
 class WakeListener:
@@ -263,6 +392,18 @@ class WakeListener:
         factory.password = address.password
         factory.username = address.username
         factory.convertNumbers = False
+        self._sentinel = None
+        if address.sentinels:
+            # Follow the master through failovers, as SentinelPool does.
+            self._sentinel = _sentinel(address)
+            factory.sentinel_manager = self._sentinel
+            factory.service_name = address.master
+            factory.is_master = True
+            factory.maxDelay = SENTINEL_MAX_RETRY_DELAY
+            factory.initialDelay = 0.1
+            factory.startConnecting(txredisapi._SentinelEndpoint(factory))
+            self._factory = factory
+            return
         if address.path:
             endpoint = UNIXClientEndpoint(reactor, address.path, timeout=5)
         else:
@@ -285,7 +426,16 @@ class WakeListener:
         if self._factory is None:
             return defer.succeed(None)
         factory, self._factory = self._factory, None
-        return defer.maybeDeferred(factory.disconnect).addErrback(lambda _: None)
+        stopping = [defer.maybeDeferred(factory.disconnect)]
+        if getattr(self, "_sentinel", None) is not None:
+            stopping.append(defer.maybeDeferred(self._sentinel.disconnect))
+        return defer.gatherResults(stopping, consumeErrors=True).addErrback(
+            lambda _: None
+        )
+
+
+# Error replies of a Redis that will serve again by itself.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY")
 
 
 class Store:
@@ -299,6 +449,15 @@ class Store:
         share one Redis database.
     @param timeout: seconds to wait for Redis before a request fails with
         L{StoreUnavailable}.
+    @param server_id: this server process's id in the server registry and
+        in the jobs its worker connections hold (default: a fresh one).
+    @param replicas_ack: when above 0, a push answers only once that many
+        replicas have its writes (Redis C{WAIT}), so that it survives the
+        loss of the primary; fewer in time fails it with
+        L{StoreUnavailable}.
+    @param fail_fast: fail a request at once with L{StoreUnavailable}
+        while no connection to Redis is up (during a Sentinel failover),
+        rather than queue it until Redis is back or the timeout passes.
     """
 
     def __init__(
@@ -308,14 +467,21 @@ class Store:
         reactor: IReactorTime,
         namespace: str = "procession",
         timeout: float = 5.0,
+        server_id: str | None = None,
+        replicas_ack: int = 0,
+        fail_fast: bool = False,
     ) -> None:
         self.redis = redis
         self.clock = clock
         self.reactor = reactor
         self.namespace = namespace
         self.timeout = timeout
+        self.server_id = server_id or new_server_id()
+        self.replicas_ack = replicas_ack
+        self.fail_fast = fail_fast
         self.channel = f"{namespace}:wake"
         self.queues_key = f"{namespace}:queues"
+        self.servers_key = f"{namespace}:servers"
         self.scripts = load_scripts()
         self._known_queues: set[str] = set()
 
@@ -345,39 +511,79 @@ class Store:
                 raise StoreUnavailable(
                     f"Redis is unreachable: {failure.getErrorMessage()}"
                 )
+            # A Redis that is up but cannot serve yet (loading its AOF after
+            # a restart, a busy script, a replica without its master): a
+            # state to retry after, not a fault of the request.
+            if failure.check(txredisapi.ResponseError) and str(
+                failure.value
+            ).startswith(_TRANSIENT_REPLIES):
+                raise StoreUnavailable(
+                    f"Redis cannot serve now: {failure.getErrorMessage()}"
+                )
             return failure
 
         d.addTimeout(self.timeout, self.reactor)
         return d.addErrback(unavailable)
 
+    def _send(self, *args: Any) -> defer.Deferred[Any]:
+        """
+        Send one command on the pool (or fail fast, see C{fail_fast}).
+        """
+        if self.fail_fast and not self.connected():
+            return defer.fail(
+                StoreUnavailable("no connection to Redis (it may be failing over)")
+            )
+        return defer.maybeDeferred(self.redis.execute_command, *args)
+
+    def connected(self) -> bool:
+        """
+        Whether a connection to Redis is up now.
+        """
+        factory = getattr(self.redis, "_factory", None)
+        return factory is None or factory.size > 0
+
     def command(self, *args: Any) -> defer.Deferred[Any]:
         """
         Run one plain Redis command (reads only: state changes are scripts).
         """
-        return self._guard(
-            defer.maybeDeferred(self.redis.execute_command, *args)
-        )
+        return self._guard(self._send(*args))
 
     def run(
-        self, name: str, queue: str, args: Sequence[Any]
+        self,
+        name: str,
+        queue: str,
+        args: Sequence[Any],
+        more_keys: Sequence[str] = (),
     ) -> defer.Deferred[Any]:
         """
-        Run one script on one queue's keys.
+        Run one script on one queue's keys (C{more_keys}, when a script
+        takes more, share the queue's hash tag).
+        """
+        return self.run_on(name, [self.prefix(queue), *more_keys], args)
+
+    def run_on(
+        self, name: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> defer.Deferred[Any]:
+        """
+        Run one script on the keys given.
         """
         import txredisapi
 
         script = self.scripts[name]
-        keys = [self.prefix(queue)]
 
         def noscript(failure: Any) -> Any:
             failure.trap(txredisapi.ScriptDoesNotExist)
             log.info("Loading script {name} into Redis", name=name)
             return self.redis.execute_command(
-                "EVAL", script.text, 1, *keys, *args
+                "EVAL", script.text, len(keys), *keys, *args
             )
 
-        d = defer.maybeDeferred(
-            self.redis.execute_command, "EVALSHA", script.sha, 1, *keys, *args
+        d = self._send(
+            "EVALSHA",
+            script.sha,
+            len(keys),
+            *keys,
+            *args,
         )
         d.addErrback(self._noscript_to_error)
         d.addErrback(noscript)
@@ -447,7 +653,13 @@ class Store:
                 args: list[Any] = [now, self.channel, queue]
                 for i in indexes:
                     args.extend(jobs[i].script_args())
-                calls.append((indexes, self.run("push", queue, args)))
+                if self.replicas_ack > 0:
+                    call = self._guard(
+                        defer.Deferred.fromCoroutine(self._push_replicated(queue, args))
+                    )
+                else:
+                    call = self.run("push", queue, args)
+                calls.append((indexes, call))
             for indexes, call in calls:
                 flags = await call
                 for i, flag in zip(indexes, flags):
@@ -456,19 +668,65 @@ class Store:
 
         return defer.Deferred.fromCoroutine(push())
 
+    async def _push_replicated(self, queue: str, args: Sequence[Any]) -> Any:
+        """
+        The push script, then C{WAIT} for C{replicas_ack} replicas, both
+        on one connection (WAIT counts that connection's writes) in one
+        round trip.
+        """
+        import txredisapi
+
+        if self.fail_fast and not self.connected():
+            raise StoreUnavailable("no connection to Redis (it may be failing over)")
+        script = self.scripts["push"]
+        keys = [self.prefix(queue)]
+        # Leave time for the answer within the request's timeout.
+        wait_ms = max(1, int(self.timeout * 500))
+        for verb, body in (("EVALSHA", script.sha), ("EVAL", script.text)):
+            pipe = await self.redis.pipeline()
+            pipe.execute_command(verb, body, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.replicas_ack, wait_ms)
+            try:
+                flags, acked = await pipe.execute_pipeline()
+            except defer.FirstError as e:
+                failure = e.subFailure
+                if verb == "EVALSHA" and str(failure.value).startswith("NOSCRIPT"):
+                    log.info("Loading script push into Redis")
+                    continue
+                failure.raiseException()
+            if isinstance(flags, txredisapi.ResponseError):
+                raise flags
+            if int(acked) < self.replicas_ack:
+                raise StoreUnavailable(
+                    f"the push reached {int(acked)} of the {self.replicas_ack} "
+                    f"replicas asked for within {wait_ms / 1000:g} s"
+                )
+            return flags
+        raise AssertionError("unreachable")
+
     def push_queue(self, queue: str, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool]]:
         """
         L{push} for jobs that all belong to C{queue}.
         """
         return self.push(jobs)
 
+    def held_key(self, queue: str, server_id: str) -> str:
+        """
+        The set of a queue's running jobs that server C{server_id}'s worker
+        connections hold.
+        """
+        return f"{self.prefix(queue)}held:{server_id}"
+
     def claim(
-        self, queue: str, slots: Sequence[tuple[str, str]]
+        self, queue: str, slots: Sequence[tuple[str, str]], held: bool = False
     ) -> defer.Deferred[list[ClaimedJob]]:
         """
         Lease up to C{len(slots)} jobs from a queue.
 
         @param slots: per wanted job, the worker's name and the new lease.
+        @param held: whether the leases live and die with connections to
+            this server (TCP workers): the jobs are recorded as held here,
+            and come back soon after this server dies (L{server_lost}).
         @return: the jobs leased, the i-th under the i-th slot's lease.
         """
         args: list[Any] = [self.now_ms()]
@@ -482,7 +740,8 @@ class Store:
                 for i, row in enumerate(rows)
             ]
 
-        return self.run("claim", queue, args).addCallback(built)
+        more = [self.held_key(queue, self.server_id)] if held else []
+        return self.run("claim", queue, args, more).addCallback(built)
 
     def ack(
         self, queue: str, items: Sequence[tuple[str, str, str]]
@@ -603,6 +862,117 @@ class Store:
         return self.run("sweep", queue, args).addCallback(
             lambda r: tuple(int(n) for n in r)
         )
+
+    def server_lost(
+        self, queue: str, server_id: str, reason: str, limit: int = 1000
+    ) -> defer.Deferred[tuple[int, int]]:
+        """
+        Give back (the attempt counted) up to C{limit} jobs of a queue that
+        worker connections of server C{server_id} held, because that server
+        is gone.
+
+        @param reason: recorded as the attempt's error (type C{ServerLost}).
+        @return: (jobs given back, jobs still recorded as held there).
+        """
+        now = self.now_ms()
+        error = json.dumps({"type": "ServerLost", "message": reason, "at": now})
+        return self.run(
+            "server_lost",
+            queue,
+            [now, self.channel, queue, error, limit],
+            [self.held_key(queue, server_id)],
+        ).addCallback(lambda r: (int(r[0]), int(r[1])))
+
+    # -- the server registry
+
+    def server_key(self, server_id: str) -> str:
+        """
+        The key of a live server's description.
+        """
+        return f"{self.namespace}:server:{server_id}"
+
+    def heartbeat(self, description: str, ttl: float) -> defer.Deferred[int]:
+        """
+        Record that this server is alive, and its description (JSON text),
+        kept for C{ttl} seconds.
+
+        The registry entry and the description are two keys (so that each
+        command touches one key, as a Redis Cluster needs); they need not
+        change together: the entry says when the server was last heard
+        of, the description only what it last said.
+
+        @return: the time of the heartbeat (ms, by Redis's clock).
+        """
+        beat = self.run_on("servers", [self.servers_key], ["beat", self.server_id])
+        told = self.command(
+            "SET",
+            self.server_key(self.server_id),
+            description,
+            "PX",
+            max(1, int(ttl * 1000)),
+        )
+        return defer.gatherResults([beat, told], consumeErrors=True).addCallbacks(
+            lambda results: int(results[0]), lambda f: f.value.subFailure
+        )
+
+    def lost_servers(self, timeout: float) -> defer.Deferred[list[str]]:
+        """
+        The servers not heard of for more than C{timeout} seconds (by
+        Redis's clock), oldest first.
+        """
+        return self.run_on(
+            "servers", [self.servers_key], ["lost", int(timeout * 1000)]
+        ).addCallback(list)
+
+    def forget_server(self, server_id: str, timeout: float) -> defer.Deferred[bool]:
+        """
+        Remove a lost server from the registry, unless it has been heard of
+        in the last C{timeout} seconds after all.
+        """
+        return self.run_on(
+            "servers",
+            [self.servers_key],
+            ["forget", server_id, int(timeout * 1000)],
+        ).addCallback(lambda n: bool(int(n)))
+
+    def deregister(self) -> defer.Deferred[None]:
+        """
+        Take this server out of the registry (it stops cleanly).
+        """
+        return defer.gatherResults(
+            [
+                self.command("ZREM", self.servers_key, self.server_id),
+                self.command("DEL", self.server_key(self.server_id)),
+            ],
+            consumeErrors=True,
+        ).addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
+    async def live_servers(self) -> list[dict[str, Any]]:
+        """
+        The descriptions of every server heard of recently (the ones
+        whose description has not expired), by id.
+        """
+        ids = sorted(await self.command("ZRANGE", self.servers_key, 0, -1))
+        if not ids:
+            return []
+        # One GET each rather than one MGET: the keys may live on different
+        # nodes of a cluster.
+        texts = await defer.gatherResults(
+            [self.command("GET", self.server_key(i)) for i in ids],
+            consumeErrors=True,
+        ).addErrback(lambda f: f.value.subFailure)
+        found = []
+        for server_id, text in zip(ids, texts):
+            if not text:
+                continue
+            try:
+                description = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(description, dict):
+                description["id"] = server_id
+                found.append(description)
+        return found
 
     # -- management
 
@@ -843,6 +1213,21 @@ class Store:
             del job["errors"]
             listed.append(job)
         return listed, position
+
+    async def history(
+        self, queue: str, first_minute: int, periods: int, minutes_per_period: int
+    ) -> list[tuple[int, int]]:
+        """
+        Processed and failed jobs of a queue per period of
+        C{minutes_per_period} minutes, C{periods} of them from
+        C{first_minute} (ms since the epoch // 60000), oldest first: the
+        operator UI's charts.  The per-minute counters last two days.
+        """
+        reply = await self.run(
+            "history", queue, [first_minute, periods, minutes_per_period]
+        )
+        values = [int(v) for v in reply]
+        return list(zip(values[0::2], values[1::2]))
 
     async def queue_sizes(self, queue: str) -> dict[str, Any]:
         """

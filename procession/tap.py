@@ -110,8 +110,10 @@ class Options(usage.Options):
             None,
             None,
             "An external Redis: redis://[user:password@]host[:port][/db], "
-            "rediss://... (TLS) or unix:///path[?db=N]. Without it the "
-            "server runs an embedded Redis. Also PROCESSION_REDIS.",
+            "rediss://... (TLS), unix:///path[?db=N], or through Redis "
+            "Sentinel: sentinel://[password@]host:26379,host:26379/MASTER[/db] "
+            "(the connection follows the master through failovers). Without "
+            "it the server runs an embedded Redis. Also PROCESSION_REDIS.",
         ],
         [
             "redis-server",
@@ -208,6 +210,15 @@ class Options(usage.Options):
             _positive(float),
         ],
         [
+            "server-timeout",
+            None,
+            10.0,
+            "Seconds without a heartbeat after which a server sharing the "
+            "Redis counts as lost: any other server gives back the jobs its "
+            "TCP workers held, and drops its workers from the listings.",
+            _positive(float),
+        ],
+        [
             "redis-timeout",
             None,
             5.0,
@@ -222,7 +233,59 @@ class Options(usage.Options):
             "The prefix of every Redis key, so that several deployments "
             "may share one Redis database.",
         ],
+        [
+            "replicas-ack",
+            None,
+            0,
+            "Answer a push only once this many Redis replicas have it (Redis "
+            "WAIT), so that an acknowledged push survives the loss of the "
+            "primary; when fewer confirm in time the push fails with "
+            "store_unavailable (resend it with the same id).",
+            int,
+        ],
+        [
+            "processes",
+            None,
+            1,
+            "Run this many server processes sharing the listeners, to use "
+            "several cores (docs/scaling.rst). With the embedded Redis, "
+            "only the first process runs it.",
+            _positive(int),
+        ],
+        [
+            "inherit",
+            None,
+            None,
+            "Internal, for --processes: adopt the listening sockets on "
+            "these file descriptors (TCP,HTTP) instead of listening.",
+        ],
+        [
+            "parent-pid",
+            None,
+            None,
+            "Internal, for --processes: stop when this parent process is "
+            "gone.",
+            int,
+        ],
     ]
+
+    # Options a child of --processes is not given as they are: its Redis
+    # and tokens come through its environment, and it adopts its listeners.
+    CHILD_SKIPS = frozenset(
+        {
+            "processes",
+            "inherit",
+            "parent-pid",
+            "redis",
+            "redis-server",
+            "data-dir",
+            "fsync",
+            "token",
+            "token-file",
+            "admin-token",
+            "admin-token-file",
+        }
+    )
 
     def postOptions(self) -> None:
         # usage.Options does not coerce defaults
@@ -234,7 +297,17 @@ class Options(usage.Options):
             raise usage.UsageError("--shutdown-grace must be 0 or more")
         if not self["redis"]:
             self["redis"] = os.environ.get("PROCESSION_REDIS") or None
+        if self["inherit"] is not None:
+            try:
+                tcp_fd, http_fd = (int(n) for n in self["inherit"].split(","))
+            except ValueError:
+                raise usage.UsageError("--inherit takes two file descriptors: TCP,HTTP")
+            self["inherit"] = (tcp_fd, http_fd)
+            if not self["redis"]:
+                raise usage.UsageError("--inherit needs --redis (or PROCESSION_REDIS)")
 
+        if self["replicas-ack"] < 0:
+            raise usage.UsageError("--replicas-ack must be 0 or more")
         if self["poll-timeout"] < 1:
             raise usage.UsageError("--poll-timeout must be at least 1 second")
         self["token"] = _token(self, "token", "PROCESSION_TOKEN")
@@ -270,6 +343,41 @@ class Options(usage.Options):
             except RedisServerNotFound as e:
                 raise usage.UsageError(str(e))
             self["redis-address"] = None
+
+
+def child_arguments(options: Options) -> list[str]:
+    """
+    The command line of a child of C{--processes}: every option as given
+    to the parent (or defaulted), except L{Options.CHILD_SKIPS}.
+    """
+    args = []
+    for name, *_ in options.optFlags:
+        if name not in Options.CHILD_SKIPS and options[name]:
+            args.append(f"--{name}")
+    for name, *_ in options.optParameters:
+        if name in Options.CHILD_SKIPS or options[name] is None:
+            continue
+        args.append(f"--{name}={options[name]}")
+    return args
+
+
+def child_environment(options: Options, redis_url: str) -> dict[str, str]:
+    """
+    The environment of a child of C{--processes}: the parent's, with the
+    Redis URL and tokens (the environment keeps them off command lines
+    that other users can read).
+    """
+    env = dict(os.environ)
+    env["PROCESSION_REDIS"] = redis_url
+    for option, variable in (
+        ("token", "PROCESSION_TOKEN"),
+        ("admin-token", "PROCESSION_ADMIN_TOKEN"),
+    ):
+        if options[option]:
+            env[variable] = options[option]
+        else:
+            env.pop(variable, None)
+    return env
 
 
 def _token(options: Options, name: str, variable: str) -> str | None:
@@ -313,6 +421,10 @@ class ProcessionService(service.MultiService):
         self.worker_factory: Any = None
         self.tcp_port: Any = None
         self.http_port: Any = None
+        self.http_server: Any = None
+        self.listening: dict[str, str] = {}
+        self.children: Any = None
+        self.parent_watch: Any = None
         self.started: defer.Deferred[None] = defer.Deferred()
         self._starting: defer.Deferred[None] | None = None
 
@@ -340,7 +452,6 @@ class ProcessionService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _start(self) -> None:
-        from twisted.internet.endpoints import serverFromString
         from twisted.web.server import Site
 
         from procession.dispatch import Dispatcher
@@ -349,6 +460,10 @@ class ProcessionService(service.MultiService):
         from procession.store import RedisAddress, Store, WakeListener, connect
 
         options = self.options
+        if options["parent-pid"] is not None:
+            from procession.processes import watch_parent
+
+            self.parent_watch = watch_parent(self.reactor, options["parent-pid"])
         address = options["redis-address"]
         if address is None:
             from procession.embedded import EmbeddedRedis
@@ -367,13 +482,18 @@ class ProcessionService(service.MultiService):
                 data_dir=os.path.abspath(options["data-dir"]),
             )
         log.info("Using Redis at {address}", address=address.describe())
-        self.redis = connect(address)
+        replicas_ack = options["replicas-ack"]
+        # WAIT holds its connection until the replicas answer: give other
+        # commands connections of their own meanwhile.
+        self.redis = connect(address, poolsize=4 if replicas_ack else 1)
         self.store = Store(
             self.redis,
             self.reactor,
             self.reactor,
             namespace=options["namespace"],
             timeout=options["redis-timeout"],
+            replicas_ack=replicas_ack,
+            fail_fast=bool(address.sentinels),
         )
         await self._check_redis(external=options["redis-address"] is not None)
 
@@ -384,6 +504,7 @@ class ProcessionService(service.MultiService):
             keep_completed=options["keep-completed"],
             keep_dead=options["keep-dead"],
             max_dead=options["max-dead"],
+            server_timeout=options["server-timeout"],
         )
         self.wake_listener = WakeListener(
             address,
@@ -392,7 +513,6 @@ class ProcessionService(service.MultiService):
             self.dispatcher.wake_all,
         )
         self.wake_listener.start()
-        self.dispatcher.start()
 
         self.worker_factory = WorkerFactory(
             self.dispatcher,
@@ -403,9 +523,14 @@ class ProcessionService(service.MultiService):
             max_connections=options["max-connections"],
             handshake_timeout=options["handshake-timeout"],
         )
-        self.tcp_port = await serverFromString(
-            self.reactor, options["tcp"]
-        ).listen(self.worker_factory)
+        self.dispatcher.describe = self._describe
+        # In the registry before any worker can take a job here: jobs held
+        # by a server that is not in it would only come back when their
+        # leases expire.
+        await self.dispatcher.heartbeat()
+        self.dispatcher.start()
+        self.tcp_port = await self._listen("tcp", 0, self.worker_factory)
+        self.listening["tcp"] = _describe(self.tcp_port)
         self.http_server = HTTPServer(
             self.dispatcher,
             worker_token=options["token"],
@@ -417,14 +542,67 @@ class ProcessionService(service.MultiService):
         self.http_server.worker_factory = self.worker_factory
         site = Site(self.http_server.app.resource())
         site.displayTracebacks = False
-        self.http_port = await serverFromString(
-            self.reactor, options["http"]
-        ).listen(site)
+        self.http_port = await self._listen("http", 1, site)
+        self.listening["http"] = _describe(self.http_port)
+        if options["processes"] > 1:
+            self._start_children(address)
         log.info(
-            "procession is serving workers on {tcp} and HTTP on {http}",
+            "procession is serving workers on {tcp} and HTTP on {http} "
+            "(server {server})",
             tcp=_describe(self.tcp_port),
             http=_describe(self.http_port),
+            server=self.store.server_id,
         )
+
+    def _listen(self, name: str, index: int, factory: Any) -> defer.Deferred[Any]:
+        """
+        Open listener C{name} (tcp or http): as its description says; in
+        the parent of C{--processes}, so that children can share it; in a
+        child, by adopting the socket the parent handed down.
+        """
+        from procession import processes
+
+        description = self.options[name]
+        inherited = self.options["inherit"]
+        if inherited is not None:
+            return defer.succeed(
+                processes.adopt(self.reactor, inherited[index], description, factory)
+            )
+        if self.options["processes"] > 1:
+            return processes.listen_shared(self.reactor, description, factory)
+        return processes.endpoint_listen(self.reactor, description, factory)
+
+    def _start_children(self, address: Any) -> None:
+        """
+        Start the other processes of C{--processes}, on this process's
+        Redis and listeners.
+        """
+        from procession.processes import Children, twist_arguments
+
+        options = self.options
+        if options["redis"]:
+            url = options["redis"]
+        else:
+            url = "unix://" + address.path
+        self.children = Children(
+            self.reactor,
+            options["processes"],
+            child_arguments(options),
+            twist_arguments(sys.argv),
+            [(options["tcp"], self.tcp_port), (options["http"], self.http_port)],
+            child_environment(options, url),
+            stop_timeout=options["shutdown-grace"] + 15,
+        )
+        self.children.startService()
+
+    def _describe(self) -> dict[str, Any]:
+        """
+        This server's part of its heartbeat: its listeners and workers.
+        """
+        workers = []
+        if self.http_server is not None:
+            workers = self.http_server.local_workers()
+        return {"listening": dict(self.listening), "workers": workers}
 
     async def _check_redis(self, external: bool) -> None:
         """
@@ -466,6 +644,23 @@ class ProcessionService(service.MultiService):
                 "Redis persists nothing (no AOF, no RDB snapshots): a Redis "
                 "restart loses every job. Turn on appendonly."
             )
+        wanted = self.options["replicas-ack"]
+        if wanted:
+            try:
+                info = await self.store.command("INFO", "replication")
+            except Exception:
+                return
+            replicas = 0
+            for line in str(info).splitlines():
+                if line.startswith("connected_slaves:"):
+                    replicas = int(line.partition(":")[2] or 0)
+            if replicas < wanted:
+                log.warn(
+                    "--replicas-ack {wanted}: Redis has {replicas} replicas "
+                    "connected now, so pushes fail until enough are",
+                    wanted=wanted,
+                    replicas=replicas,
+                )
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop())
@@ -474,6 +669,12 @@ class ProcessionService(service.MultiService):
         await super().stopService()
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        if self.parent_watch is not None and self.parent_watch.running:
+            self.parent_watch.stop()
+        # The other processes stop (gracefully) alongside this one.
+        children_stopped: defer.Deferred[None] = defer.succeed(None)
+        if self.children is not None:
+            children_stopped = self.children.stopService()
         grace = self.options["shutdown-grace"]
         if self.tcp_port is not None:
             await self.tcp_port.stopListening()
@@ -505,6 +706,9 @@ class ProcessionService(service.MultiService):
             if left:
                 log.info("Shutting down: giving {left} jobs back", left=left)
             await self.worker_factory.release_all("the server shut down")
+        if self.dispatcher is not None:
+            await self.dispatcher.leave()
+        await children_stopped
         if self.wake_listener is not None:
             await self.wake_listener.stop()
         if self.redis is not None:

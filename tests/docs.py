@@ -39,6 +39,7 @@ VARYING = frozenset(
         "lease",
         "cursor",
         "version",
+        "server",
     }
 )
 

@@ -585,6 +585,8 @@ def app_routes() -> set[tuple[str, str]]:
     """
     routes = set()
     for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("ui_"):
+            continue  # the operator UI's HTML pages (procession.ui): not API
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):

@@ -275,3 +275,163 @@ class ManagementReadTests(TestCase):
         self.assertEqual(await self.store.locate("b"), "q2")
         with self.assertRaises(JobNotFound):
             await self.store.locate("c")
+
+
+class ServerRegistryTests(TestCase):
+    """
+    The held sets (claim.lua with a server, server_lost.lua, and every way
+    out of 'running') and the server registry (servers.lua, descriptions).
+    """
+
+    async def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.store = await connected_store(self, self.clock, server_id="srv-a")
+
+    def job(self, **fields):
+        return new_job(self.store.now_ms(), **fields)
+
+    async def held(self, server: str = "srv-a", queue: str = "default") -> list[str]:
+        return sorted(
+            await self.store.command("SMEMBERS", self.store.held_key(queue, server))
+        )
+
+    async def server_field(self, job_id: str) -> str | None:
+        return await self.store.command(
+            "HGET", self.store.prefix("default") + "job:" + job_id, "server"
+        )
+
+    async def test_claim_records_the_holder(self) -> None:
+        """
+        A claim for connection-bound workers names the server in each job
+        and puts it in the server's held set; other claims record nothing.
+        """
+        await self.store.push([self.job(id=i) for i in "abc"])
+        await self.store.claim("default", [("w", "l1"), ("w", "l2")], held=True)
+        self.assertEqual(await self.held(), ["a", "b"])
+        self.assertEqual(await self.server_field("a"), "srv-a")
+        await self.store.claim("default", [("poller", "l3")])
+        self.assertEqual(await self.held(), ["a", "b"])
+        self.assertIsNone(await self.server_field("c"))
+
+    async def test_every_way_out_of_running_leaves_the_held_set(self) -> None:
+        """
+        ack, fail, release, an expired lease, cancel, kill and delete each
+        take the job off its server's held set and out of the hash.
+        """
+        ids = ["ack", "fail", "release", "expire", "cancel", "kill", "delete"]
+        await self.store.push(
+            [self.job(id=i, timeout=1 if i == "expire" else 300) for i in ids]
+        )
+        claimed = await self.store.claim(
+            "default", [("w", f"lease-{i}") for i in ids], held=True
+        )
+        self.assertEqual([j.id for j in claimed], ids)
+        self.assertEqual(await self.held(), sorted(ids))
+        self.assertEqual(
+            await self.store.ack("default", [("ack", "lease-ack", "")]), ["ok"]
+        )
+        await self.store.fail("default", [("fail", "lease-fail", "{}", 10, True)])
+        await self.store.release("default", [("release", "lease-release")], "gone")
+        self.clock.advance(2)
+        self.assertEqual(
+            (await self.store.sweep("default", 100, 3600, 86400, 100))[1], 1
+        )
+        await self.store.cancel("default", "cancel")
+        await self.store.kill("default", "kill")
+        await self.store.delete("default", "delete")
+        self.assertEqual(await self.held(), [])
+        for i in ids[:-1]:
+            self.assertIsNone(await self.server_field(i), i)
+
+    async def test_server_lost_gives_back_what_it_held(self) -> None:
+        """
+        The jobs a lost server held go back to the queue, their attempt
+        counted and a ServerLost error recorded; a job out of attempts is
+        dead.  Done twice (two servers at once), the second finds nothing.
+        """
+        await self.store.push(
+            [self.job(id="a"), self.job(id="b"), self.job(id="last", max_attempts=1)]
+        )
+        await self.store.claim(
+            "default", [("w", "l1"), ("w", "l2"), ("w", "l3")], held=True
+        )
+        self.assertEqual(await self.store.ack("default", [("b", "l2", "")]), ["ok"])
+        other = await connected_store(self, self.clock, server_id="srv-b")
+        other.namespace = self.store.namespace
+        other.channel = self.store.channel
+        self.assertEqual(
+            await other.server_lost("default", "srv-a", "gone", limit=1000), (2, 0)
+        )
+        self.assertEqual(
+            await other.server_lost("default", "srv-a", "gone", limit=1000), (0, 0)
+        )
+        job = await self.store.get_job("default", "a")
+        self.assertEqual((job["state"], job["attempt"]), ("queued", 1))
+        self.assertEqual(job["errors"][0]["type"], "ServerLost")
+        self.assertEqual(job["errors"][0]["message"], "gone")
+        self.assertEqual((await self.store.get_job("default", "last"))["state"], "dead")
+        self.assertEqual(
+            (await self.store.get_job("default", "b"))["state"], "completed"
+        )
+        # The old lease is void.
+        self.assertEqual(
+            await self.store.ack("default", [("a", "l1", "")]), ["lease_lost"]
+        )
+        [again] = await self.store.claim("default", [("w", "l4")])
+        self.assertEqual((again.id, again.attempt), ("a", 2))
+
+    async def test_server_lost_leaves_jobs_of_other_servers(self) -> None:
+        """
+        A job that went from the lost server to another (a stale entry in
+        the held set) is only dropped from the set; a limit bounds each
+        call.
+        """
+        await self.store.push([self.job(id=str(i)) for i in range(5)])
+        await self.store.claim("default", [("w", f"l{i}") for i in range(5)], held=True)
+        # Job 0 changed hands behind the set's back.
+        await self.store.command(
+            "HSET", self.store.prefix("default") + "job:0", "server", "srv-b"
+        )
+        given, left = await self.store.server_lost("default", "srv-a", "gone", limit=2)
+        # Each call looks at two jobs of the set at most.
+        self.assertEqual(left, 3)
+        total = given
+        while left:
+            given, left = await self.store.server_lost(
+                "default", "srv-a", "gone", limit=2
+            )
+            total += given
+        self.assertEqual(total, 4)
+        self.assertEqual((await self.store.get_job("default", "0"))["state"], "running")
+        self.assertEqual(await self.held(), [])
+
+    async def test_heartbeats_and_lost_servers(self) -> None:
+        """
+        A heartbeat puts the server in the registry with its description,
+        which expires after its time to live; a server not heard of for
+        longer than the timeout is lost, and forgetting it works only while
+        it still is.
+        """
+        await self.store.heartbeat(json.dumps({"workers": [{"name": "w#1"}]}), 0.3)
+        [described] = await self.store.live_servers()
+        self.assertEqual(described, {"id": "srv-a", "workers": [{"name": "w#1"}]})
+        self.assertEqual(await self.store.lost_servers(5), [])
+        await sleep(0.4)
+        self.assertEqual(await self.store.live_servers(), [])
+        self.assertEqual(await self.store.lost_servers(0.2), ["srv-a"])
+        self.assertFalse(await self.store.forget_server("srv-a", 5))
+        self.assertTrue(await self.store.forget_server("srv-a", 0.2))
+        self.assertEqual(await self.store.lost_servers(0), [])
+        await self.store.heartbeat("{}", 5)
+        await self.store.deregister()
+        self.assertEqual(await self.store.live_servers(), [])
+        self.assertEqual(
+            await self.store.command("ZRANGE", self.store.servers_key, 0, -1), []
+        )
+
+
+async def sleep(seconds: float) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)

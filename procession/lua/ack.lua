@@ -19,7 +19,7 @@ for i = 2, #ARGV, 3 do
     redis.call('HSET', key, 'state', 'completed', 'finished_at', now,
       'result', ARGV[i + 2])
     redis.call('HDEL', key, 'lease')
-    redis.call('ZREM', prefix .. 'running', id)
+    leave_running(id)
     redis.call('ZADD', prefix .. 'done', now, id)
     done = done + 1
     replies[#replies + 1] = 'ok'

@@ -1,17 +1,28 @@
 -- claim.lua: lease up to N queued jobs of one queue, best first.
 --
 -- KEYS[1]  the queue's key prefix
+-- KEYS[2]  optional: <prefix>held:<server>, the held set of the claiming
+--          server, given when the leases live and die with the workers'
+--          connections to that server (TCP workers); left out when the
+--          worker may ack through any server (HTTP polls)
 -- ARGV[1]  now (ms)
 -- then 2 values per wanted job: the worker's name, the new lease token
 --
 -- Returns one row per job leased (fewer than asked when the queue ran
 -- out, none while it is paused): the fields listed in
 -- procession.job.CLAIM_FIELDS.  Row i belongs to the i-th worker/lease
--- pair.  Each claim counts as an attempt.
+-- pair.  Each claim counts as an attempt.  With KEYS[2], each job leased
+-- goes into that held set and names the server in its hash ('server'), so
+-- that it comes back soon after the server dies (server_lost.lua).
 local now = tonumber(ARGV[1])
 local wanted = (#ARGV - 1) / 2
 if wanted < 1 or redis.call('EXISTS', prefix .. 'paused') == 1 then
   return {}
+end
+local held = KEYS[2]
+local server = nil
+if held then
+  server = string.sub(held, #prefix + 6)
 end
 local popped = redis.call('ZPOPMIN', prefix .. 'queued', wanted)
 local rows = {}
@@ -22,6 +33,10 @@ for i = 1, #popped, 2 do
   redis.call('HINCRBY', key, 'attempt', 1)
   redis.call('HSET', key, 'state', 'running', 'started_at', now,
     'worker', ARGV[slot], 'lease', ARGV[slot + 1])
+  if server then
+    redis.call('HSET', key, 'server', server)
+    redis.call('SADD', held, id)
+  end
   local row = redis.call('HMGET', key, 'id', 'type', 'queue', 'args',
     'priority', 'attempt', 'max_attempts', 'timeout', 'meta', 'created_at',
     'enqueued_at')

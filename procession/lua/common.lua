@@ -3,6 +3,8 @@
 -- Every script takes KEYS[1] = the queue's key prefix, "<ns>:{<queue>}:",
 -- and builds the queue's other keys from it, so that every key a script
 -- touches carries the queue's hash tag and stays in one cluster slot.
+-- (claim.lua and server_lost.lua also name one server's held set,
+-- "<prefix>held:<server>", as KEYS[2]: same hash tag.)
 --
 -- Keys under the prefix:
 --   job:<id>     hash: the job (fields listed in procession/job.py)
@@ -22,6 +24,11 @@
 --   paused       string: present while the queue is paused
 --   stats        hash: pushed, processed, failed (since the queue began)
 --   minute:<m>   hash: processed, failed in minute m (expires after 2 days)
+--   held:<srv>   set: ids of running jobs whose lease lives and dies with a
+--                connection to server <srv> (TCP workers; not HTTP polls),
+--                which the job's hash names in 'server'.  When that server
+--                stops heartbeating, any server gives them back
+--                (server_lost.lua) instead of waiting for the leases.
 
 local prefix = KEYS[1]
 local MAX_ERRORS = 10
@@ -85,13 +92,26 @@ local function count(field, now, n)
   end
 end
 
+-- Take a job off the running set, and off its server's held set.  Every
+-- way out of 'running' goes through here.
+local function leave_running(id)
+  local key = jobkey(id)
+  redis.call('ZREM', prefix .. 'running', id)
+  local server = redis.call('HGET', key, 'server')
+  if server then
+    redis.call('SREM', prefix .. 'held:' .. server, id)
+    redis.call('HDEL', key, 'server')
+  end
+end
+
 -- Remove a job from whichever state set holds it.
 local function unlist(id, state)
   local key = jobkey(id)
   if state == 'queued' then
     redis.call('ZREM', prefix .. 'queued', redis.call('HGET', key, 'qm'))
-  elseif state == 'scheduled' or state == 'retrying' or state == 'running'
-      or state == 'dead' then
+  elseif state == 'running' then
+    leave_running(id)
+  elseif state == 'scheduled' or state == 'retrying' or state == 'dead' then
     redis.call('ZREM', prefix .. state, id)
   elseif state == 'completed' or state == 'cancelled' then
     redis.call('ZREM', prefix .. 'done', id)
@@ -104,7 +124,7 @@ end
 -- cannot loop forever.  Returns 'queued' or 'dead'.
 local function take_back(id, now, err, uncount)
   local key = jobkey(id)
-  redis.call('ZREM', prefix .. 'running', id)
+  leave_running(id)
   redis.call('HDEL', key, 'lease', 'worker')
   if uncount then
     redis.call('HINCRBY', key, 'attempt', -1)

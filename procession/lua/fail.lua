@@ -24,7 +24,7 @@ for i = 2, #ARGV, 5 do
     local attempt = tonumber(redis.call('HGET', key, 'attempt'))
     local max_attempts = tonumber(redis.call('HGET', key, 'max_attempts'))
     record_error(id, ARGV[i + 2])
-    redis.call('ZREM', prefix .. 'running', id)
+    leave_running(id)
     redis.call('HDEL', key, 'lease')
     failed = failed + 1
     if retry_in == -2 or attempt >= max_attempts then

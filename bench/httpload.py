@@ -1,0 +1,142 @@
+"""
+The HTTP side of the benchmark: pushes with ``POST /api/v1/jobs`` and a
+long-poll drain (``GET /api/v1/jobs/next`` then ``POST .../ack`` with the
+job's lease), from a few threads, each with one keep-alive connection
+(docs/http-api.rst).  Prints what it did as JSON.
+
+    python -m bench.httpload push --port 8080 --jobs 10000 --threads 4
+    python -m bench.httpload drain --port 8080 --jobs 10000 --threads 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+from bench.producer import job_args
+
+
+class Counter:
+    """
+    Jobs handed out to (push) or finished by (drain) the threads, with the
+    time of the first and the last.
+    """
+
+    def __init__(self, target: int, deadline: float) -> None:
+        self.lock = threading.Lock()
+        self.target = target
+        self.deadline = deadline
+        self.taken = 0
+        self.done = 0
+        self.first: float | None = None
+        self.last = 0.0
+        self.errors: list[str] = []
+
+    def take(self) -> int | None:
+        """
+        The number of the next job to push, or L{None} when all are.
+        """
+        with self.lock:
+            if self.taken >= self.target or time.monotonic() > self.deadline:
+                return None
+            self.taken += 1
+            return self.taken - 1
+
+    def finished(self) -> bool:
+        return self.done >= self.target or time.monotonic() > self.deadline or bool(self.errors)
+
+    def one_done(self, started: float | None = None) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.done += 1
+            if self.first is None:
+                self.first = started if started is not None else now
+            self.last = now
+
+
+def pusher(port: int, counter: Counter) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    while (i := counter.take()) is not None:
+        body = json.dumps({"type": "noop", "args": job_args(i)})
+        started = time.monotonic()
+        connection.request("POST", "/api/v1/jobs", body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 201:
+            counter.errors.append(f"{response.status} {data[:200]!r}")
+            return
+        counter.one_done(started)
+    connection.close()
+
+
+def poller(port: int, counter: Counter, name: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    url = f"/api/v1/jobs/next?queues=default&wait=1&worker={name}"
+    while not counter.finished():
+        started = time.monotonic()
+        connection.request("GET", url)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status == 204:
+            continue
+        if response.status != 200:
+            counter.errors.append(f"next: {response.status} {data[:200]!r}")
+            return
+        job = json.loads(data)
+        body = json.dumps({"lease": job["lease"]})
+        connection.request("POST", f"/api/v1/jobs/{job['id']}/ack", body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            counter.errors.append(f"ack: {response.status} {data[:200]!r}")
+            return
+        counter.one_done(started)
+    connection.close()
+
+
+def run(mode: str, port: int, jobs: int, threads: int, max_seconds: float) -> dict[str, Any]:
+    counter = Counter(jobs, time.monotonic() + max_seconds)
+    workers = [
+        threading.Thread(
+            target=pusher if mode == "push" else poller,
+            args=(port, counter) if mode == "push" else (port, counter, f"http-{n}"),
+            daemon=True,
+        )
+        for n in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(max_seconds + 60)
+    first = counter.first or 0.0
+    return {
+        "jobs": counter.done,
+        "start": first,
+        "end": counter.last,
+        "seconds": counter.last - first,
+        "errors": counter.errors[:5],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.httpload", description=__doc__)
+    parser.add_argument("mode", choices=("push", "drain"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--jobs", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--max-seconds", type=float, default=600.0)
+    options = parser.parse_args(argv)
+    result = run(options.mode, options.port, options.jobs, options.threads, options.max_seconds)
+    print(json.dumps(result), flush=True)
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""
+procession on Redis Sentinel (C{--redis sentinel://...}): a real primary, a
+replica and three sentinels on loopback, started by the test from the
+redis-server binary procession finds, and a procession server as a child
+process.  The primary is killed under load; the sentinels promote the
+replica; the server follows by itself, pushes in the switch fail fast with
+store_unavailable and succeed again afterwards.  What was acknowledged and
+then lost is counted, without and with C{--replicas-ack 1}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from procession.embedded import find_redis_server
+from procession.store import RedisAddress
+from tests.redis import free_port
+from tests.test_server_process import Server
+from tests.wire import WireClient, WireClosed, WireTimeout
+
+MASTER = "procession-test"
+
+# With PROCESSION_SENTINEL_FIGURES set to a path, each test appends its
+# counts there as one JSON line (for docs/scaling.rst).
+FIGURES = os.environ.get("PROCESSION_SENTINEL_FIGURES")
+
+
+def command(port: int, *words: str, timeout: float = 2.0) -> Any:
+    """
+    One Redis command on a fresh connection; the reply, decoded (RESP2).
+    """
+    request = f"*{len(words)}\r\n" + "".join(
+        f"${len(w.encode())}\r\n{w}\r\n" for w in words
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(request.encode())
+        reader = s.makefile("rb")
+        return _read(reader)
+
+
+def _read(reader: Any) -> Any:
+    line = reader.readline()
+    if not line:
+        raise ConnectionError("closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = reader.read(n + 2)
+        return data[:-2].decode()
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read(reader) for _ in range(n)]
+    raise ValueError(f"bad reply {line!r}")
+
+
+class Node:
+    """
+    One redis-server (data node or sentinel) owned by a test.
+    """
+
+    def __init__(self, test: SynchronousTestCase, folder: str, name: str, *args: str) -> None:
+        self.port = free_port()
+        self.dir = os.path.join(folder, name)
+        os.makedirs(self.dir)
+        self.args = args
+        self.name = name
+        self.process: subprocess.Popen[bytes] | None = None
+        test.addCleanup(self.kill)
+
+    def start(self, sentinel_of: int | None = None) -> "Node":
+        binary = find_redis_server()
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                  "--logfile", os.path.join(self.dir, "redis.log"), "--daemonize", "no"]  # fmt: skip
+        if sentinel_of is None:
+            argv = [binary, *common, "--appendonly", "yes", "--save", "",
+                    "--maxmemory-policy", "noeviction", *self.args]  # fmt: skip
+        else:
+            conf = os.path.join(self.dir, "sentinel.conf")
+            with open(conf, "w", encoding="ascii") as f:
+                f.write(
+                    f"sentinel monitor {MASTER} 127.0.0.1 {sentinel_of} 2\n"
+                    f"sentinel down-after-milliseconds {MASTER} 800\n"
+                    f"sentinel failover-timeout {MASTER} 4000\n"
+                    f"sentinel parallel-syncs {MASTER} 1\n"
+                )
+            argv = [binary, conf, "--sentinel", *common]
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if command(self.port, "PING") == "PONG":
+                    return self
+            except (OSError, RuntimeError, ConnectionError):
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} did not start ({self.dir})")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+
+class Producer(threading.Thread):
+    """
+    Pushes jobs with ids of its own, C{window} in flight, reconnecting
+    after errors; notes which pushes were acknowledged (C{OK}) and the
+    errors and how long each took to come back.
+    """
+
+    def __init__(self, port: int, prefix: str, window: int = 20) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.prefix = prefix
+        self.window = window
+        self.stop = threading.Event()
+        self.acked: list[str] = []
+        self.errors: list[tuple[float, str, float]] = []  # when, code, took
+        self.sent = 0
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:
+            self.failure = e
+
+    def _run(self) -> None:
+        client: WireClient | None = None
+        while not self.stop.is_set():
+            if client is None:
+                try:
+                    client = WireClient("127.0.0.1", self.port, timeout=10)
+                    client.hello("producer")
+                except (OSError, WireClosed, WireTimeout):
+                    client = None
+                    time.sleep(0.05)
+                    continue
+            ids = [f"{self.prefix}-{self.sent + i}" for i in range(self.window)]
+            self.sent += self.window
+            started = time.monotonic()
+            try:
+                for job_id in ids:
+                    client.send("PUSH", {"type": "t", "id": job_id})
+                for job_id in ids:
+                    verb, body = client.reply(10)
+                    if verb == "OK":
+                        self.acked.append(job_id)
+                    else:
+                        self.errors.append(
+                            (time.monotonic(), body["code"], time.monotonic() - started)
+                        )
+            except (OSError, WireClosed, WireTimeout):
+                client.close()
+                client = None
+            if self.errors and self.errors[-1][0] >= started:
+                time.sleep(0.05)
+        if client is not None:
+            client.close()
+
+
+class SentinelTests(SynchronousTestCase):
+    def cluster(self) -> tuple[Node, Node, list[Node]]:
+        """
+        A primary, its replica and three sentinels watching them, once the
+        sentinels know the replica and each other.
+        """
+        folder = tempfile.mkdtemp(prefix="procession-sentinel-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        primary = Node(self, folder, "primary").start()
+        replica = Node(self, folder, "replica", "--replicaof", "127.0.0.1", "0")
+        replica.args = ("--replicaof", "127.0.0.1", str(primary.port))
+        replica.start()
+        sentinels = [Node(self, folder, f"sentinel{n}").start(primary.port) for n in range(3)]
+        deadline = time.monotonic() + 30
+        while True:
+            ready = True
+            for s in sentinels:
+                try:
+                    replicas = command(s.port, "SENTINEL", "REPLICAS", MASTER)
+                    masters = command(s.port, "SENTINEL", "MASTERS")
+                except (OSError, RuntimeError, ConnectionError):
+                    ready = False
+                    break
+                fields = dict(zip(masters[0][::2], masters[0][1::2]))
+                seen = [dict(zip(r[::2], r[1::2])) for r in replicas]
+                if int(fields.get("num-other-sentinels", 0)) < 2 or not any(
+                    r.get("master-link-status") == "ok" for r in seen
+                ):
+                    ready = False
+            if ready:
+                break
+            self.assertLess(time.monotonic(), deadline, "the sentinels never settled")
+            time.sleep(0.1)
+        return primary, replica, sentinels
+
+    def url(self, sentinels: list[Node]) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+        return f"sentinel://{hosts}/{MASTER}/0"
+
+    def failover_under_load(self, *args: str) -> dict[str, Any]:
+        """
+        Push under load, kill the primary, wait for the promotion and for
+        pushes to succeed again; count the acknowledged pushes that the
+        new primary does not have.
+        """
+        primary, replica, sentinels = self.cluster()
+        namespace = "s" + uuid.uuid4().hex[:10]
+        server = Server(
+            self,
+            "/nonexistent-data-dir",
+            "--redis", self.url(sentinels),
+            "--namespace", namespace,
+            "--redis-timeout", "2",
+            *args,
+        ).serving(30)  # fmt: skip
+        producer = Producer(server.port, "job")
+        producer.start()
+        self.addCleanup(producer.stop.set)
+        deadline = time.monotonic() + 10
+        while len(producer.acked) < 2000:
+            self.assertLess(time.monotonic(), deadline, f"slow: {producer.errors[-3:]}")
+            time.sleep(0.01)
+        self.assertEqual(producer.errors, [])
+
+        primary.kill()
+        killed = time.monotonic()
+        acked_at_kill = len(producer.acked)
+        deadline = killed + 20
+        while True:
+            address = command(
+                sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
+            )
+            if address and int(address[1]) == replica.port:
+                promoted = time.monotonic() - killed
+                break
+            self.assertLess(time.monotonic(), deadline, "no promotion")
+            time.sleep(0.05)
+        # The old primary comes back, and the sentinels make it a replica
+        # of the new one (with --replicas-ack 1 pushes need it).
+        primary.start()
+        # Pushes succeed again once the server has found the new primary.
+        while len(producer.acked) < acked_at_kill + 1000 or (
+            producer.errors and time.monotonic() - producer.errors[-1][0] < 0.5
+        ):
+            self.assertIsNone(producer.failure)
+            self.assertLess(time.monotonic(), deadline, f"no recovery: {producer.errors[-3:]}")
+            time.sleep(0.01)
+        recovered = max([e[0] for e in producer.errors] + [killed]) - killed
+        producer.stop.set()
+        producer.join(15)
+        self.assertIsNone(producer.failure)
+
+        # Errors in the switch are store_unavailable, and come back fast.
+        codes = {code for _, code, _ in producer.errors}
+        self.assertLessEqual(codes, {"store_unavailable"}, producer.errors[:5])
+        slowest = max((took for _, _, took in producer.errors), default=0.0)
+        self.assertLess(slowest, 5.0)
+
+        # What the new primary lacks of what was acknowledged.
+        lost = 0
+        prefix = f"{namespace}:{{default}}:job:"
+        for job_id in producer.acked:
+            if not command(replica.port, "EXISTS", prefix + job_id):
+                lost += 1
+        figures = {
+            "args": list(args),
+            "acknowledged": len(producer.acked),
+            "acknowledged_before_kill": acked_at_kill,
+            "lost": lost,
+            "refused_in_switch": len(producer.errors),
+            "promoted_after_s": round(promoted, 2),
+            "pushes_ok_again_after_s": round(recovered, 2),
+        }
+        if FIGURES:
+            with open(FIGURES, "a", encoding="utf-8") as f:
+                f.write(json.dumps(figures) + "\n")
+        self.assertEqual(server.terminate(20)[0], 0, server.output())
+        return figures
+
+    def test_failover_without_replica_acks(self) -> None:
+        """
+        Without --replicas-ack the server follows the failover by itself;
+        acknowledged pushes still in flight to the replica may be lost (the
+        count is reported, not asserted).
+        """
+        figures = self.failover_under_load()
+        self.assertGreater(figures["acknowledged"], figures["acknowledged_before_kill"])
+
+    def test_failover_with_replica_acks(self) -> None:
+        """
+        With --replicas-ack 1 no acknowledged push is lost.
+        """
+        figures = self.failover_under_load("--replicas-ack", "1")
+        self.assertEqual(figures["lost"], 0, figures)
+
+    def test_sentinel_url(self) -> None:
+        """
+        sentinel:// URLs: hosts with and without ports, the master's name,
+        the database and the password; never the password in logs.
+        """
+        address = RedisAddress.from_url("sentinel://:s3cret@a:26380,b/main/2")
+        self.assertEqual(address.sentinels, (("a", 26380), ("b", 26379)))
+        self.assertEqual((address.master, address.db), ("main", 2))
+        self.assertEqual(address.password, "s3cret")
+        self.assertEqual(address.describe(), "sentinel://a:26380,b:26379/main/2")
+        self.assertEqual(RedisAddress.from_url("sentinel://h:1/m").db, 0)
+        for bad in ("sentinel://h:1", "sentinel://h:x/m", "sentinel://h:1/m/x"):
+            with self.assertRaises(ValueError):
+                RedisAddress.from_url(bad)
