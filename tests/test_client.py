@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+from functools import partial
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -43,28 +44,14 @@ from procession.client import (
     make_job,
     resolve_address,
 )
+from tests.ledger import wait_for as _poll
 from tests.redis import free_port, namespace, shared_redis
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def wait_for(
-    condition: Callable[[], Any], timeout: float, describe: Callable[[], str] | str = ""
-) -> Any:
-    """
-    Poll C{condition} until it is true; its value.
-
-    @raise AssertionError: when C{timeout} seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = describe() if callable(describe) else describe
-            raise AssertionError(f"still not true after {timeout} s. {text}")
-        time.sleep(0.02)
+# The ledger's poller, polling a little faster for these short waits.
+wait_for = partial(_poll, interval=0.02)
 
 
 def _environment(**extra: str) -> dict[str, str]:
