@@ -221,11 +221,17 @@ def run_case(processes: int, settings: argparse.Namespace) -> dict[str, Any]:
             stop.set()
             for c in children:
                 c.join(10)
+            server_used = cpu_seconds(pids) - server_cpu
+            redis_used = cpu_seconds([redis.pid]) - redis_cpu
             result[phase] = {
                 "jobs_per_s": round(target / took),
-                "server_cores": round((cpu_seconds(pids) - server_cpu) / took, 2),
-                "redis_cores": round((cpu_seconds([redis.pid]) - redis_cpu) / took, 2),
+                "server_cores": round(server_used / took, 2),
+                "redis_cores": round(redis_used / took, 2),
+                # CPU per job holds better than rates on a busy machine.
+                "server_us_per_job": round(server_used / target * 1e6, 1),
+                "redis_us_per_job": round(redis_used / target * 1e6, 1),
             }
+        result["load_average"] = os.getloadavg()[0]
         return result
     finally:
         if server is not None and server.poll() is None:
@@ -258,17 +264,23 @@ def main() -> None:
             runs.append(run)
     print(f"cores: {os.cpu_count()}; {settings.jobs} jobs, {settings.connections} "
           f"connections, window {settings.window}; medians of {settings.repeat}")  # fmt: skip
-    print(f"{'processes':>9} {'push/s':>8} {'srv':>5} {'redis':>5} "
-          f"{'drain/s':>8} {'srv':>5} {'redis':>5}")  # fmt: skip
+    print("per phase: jobs/s, cores used by the servers and by Redis, "
+          "CPU microseconds per job of the servers and of Redis")
+    print(f"{'processes':>9} {'push/s':>8} {'srv':>5} {'redis':>5} {'us':>5} {'us':>5} "
+          f"{'drain/s':>8} {'srv':>5} {'redis':>5} {'us':>5} {'us':>5} {'load':>5}")  # fmt: skip
     for n in counts:
         mine = [r for r in runs if r["processes"] == n]
 
         def med(phase: str, key: str) -> float:
             return statistics.median(r[phase][key] for r in mine)
 
-        print(f"{n:>9} {med('push', 'jobs_per_s'):>8.0f} {med('push', 'server_cores'):>5.2f} "
-              f"{med('push', 'redis_cores'):>5.2f} {med('drain', 'jobs_per_s'):>8.0f} "
-              f"{med('drain', 'server_cores'):>5.2f} {med('drain', 'redis_cores'):>5.2f}")  # fmt: skip
+        row = f"{n:>9}"
+        for phase in ("push", "drain"):
+            row += (f" {med(phase, 'jobs_per_s'):>8.0f} {med(phase, 'server_cores'):>5.2f}"
+                    f" {med(phase, 'redis_cores'):>5.2f} {med(phase, 'server_us_per_job'):>5.0f}"
+                    f" {med(phase, 'redis_us_per_job'):>5.0f}")  # fmt: skip
+        load = statistics.median(r["load_average"] for r in mine)
+        print(row + f" {load:>5.1f}")
     if settings.output:
         with open(settings.output, "w", encoding="utf-8") as f:
             json.dump({"cores": os.cpu_count(), "runs": runs}, f, indent=1)

@@ -135,9 +135,19 @@ def adopt(reactor: Any, fd: int, description: str, factory: Any) -> Any:
 
             factory = TLSMemoryBIOFactory(context, False, factory)
         # adoptStreamPort duplicates the descriptor.
-        return reactor.adoptStreamPort(listening.fileno(), family, factory)
+        port = reactor.adoptStreamPort(listening.fileno(), family, factory)
     finally:
         listening.close()
+    if family == socket.AF_UNIX:
+        # An adopted unix port, when it stops listening, shuts the socket
+        # down (for every process sharing it) and removes its file: neither
+        # is this process's to do, the parent's listener lives on.  (An
+        # adopted TCP port already leaves the socket alone.)
+        from twisted.internet import tcp
+
+        port._shouldShutdown = False
+        port.connectionLost = lambda reason: tcp.Port.connectionLost(port, reason)
+    return port
 
 
 class _Child(protocol.ProcessProtocol):

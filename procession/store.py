@@ -427,10 +427,11 @@ class WakeListener:
             return defer.succeed(None)
         factory, self._factory = self._factory, None
         stopping = [defer.maybeDeferred(factory.disconnect)]
-        if getattr(self, "_sentinel", None) is not None:
-            stopping.append(defer.maybeDeferred(self._sentinel.disconnect))
-        return defer.gatherResults(stopping, consumeErrors=True).addErrback(
-            lambda _: None
+        sentinel = getattr(self, "_sentinel", None)
+        if sentinel is not None:
+            stopping.append(defer.maybeDeferred(sentinel.disconnect))
+        return defer.gatherResults(stopping, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda _: None
         )
 
 

@@ -194,9 +194,10 @@ class ClusterProcessTests(SynchronousTestCase):
         took = time.monotonic() - killed
         self.assertEqual({j["id"] for j in jobs}, pushed)
         self.assertEqual({j["attempt"] for j in jobs}, {2})
-        # Not before the timeout; well before the 300 s leases.
+        # Not before the timeout; well before the 300 s leases (the margin
+        # is for a busy machine: a sweep interval and a round trip would do).
         self.assertGreater(took, 1.5)
-        self.assertLess(took, 2 + 3)
+        self.assertLess(took, 2 + 6)
         job = http_json(survivor.http_port, f"/api/v1/jobs/{jobs[0]['id']}")
         self.assertEqual(job["errors"][0]["type"], "ServerLost")
         self.assertEqual(names(), {"producer", "survivor"})

@@ -241,10 +241,12 @@ class SentinelTests(SynchronousTestCase):
         producer = Producer(server.port, "job")
         producer.start()
         self.addCleanup(producer.stop.set)
-        deadline = time.monotonic() + 10
+        began = time.monotonic()
+        deadline = began + 10
         while len(producer.acked) < 2000:
             self.assertLess(time.monotonic(), deadline, f"slow: {producer.errors[-3:]}")
             time.sleep(0.01)
+        rate = len(producer.acked) / (time.monotonic() - began)
         self.assertEqual(producer.errors, [])
 
         primary.kill()
@@ -291,6 +293,7 @@ class SentinelTests(SynchronousTestCase):
             "args": list(args),
             "acknowledged": len(producer.acked),
             "acknowledged_before_kill": acked_at_kill,
+            "pushes_per_s_before_kill": round(rate),
             "lost": lost,
             "refused_in_switch": len(producer.errors),
             "promoted_after_s": round(promoted, 2),

@@ -74,7 +74,7 @@ class PackagingTests(SynchronousTestCase):
     """
     The templates ship in the wheel: setup.cfg maps the top-level folder to
     the package procession.templates and its package data takes every file
-    (a wheel built by 'pip install .' is checked by hand, see docs/ui_render.rst).
+    (an installed wheel was checked by hand: pip install into a fresh venv).
     """
 
     def test_every_template_file_is_package_data(self) -> None:
