@@ -2,10 +2,12 @@
 The HTTP side of the benchmark: pushes with ``POST /api/v1/jobs`` and a
 long-poll drain (``GET /api/v1/jobs/next`` then ``POST .../ack`` with the
 job's lease), from a few threads, each with one keep-alive connection
-(docs/http-api.rst).  Prints what it did as JSON.
+(docs/http-api.rst).  With ``--batch N``, each request carries N jobs:
+a push posts a JSON array, a poll asks for ``count=N`` and acks what it
+got with one ``POST /api/v1/acks``.  Prints what it did as JSON.
 
     python -m bench.httpload push --port 8080 --jobs 10000 --threads 4
-    python -m bench.httpload drain --port 8080 --jobs 10000 --threads 4
+    python -m bench.httpload drain --port 8080 --jobs 10000 --threads 4 --batch 100
 """
 
 from __future__ import annotations
@@ -47,16 +49,70 @@ class Counter:
             self.taken += 1
             return self.taken - 1
 
+    def take_many(self, n: int) -> list[int]:
+        """
+        The numbers of up to C{n} next jobs to push (none when all are).
+        """
+        with self.lock:
+            if time.monotonic() > self.deadline:
+                return []
+            numbers = list(range(self.taken, min(self.taken + n, self.target)))
+            self.taken += len(numbers)
+            return numbers
+
     def finished(self) -> bool:
         return self.done >= self.target or time.monotonic() > self.deadline or bool(self.errors)
 
-    def one_done(self, started: float | None = None) -> None:
+    def one_done(self, started: float | None = None, n: int = 1) -> None:
         now = time.monotonic()
         with self.lock:
-            self.done += 1
+            self.done += n
             if self.first is None:
                 self.first = started if started is not None else now
             self.last = now
+
+
+def batch_pusher(port: int, counter: Counter, batch: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    while numbers := counter.take_many(batch):
+        body = json.dumps([{"type": "noop", "args": job_args(i)} for i in numbers])
+        started = time.monotonic()
+        connection.request("POST", "/api/v1/jobs", body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 201:
+            counter.errors.append(f"{response.status} {data[:200]!r}")
+            return
+        counter.one_done(started, len(numbers))
+    connection.close()
+
+
+def batch_poller(port: int, counter: Counter, name: str, batch: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    url = f"/api/v1/jobs/next?queues=default&wait=1&worker={name}&count={batch}"
+    while not counter.finished():
+        started = time.monotonic()
+        connection.request("GET", url)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status == 204:
+            continue
+        if response.status != 200:
+            counter.errors.append(f"next: {response.status} {data[:200]!r}")
+            return
+        jobs = json.loads(data)
+        body = json.dumps([{"id": job["id"], "lease": job["lease"]} for job in jobs])
+        connection.request("POST", "/api/v1/acks", body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        results = json.loads(data)["results"] if response.status == 200 else None
+        if results is None or any("error" in r for r in results):
+            counter.errors.append(f"acks: {response.status} {data[:200]!r}")
+            return
+        counter.one_done(started, len(jobs))
+    connection.close()
 
 
 def pusher(port: int, counter: Counter) -> None:
@@ -101,14 +157,18 @@ def poller(port: int, counter: Counter, name: str) -> None:
     connection.close()
 
 
-def run(mode: str, port: int, jobs: int, threads: int, max_seconds: float) -> dict[str, Any]:
+def run(
+    mode: str, port: int, jobs: int, threads: int, max_seconds: float, batch: int = 1
+) -> dict[str, Any]:
     counter = Counter(jobs, time.monotonic() + max_seconds)
+    if batch > 1:
+        target: Any = batch_pusher if mode == "push" else batch_poller
+        args: Any = [(port, counter, batch) if mode == "push" else (port, counter, f"http-{n}", batch) for n in range(threads)]
+    else:
+        target = pusher if mode == "push" else poller
+        args = [(port, counter) if mode == "push" else (port, counter, f"http-{n}") for n in range(threads)]
     workers = [
-        threading.Thread(
-            target=pusher if mode == "push" else poller,
-            args=(port, counter) if mode == "push" else (port, counter, f"http-{n}"),
-            daemon=True,
-        )
+        threading.Thread(target=target, args=args[n], daemon=True)
         for n in range(threads)
     ]
     for w in workers:
@@ -132,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--batch", type=int, default=1, help="jobs per request (default 1)")
     options = parser.parse_args(argv)
-    result = run(options.mode, options.port, options.jobs, options.threads, options.max_seconds)
+    result = run(
+        options.mode, options.port, options.jobs, options.threads,
+        options.max_seconds, options.batch,
+    )
     print(json.dumps(result), flush=True)
     return 1 if result["errors"] else 0
 

@@ -69,6 +69,8 @@ COMPETITORS = ("rq", "celery", "dramatiq")
 NAMESPACE = "bench1"
 BIN = os.path.dirname(sys.executable)
 POLL = 0.005
+# Jobs per request in the batched HTTP cases.
+HTTP_BATCH = 100
 PROFILE_CASES = (
     "drain-raw",
     "drain-runner",
@@ -595,7 +597,7 @@ class Bench:
 
         return run
 
-    def http(self, mode: str) -> Callable[[Env], dict[str, Any]]:
+    def http(self, mode: str, batch: int = 1) -> Callable[[Env], dict[str, Any]]:
         def run(env: Env) -> dict[str, Any]:
             assert env.server is not None
             s = self.settings
@@ -607,6 +609,7 @@ class Bench:
                 sys.executable, "-m", "bench.httpload", mode,
                 "--port", str(env.server.http_port), "--jobs", str(s.jobs),
                 "--threads", str(s.http_threads), "--max-seconds", str(s.max_seconds),
+                "--batch", str(batch),
             ]
             # fmt: on
             process = subprocess.run(
@@ -804,6 +807,8 @@ class Bench:
             add(f"latency{rate}", "threads", "dramatiq", family, self.latency("threads", rate))
         add("http", "push", "procession", "push.one", self.http("push"))
         add("http", "drain", "procession", "drain", self.http("drain"))
+        add("http", "push-batch", "procession", "push.batch", self.http("push", HTTP_BATCH))
+        add("http", "drain-batch", "procession", "drain", self.http("drain", HTTP_BATCH))
         for n in s.scale:
             credit = max(1, s.raw_credit // n)
             add(
@@ -1091,6 +1096,14 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     check("TCP push batched: >= 30,000 jobs/s", "push.batch/procession", "jobs_per_s", 30000)
     check("HTTP long-poll drain: >= 2,000 jobs/s", "http.drain/procession", "jobs_per_s", 2000)
     check("HTTP POST push: >= 3,000 jobs/s", "http.push/procession", "jobs_per_s", 3000)
+    check(
+        f"HTTP long-poll drain, {HTTP_BATCH} jobs a request: >= 2,000 jobs/s",
+        "http.drain-batch/procession", "jobs_per_s", 2000,
+    )
+    check(
+        f"HTTP POST push, {HTTP_BATCH} jobs a request: >= 3,000 jobs/s",
+        "http.push-batch/procession", "jobs_per_s", 3000,
+    )
     check(
         "Latency at 1,000/s: p50 <= 1 ms", "latency1000.raw/procession", "p50_ms", 1, higher=False
     )

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from procession.dispatch import Dispatcher, lease_queue
 from procession.errors import (
     InvalidRequest,
+    ProcessionError,
     JobNotFound,
     LeaseLost,
     MethodNotAllowed,
@@ -55,34 +56,45 @@ log = Logger()
 # Redis, and answer 204 with a job waiting.
 MIN_WAIT = 0.1
 
+# The most jobs one long-poll may take (its count parameter), and one
+# batch ack may finish.
+MAX_POLL_COUNT = 1000
+MAX_ACK_BATCH = 1000
+
 
 class Poll:
     """
-    One waiting long-poll: a dispatcher consumer with room for one job.
+    One waiting long-poll: a dispatcher consumer with room for C{count}
+    jobs.
 
-    L{result} fires with the job, or with L{None} when the server quiets
-    the poll.  Cancelling it (the client went away, or the wait ran out)
-    takes the poll off the dispatcher; a job the dispatcher claimed for it
-    after that is refused by L{deliver}, so the dispatcher gives it back.
+    L{result} fires with the jobs leased to it (one claim's worth, up to
+    C{count}), or with L{None} when the server quiets the poll.
+    Cancelling it (the client went away, or the wait ran out) takes the
+    poll off the dispatcher; a job the dispatcher claimed for it after that
+    is refused by L{deliver}, so the dispatcher gives it back.
     """
 
     # The worker may ack through any server: its lease is not this
     # server's to give back if this server dies (it expires instead).
     connection_bound = False
 
-    def __init__(self, dispatcher: Dispatcher, name: str, queues: Sequence[str]) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, name: str, queues: Sequence[str], count: int = 1
+    ) -> None:
         self.dispatcher = dispatcher
         self.name = name
         self.queues = queues
+        self.count = count
+        self.jobs: list[ClaimedJob] = []
         self.finished = False
         self.quieted = False
-        self.result: defer.Deferred[ClaimedJob | None] = defer.Deferred(
-            lambda _: self._finish()
+        self.result: defer.Deferred[list[ClaimedJob] | None] = defer.Deferred(
+            lambda _: self._cancelled()
         )
 
     def start(self) -> None:
         """
-        Start taking a job.
+        Start taking jobs.
         """
         self.dispatcher.add_consumer(self)
 
@@ -90,29 +102,70 @@ class Poll:
         self.finished = True
         self.dispatcher.remove_consumer(self)
 
+    def _cancelled(self) -> None:
+        # Jobs already taken are the poller's still: answer with them.
+        self._finish()
+        if self.jobs:
+            self.result.callback(self.jobs)
+
+    def _answer(self) -> None:
+        if not self.result.called:
+            self._finish()
+            self.result.callback(self.jobs)
+
     # -- the dispatcher's consumer interface
 
     def room(self) -> int:
-        return 0 if self.finished else 1
+        return 0 if self.finished else self.count - len(self.jobs)
 
     def deliver(self, job: ClaimedJob) -> bool:
-        if self.finished or self.result.called:
+        if self.finished or self.result.called or len(self.jobs) >= self.count:
             return False
-        self._finish()
-        self.result.callback(job)
+        self.jobs.append(job)
+        if len(self.jobs) == self.count:
+            self._answer()
+        elif len(self.jobs) == 1:
+            # The rest of this claim's jobs are delivered in the same
+            # turn: answer with all of them after it.
+            self.dispatcher.reactor.callLater(0, self._answer)
         return True
 
     # -- the poller registry's
 
     def quiet(self) -> None:
         """
-        The server stops: answer now, without a job.
+        The server stops: answer now, with the jobs taken if any.
         """
         if self.finished or self.result.called:
+            return
+        if self.jobs:
+            self._answer()
             return
         self.quieted = True
         self._finish()
         self.result.callback(None)
+
+
+def _taken(result: Any, timeout: float) -> list[ClaimedJob] | None:
+    """
+    What a long-poll whose wait ran out took: the jobs leased to it in the
+    meantime (its canceller answers with them), else nothing.
+    """
+    return result if isinstance(result, list) else None
+
+
+def parse_count(text: str | None) -> int | None:
+    """
+    The C{count} parameter of a long-poll: 1 to L{MAX_POLL_COUNT}, or
+    L{None} when absent (one job, answered as an object).
+    """
+    if text is None:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_POLL_COUNT:
+        raise InvalidRequest(
+            f"count must be a whole number from 1 to {MAX_POLL_COUNT}", field="count"
+        )
+    return int(text)
 
 
 def parse_wait(text: str | None, cap: float) -> float:
@@ -212,44 +265,54 @@ class WorkerRoutes:
             worker = f"http:{getattr(address, 'host', None) or 'local'}"
         worker = parse_worker_name(worker)
         wait = parse_wait(query(request, "wait"), self.poll_timeout)
+        count = parse_count(query(request, "count"))
         if not self.dispatcher.accepting:
             raise ShuttingDown("the server is shutting down")
 
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
-        poll = Poll(self.dispatcher, worker, queues)
+        poll = Poll(self.dispatcher, worker, queues, count or 1)
         pollers = self.dispatcher.pollers
         pollers.poll_started(poll)
         try:
             poll.start()
-            job = await poll.result.addTimeout(
-                wait, self.dispatcher.reactor, onTimeoutCancel=lambda *_: None
+            jobs = await poll.result.addTimeout(
+                wait, self.dispatcher.reactor, onTimeoutCancel=_taken
             )
         finally:
             pollers.poll_ended(poll)
 
-        if job is None:
+        if not jobs:
             if poll.quieted:
                 raise ShuttingDown("the server is shutting down")
             request.setResponseCode(204)
             request.setHeader(b"Cache-Control", b"no-store")
             return b""
         if gone:
-            # Taken for a client that has just gone: give it back now
-            # rather than when its lease expires.
+            # Taken for a client that has just gone: give them back now
+            # rather than when their leases expire.
             log.info(
-                "Job {id} of queue {queue} was taken for HTTP poller {worker}, "
-                "gone since: giving it back",
-                id=job.id,
-                queue=job.queue,
+                "{count} job(s) of queue {queue} were taken for HTTP poller "
+                "{worker}, gone since: giving them back",
+                count=len(jobs),
+                queue=jobs[0].queue,
                 worker=worker,
             )
-            self.dispatcher.release(
-                job.queue, [job], "the HTTP poller went away", delivered=False
-            )
+            by_queue: dict[str, list[ClaimedJob]] = {}
+            for job in jobs:
+                by_queue.setdefault(job.queue, []).append(job)
+            for queue, taken in by_queue.items():
+                self.dispatcher.release(
+                    queue, taken, "the HTTP poller went away", delivered=False
+                )
             return b""
-        pollers.handed_out(worker, job.id, job.queue, job.lease, job.timeout)
-        return json_text_response(request, job.payload)
+        for job in jobs:
+            pollers.handed_out(worker, job.id, job.queue, job.lease, job.timeout)
+        if count is None:
+            return json_text_response(request, jobs[0].payload)
+        return json_text_response(
+            request, "[" + ",".join(job.payload for job in jobs) + "]"
+        )
 
     @app.route("/api/v1/jobs/<path:id>/ack", methods=["POST"])
     async def worker_ack(self, request: Any, id: str) -> bytes:
@@ -262,6 +325,64 @@ class WorkerRoutes:
         result = encode_result(body.get("result"))
         await self._settled(lease, self.dispatcher.ack(queue, id, lease, result))
         return json_response(request, {"id": id})
+
+    @app.route("/api/v1/acks", methods=["POST"])
+    async def worker_acks(self, request: Any) -> bytes:
+        """
+        Many jobs succeeded: a JSON array of C{{"id", "lease", "result"}}.
+        Each ack stands alone: the answer has an outcome per job, in order.
+        """
+        self._worker(request)
+        body = read_json(request, self.max_body)
+        if not isinstance(body, list) or not 1 <= len(body) <= MAX_ACK_BATCH:
+            raise InvalidRequest(
+                f"the body must be a JSON array of 1 to {MAX_ACK_BATCH} acks"
+            )
+        acks = []
+        for index, item in enumerate(body):
+            try:
+                if not isinstance(item, dict):
+                    raise InvalidRequest("an ack must be a JSON object")
+                job_id = item.get("id")
+                if not isinstance(job_id, str) or not job_id:
+                    raise InvalidRequest("id must be the job's id", field="id")
+                lease = item.get("lease")
+                if not isinstance(lease, str) or not lease:
+                    raise InvalidRequest(
+                        "lease must be the job's lease token", field="lease"
+                    )
+                result = encode_result(item.get("result"))
+            except InvalidRequest as e:
+                e.details["index"] = index
+                e.message = f"ack {index}: {e.message}"
+                raise
+            acks.append((job_id, lease, lease_queue(lease), result))
+        outcomes = await defer.DeferredList(
+            [
+                defer.Deferred.fromCoroutine(
+                    self._settled(
+                        lease, self.dispatcher.ack(queue, job_id, lease, result)
+                    )
+                )
+                if queue is not None
+                else defer.fail(
+                    LeaseLost(f"{lease[:64]!r} is not a lease on job {job_id!r}", id=job_id)
+                )
+                for job_id, lease, queue, result in acks
+            ],
+            consumeErrors=True,
+        )
+        results: list[dict[str, Any]] = []
+        for (job_id, _, _, _), (ok, outcome) in zip(acks, outcomes):
+            if ok:
+                results.append({"id": job_id})
+                continue
+            error = outcome.value
+            if not isinstance(error, ProcessionError):
+                log.failure("An ack of a batch failed", outcome)
+                error = ProcessionError("the ack failed")
+            results.append({"id": job_id, "error": error.as_dict()})
+        return json_response(request, {"results": results})
 
     @app.route("/api/v1/jobs/<path:id>/fail", methods=["POST"])
     async def worker_fail(self, request: Any, id: str) -> bytes:

@@ -41,11 +41,19 @@ from procession.errors import (
 from procession.job import QUEUE_NAME, ClaimedJob, NewJob, format_time
 from procession.pollers import Pollers
 from procession.store import Store
+from procession.transport import corked
 
 log = Logger()
 
 # The most jobs one claim script call may lease.
 MAX_CLAIM = 1000
+
+# The fewest slots a claim asks for while consumers have room for more.  A
+# claim asks for about twice what the last one found (so a queue that a
+# trickle of pushes keeps nearly empty costs one small claim per job), and
+# four times as many after one that filled every slot (so a backlog is
+# claimed in batches of MAX_CLAIM after a few calls).
+MIN_CLAIM = 16
 
 # The most jobs listed per worker in a heartbeat's description (the
 # description is written every heartbeat, so it must stay small).
@@ -90,7 +98,20 @@ def new_lease(queue: str) -> str:
     and lease (an HTTP worker) names the queue its ack goes to; queue names
     never contain C{@}, and the random part is URL-safe base64.
     """
-    return base64.urlsafe_b64encode(os.urandom(9)).decode("ascii") + "@" + queue
+    return new_leases(queue, 1)[0]
+
+
+def new_leases(queue: str, count: int) -> list[str]:
+    """
+    C{count} fresh lease tokens for jobs of C{queue}, as L{new_lease}
+    makes them, from one read of the system's random source (a claim
+    wants up to a thousand at once; a system call each would cost more
+    than the rest of the claim).
+    """
+    # 9 random bytes are 12 base64 characters, without padding.
+    text = base64.urlsafe_b64encode(os.urandom(9 * count)).decode("ascii")
+    suffix = "@" + queue
+    return [text[i : i + 12] + suffix for i in range(0, 12 * count, 12)]
 
 
 def lease_queue(lease: str) -> str | None:
@@ -117,6 +138,8 @@ class QueueState:
     empty: bool = False
     claiming: bool = False
     dirty: bool = False
+    # How many jobs the next claim asks for at most (see MIN_CLAIM).
+    claim_size: int = MIN_CLAIM
     # Whose turn it is when connection-bound consumers and HTTP polls both
     # wait: one claim serves one kind (see Dispatcher._pump).
     bound_turn: bool = True
@@ -124,7 +147,12 @@ class QueueState:
 
 class Coalescer:
     """
-    Gathers calls made in one reactor turn into one call per queue.
+    Gathers calls into few calls, per queue: group commit.
+
+    A call made while no call of its queue is in flight goes at once, alone;
+    calls made while one is in flight wait for it and then go together, as
+    one.  So a lone push or ack costs no extra reactor turn, and under load
+    each queue has one script call in flight whose size follows the load.
 
     C{operation(queue, items)} must return a Deferred of one result per item.
     """
@@ -136,29 +164,44 @@ class Coalescer:
     ) -> None:
         self._reactor = reactor
         self._operation = operation
-        self._pending: dict[str, list[tuple[Any, defer.Deferred[Any]]]] = {}
-        self._call: Any = None
+        # Per queue with a call in flight: the calls waiting for it.
+        self._waiting: dict[str, list[tuple[Any, defer.Deferred[Any]]]] = {}
 
     def __call__(self, queue: str, item: Any) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
-        self._pending.setdefault(queue, []).append((item, d))
-        if self._call is None:
-            self._call = self._reactor.callLater(0, self._flush)
+        waiting = self._waiting.get(queue)
+        if waiting is None:
+            self._send(queue, [(item, d)])
+        else:
+            waiting.append((item, d))
         return d
 
-    def _flush(self) -> None:
-        self._call = None
-        pending, self._pending = self._pending, {}
-        for queue, entries in pending.items():
-            self._operation(queue, [item for item, _ in entries]).addCallbacks(
-                self._answer, self._fail, callbackArgs=(entries,),
-                errbackArgs=(entries,),
-            )
+    def _send(self, queue: str, entries: list[tuple[Any, defer.Deferred[Any]]]) -> None:
+        self._waiting[queue] = []
+        try:
+            sent = self._operation(queue, [item for item, _ in entries])
+        except BaseException:
+            sent = defer.fail()
+        sent.addCallbacks(
+            self._answer, self._fail, callbackArgs=(entries,),
+            errbackArgs=(entries,),
+        )
+        sent.addBoth(self._next, queue)
+
+    def _next(self, _: None, queue: str) -> None:
+        waiting = self._waiting.pop(queue)
+        if waiting:
+            self._send(queue, waiting)
 
     @staticmethod
     def _answer(results: list[Any], entries: list[Any]) -> None:
-        for (_, d), result in zip(entries, results):
-            d.callback(result)
+        if len(entries) == 1:
+            entries[0][1].callback(results[0])
+            return
+        # The replies to many calls, often on one connection, leave together.
+        with corked():
+            for (_, d), result in zip(entries, results):
+                d.callback(result)
 
     @staticmethod
     def _fail(failure: Any, entries: list[Any]) -> None:
@@ -383,8 +426,12 @@ class Dispatcher:
     def _pump_scheduled(self) -> None:
         self._pump_call = None
         names, self._scheduled = self._scheduled, set()
-        for name in names:
-            self._pump(name)
+        if len(names) == 1:
+            self._pump(names.pop())
+            return
+        with corked():
+            for name in names:
+                self._pump(name)
 
     def _eligible(self, name: str, state: QueueState) -> list[Consumer]:
         """
@@ -428,13 +475,14 @@ class Dispatcher:
         # Deal the slots round-robin so that a batch shared by many consumers
         # spreads over them.
         rooms = {c: c.room() for c in eligible}
+        size = state.claim_size
         slots: list[Consumer] = []
-        while len(slots) < MAX_CLAIM and any(rooms.values()):
+        while len(slots) < size and any(rooms.values()):
             for consumer in eligible:
-                if rooms[consumer] > 0 and len(slots) < MAX_CLAIM:
+                if rooms[consumer] > 0 and len(slots) < size:
                     rooms[consumer] -= 1
                     slots.append(consumer)
-        leases = [(c.name, new_lease(name)) for c in slots]
+        leases = list(zip([c.name for c in slots], new_leases(name, len(slots))))
         state.claiming = True
         state.dirty = False
         if held:
@@ -462,12 +510,17 @@ class Dispatcher:
         slots: list[Consumer],
     ) -> None:
         state.claiming = False
-        if len(jobs) < len(slots) and not state.dirty:
-            state.empty = True
+        if len(jobs) < len(slots):
+            state.claim_size = max(MIN_CLAIM, 2 * len(jobs))
+            if not state.dirty:
+                state.empty = True
+        else:
+            state.claim_size = min(MAX_CLAIM, 4 * state.claim_size)
         undelivered = []
-        for job, consumer in zip(jobs, slots):
-            if consumer not in self._consumers or not consumer.deliver(job):
-                undelivered.append(job)
+        with corked():
+            for job, consumer in zip(jobs, slots):
+                if consumer not in self._consumers or not consumer.deliver(job):
+                    undelivered.append(job)
         if undelivered:
             self.release(name, undelivered, "not delivered", delivered=False)
         if not state.consumers and name in self._queues:
@@ -502,16 +555,27 @@ class Dispatcher:
         @return: per job, whether it was created (L{False}: a job with that
             id existed and was left alone).
         """
+        if len(jobs) == 1:
+            return [await self.push_one(jobs[0])]
         if not self.accepting:
             raise ShuttingDown("the server is shutting down")
-        if len(jobs) == 1:
-            # Single pushes of one reactor turn (pipelined by a client, or
-            # from many clients at once) go to Redis as one script call.
-            created = [await self._push(jobs[0].queue, jobs[0])]
-        else:
-            created = await self.store.push(jobs)
+        created = await self.store.push(jobs)
         for job in jobs:
             self.wake(job.queue)
+        return created
+
+    def push_one(self, job: NewJob) -> defer.Deferred[bool]:
+        """
+        L{push} for one job (the hot path of the C{PUSH} frame).  Single
+        pushes that arrive together (pipelined by a client, or from many
+        clients at once) go to Redis as one script call.
+        """
+        if not self.accepting:
+            return defer.fail(ShuttingDown("the server is shutting down"))
+        return self._push(job.queue, job).addCallback(self._pushed, job.queue)
+
+    def _pushed(self, created: bool, queue: str) -> bool:
+        self.wake(queue)
         return created
 
     def ack(self, queue: str, job_id: str, lease: str, result: str) -> defer.Deferred[None]:

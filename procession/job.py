@@ -279,10 +279,11 @@ def parse_submission(
     )
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(
-        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+# json.dumps with any option builds an encoder per call: build them once.
+_compact = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+_compact_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def parse_batch(obj: object, now_ms: int, max_size: int) -> list[NewJob]:
@@ -354,7 +355,7 @@ def encode_result(value: object) -> str:
     if value is None:
         return ""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _compact_ascii(value)
     except (ValueError, RecursionError):
         raise InvalidRequest("result must be plain JSON", field="result")
 

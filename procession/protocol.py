@@ -36,6 +36,7 @@ from procession.errors import (
     ShuttingDown,
     UnknownVerb,
 )
+from procession.transport import corked, write_now
 from procession.job import (
     ClaimedJob,
     encode_result,
@@ -199,6 +200,17 @@ class WorkerProtocol(protocol.Protocol):
         if self._pieces:
             data = b"".join(self._pieces) + data
             self._pieces = []
+        if data.count(b"\n") > 1:
+            # Pipelined requests: their replies and Redis calls go together.
+            with corked():
+                self._frames(data)
+        else:
+            self._frames(data)
+
+    def _frames(self, data: bytes) -> None:
+        """
+        Handle the frames in C{data}, keeping an unfinished last one.
+        """
         start = 0
         while not self.closing:
             end = data.find(b"\n", start)
@@ -242,9 +254,9 @@ class WorkerProtocol(protocol.Protocol):
 
     def _write_frame(self, verb: str, body: str | None = None) -> None:
         if body is None:
-            self.transport.write(verb.encode("ascii") + b"\n")
+            write_now(self.transport, verb.encode("ascii") + b"\n")
         else:
-            self.transport.write(f"{verb} {body}\n".encode("utf-8"))
+            write_now(self.transport, f"{verb} {body}\n".encode("utf-8"))
 
     def _error_and_close(self, error: ProcessionError) -> None:
         """
@@ -285,6 +297,12 @@ class WorkerProtocol(protocol.Protocol):
         if self._closing_after_replies and not replies:
             self.transport.loseConnection()
 
+    def _settle_ok(self, value: Any, slot: list[Any]) -> None:
+        self._settle(slot, _ok(value))
+
+    def _settle_err(self, failure: Failure, slot: list[Any]) -> None:
+        self._settle(slot, _err(failure))
+
     def _reply(self, result: Any) -> None:
         """
         Queue a reply: a value (sent as C{OK <JSON>}), a Deferred of one, or
@@ -293,8 +311,8 @@ class WorkerProtocol(protocol.Protocol):
         slot = self._new_reply()
         if isinstance(result, defer.Deferred):
             result.addCallbacks(
-                lambda value: self._settle(slot, _ok(value)),
-                lambda failure: self._settle(slot, _err(failure)),
+                self._settle_ok, self._settle_err,
+                callbackArgs=(slot,), errbackArgs=(slot,),
             )
         elif isinstance(result, BaseException):
             self._settle(slot, _err(result))
@@ -381,9 +399,7 @@ class WorkerProtocol(protocol.Protocol):
         job = parse_submission(
             body, self.factory.now_ms(), self.factory.max_job_size, size
         )
-        return defer.Deferred.fromCoroutine(self.dispatcher.push([job])).addCallback(
-            lambda created: {"id": job.id, "created": created[0]}
-        )
+        return self.dispatcher.push_one(job).addCallback(_pushed, job.id)
 
     def do_PUSHB(self, body: Any, size: int) -> Any:
         if not self.dispatcher.accepting:
@@ -447,8 +463,19 @@ class WorkerProtocol(protocol.Protocol):
     def do_ACK(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "ACK")
         result = encode_result(body.get("result"))
-        d = self.dispatcher.ack(held.queue, job_id, held.lease, result)
-        return self._finish(job_id, held, d).addCallback(lambda _: {"id": job_id})
+        held.finishing = True
+        self.unfinished -= 1
+        self._has_room()
+        # As _finish does, in one callback: acks are the hot path.
+        return self.dispatcher.ack(held.queue, job_id, held.lease, result).addBoth(
+            self._acked, job_id
+        )
+
+    def _acked(self, outcome: Any, job_id: str) -> Any:
+        self.held.pop(job_id, None)
+        if isinstance(outcome, Failure):
+            return outcome
+        return {"id": job_id}
 
     def do_FAIL(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "FAIL")
@@ -496,7 +523,7 @@ class WorkerProtocol(protocol.Protocol):
             return False
         self.held[job.id] = Held(job.queue, job.lease)
         self.unfinished += 1
-        self.transport.write(b"JOB " + job.payload.encode("utf-8") + b"\n")
+        write_now(self.transport, b"JOB " + job.payload.encode("utf-8") + b"\n")
         return True
 
     def _has_room(self) -> None:
@@ -525,10 +552,18 @@ def _object(body: Any, verb: str) -> dict[str, Any]:
     return body
 
 
+def _pushed(created: bool, job_id: str) -> dict[str, Any]:
+    return {"id": job_id, "created": created}
+
+
+# json.dumps with any option builds an encoder per call; replies share one.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _ok(value: Any) -> tuple[str, str | None]:
     if value is None:
         return ("OK", None)
-    return ("OK", json.dumps(value, separators=(",", ":")))
+    return ("OK", _compact(value))
 
 
 def _err(error: Any) -> tuple[str, str]:

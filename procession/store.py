@@ -45,6 +45,7 @@ from procession.job import (
 )
 from procession.listing import SCAN_BUDGET, QueuePage, merge
 from procession.stats import QueueSummary
+from procession.transport import immediate_writes
 
 log = Logger()
 
@@ -263,14 +264,31 @@ def connect(address: RedisAddress, poolsize: int = 1) -> Any:
     if address.sentinels:
         return SentinelPool(address, poolsize)
     if address.path:
-        return txredisapi.lazyUnixConnectionPool(address.path, **common)
-    return txredisapi.lazyConnectionPool(
-        address.host,
-        address.port,
-        ssl_context_factory=address.tls,
-        connectTimeout=5,
-        **common,
-    )
+        pool = txredisapi.lazyUnixConnectionPool(address.path, **common)
+    else:
+        pool = txredisapi.lazyConnectionPool(
+            address.host,
+            address.port,
+            ssl_context_factory=address.tls,
+            connectTimeout=5,
+            **common,
+        )
+    _write_at_once(pool._factory)
+    return pool
+
+
+def _write_at_once(factory: Any) -> None:
+    """
+    Make the connections C{factory} builds send each command at once
+    rather than on the reactor's next turn (see L{procession.transport}).
+    """
+
+    class Connection(factory.protocol):  # type: ignore[name-defined,misc]
+        def connectionMade(self) -> Any:
+            immediate_writes(self.transport)
+            return super().connectionMade()
+
+    factory.protocol = Connection
 
 
 # How long a look-up of the master may take before it fails and is tried

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -353,6 +353,82 @@ class LongPollTests(WorkerAPITestCase):
         self.assertEqual((response.code, response.json["error"]["code"]), (503, "shutting_down"))
         response = await self.http.get(NEXT)
         self.assertEqual(response.code, 503)
+
+
+class BatchTests(WorkerAPITestCase):
+    """
+    Taking many jobs with one poll (count) and acking many with one
+    request (POST /api/v1/acks).
+    """
+
+    async def test_count_takes_what_is_queued(self) -> None:
+        await self.push([{"type": "t", "id": f"b{i}"} for i in range(5)])
+        response = await self.http.get(NEXT, params={"count": "3", "worker": "batcher"})
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual([j["id"] for j in response.json], ["b0", "b1", "b2"])
+        self.assertEqual(len({j["lease"] for j in response.json}), 3)
+        response = await self.http.get(NEXT, params={"count": "10"})
+        self.assertEqual([j["id"] for j in response.json], ["b3", "b4"])
+        for i in range(5):
+            self.assertTrue(await self.state_is("default", f"b{i}", "running"))
+        self.assertEqual(len(self.pollers()["batcher"]["jobs"]), 3)
+        self.assertEqual(self.polls(), [])
+
+    async def test_count_answers_with_the_first_jobs_pushed(self) -> None:
+        poll = start(self.http.get(NEXT, params={"count": "50", "wait": "30"}))
+        await until(lambda: len(self.polls()) == 1)
+        await sleep(0.1)
+        await self.push({"type": "t", "id": "alone"})
+        response = await poll
+        self.assertEqual([j["id"] for j in response.json], ["alone"])
+
+    async def test_count_times_out_empty(self) -> None:
+        response = await self.http.get(NEXT, params={"count": "5", "wait": "0.2"})
+        self.assertEqual((response.code, response.content), (204, b""))
+
+    async def test_bad_count(self) -> None:
+        for count in ("0", "-1", "1001", "two", "1.5"):
+            response = await self.http.get(NEXT, params={"count": count})
+            self.assertEqual(response.code, 400, (count, response))
+            self.assertEqual(response.json["error"]["field"], "count")
+        self.assertEqual(self.polls(), [])
+
+    async def test_acks(self) -> None:
+        await self.push([{"type": "t", "id": f"a{i}"} for i in range(3)])
+        jobs = (await self.http.get(NEXT, params={"count": "3"})).json
+        response = await self.http.post("/api/v1/acks", body=[
+            {"id": jobs[0]["id"], "lease": jobs[0]["lease"], "result": [1]},
+            {"id": jobs[1]["id"], "lease": "not-a-lease"},
+            {"id": jobs[2]["id"], "lease": jobs[2]["lease"]},
+            {"id": jobs[0]["id"], "lease": jobs[0]["lease"]},
+        ])
+        self.assertEqual(response.code, 200, response)
+        results = response.json["results"]
+        self.assertEqual(results[0], {"id": "a0"})
+        self.assertEqual(results[1]["error"]["code"], "lease_lost")
+        self.assertEqual(results[2], {"id": "a2"})
+        # The same job twice in one batch: one of the two acks wins.
+        self.assertEqual(
+            sorted([results[0].get("error", {}).get("code"), results[3].get("error", {}).get("code")], key=str),
+            sorted([None, "lease_lost"], key=str),
+        )
+        stored = await self.server.store.get_job("default", "a0")
+        self.assertEqual((stored["state"], stored["result"]), ("completed", [1]))
+        self.assertTrue(await self.state_is("default", "a1", "running"))
+        self.assertTrue(await self.state_is("default", "a2", "completed"))
+
+    async def test_bad_acks(self) -> None:
+        for body, field in (
+            ({"id": "x"}, None),
+            ([], None),
+            ([{"id": "x"}], "lease"),
+            ([{"lease": "l@default"}], "id"),
+            ([{"id": "x", "lease": "l@default"}, 5], None),
+            ([{"id": "x", "lease": "l@default"}] * 1001, None),
+        ):
+            response = await self.http.post("/api/v1/acks", body=body)
+            self.assertEqual(response.code, 400, (body, response))
+            self.assertEqual(response.json["error"].get("field"), field, body)
 
 
 class VanishingPollerTests(WorkerAPITestCase):
@@ -707,6 +783,7 @@ class DocsTests(TestCase):
 class FakeDispatcher:
     def __init__(self) -> None:
         self.consumers: list[Any] = []
+        self.reactor = Clock()
 
     def add_consumer(self, consumer: Any) -> None:
         self.consumers.append(consumer)
@@ -734,9 +811,48 @@ class PollTests(SynchronousTestCase):
         self.assertEqual(self.poll.room(), 1)
         job = claimed()
         self.assertTrue(self.poll.deliver(job))
-        self.assertIs(self.successResultOf(self.poll.result), job)
+        self.assertEqual(self.successResultOf(self.poll.result), [job])
         self.assertEqual((self.poll.room(), self.dispatcher.consumers), (0, []))
         self.assertFalse(self.poll.deliver(claimed("other@default")))
+
+    def test_takes_a_claims_worth(self) -> None:
+        """
+        With room for several, a poll answers after the turn that brought
+        its first job, with every job that turn brought.
+        """
+        poll = Poll(self.dispatcher, "w", ("default",), 3)  # type: ignore[arg-type]
+        poll.start()
+        first, second = claimed("a@default"), claimed("b@default")
+        self.assertTrue(poll.deliver(first))
+        self.assertTrue(poll.deliver(second))
+        self.assertEqual(poll.room(), 1)
+        self.assertNoResult(poll.result)
+        self.dispatcher.reactor.advance(0)
+        self.assertEqual(self.successResultOf(poll.result), [first, second])
+        self.assertEqual(poll.room(), 0)
+        self.assertFalse(poll.deliver(claimed("c@default")))
+
+    def test_full_answers_at_once(self) -> None:
+        poll = Poll(self.dispatcher, "w", ("default",), 2)  # type: ignore[arg-type]
+        poll.start()
+        jobs = [claimed("a@default"), claimed("b@default")]
+        for job in jobs:
+            self.assertTrue(poll.deliver(job))
+        self.assertEqual(self.successResultOf(poll.result), jobs)
+
+    def test_cancelled_with_jobs_taken(self) -> None:
+        """
+        A poll whose wait runs out between its first job and its answer
+        still answers with what it took: those jobs are leased to it.
+        """
+        poll = Poll(self.dispatcher, "w", ("default",), 5)  # type: ignore[arg-type]
+        poll.start()
+        job = claimed()
+        poll.deliver(job)
+        poll.result.cancel()
+        self.assertEqual(self.successResultOf(poll.result), [job])
+        self.assertNotIn(poll, self.dispatcher.consumers)
+        self.dispatcher.reactor.advance(0)
 
     def test_cancelled(self) -> None:
         self.poll.result.cancel()

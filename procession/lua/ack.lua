@@ -11,15 +11,13 @@ local replies = {}
 local done = 0
 for i = 2, #ARGV, 3 do
   local id = ARGV[i]
-  local problem = check_lease(id, ARGV[i + 1])
+  local problem, server = check_lease(id, ARGV[i + 1])
   if problem then
     replies[#replies + 1] = problem
   else
-    local key = jobkey(id)
-    redis.call('HSET', key, 'state', 'completed', 'finished_at', now,
+    redis.call('HSET', jobkey(id), 'state', 'completed', 'finished_at', now,
       'result', ARGV[i + 2])
-    redis.call('HDEL', key, 'lease')
-    leave_running(id)
+    leave_running(id, server)
     redis.call('ZADD', prefix .. 'done', now, id)
     done = done + 1
     replies[#replies + 1] = 'ok'

@@ -30,16 +30,19 @@ for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 17)
   local key = jobkey(id)
   local slot = 2 + 2 * #rows
-  redis.call('HINCRBY', key, 'attempt', 1)
-  redis.call('HSET', key, 'state', 'running', 'started_at', now,
-    'worker', ARGV[slot], 'lease', ARGV[slot + 1])
-  if server then
-    redis.call('HSET', key, 'server', server)
-    redis.call('SADD', held, id)
-  end
   local row = redis.call('HMGET', key, 'id', 'type', 'queue', 'args',
     'priority', 'attempt', 'max_attempts', 'timeout', 'meta', 'created_at',
     'enqueued_at')
+  row[6] = tostring(tonumber(row[6]) + 1)
+  if server then
+    redis.call('HSET', key, 'state', 'running', 'started_at', now,
+      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', row[6],
+      'server', server)
+    redis.call('SADD', held, id)
+  else
+    redis.call('HSET', key, 'state', 'running', 'started_at', now,
+      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', row[6])
+  end
   redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(row[8]) * 1000), id)
   rows[#rows + 1] = row
 end

@@ -92,16 +92,20 @@ local function count(field, now, n)
   end
 end
 
--- Take a job off the running set, and off its server's held set.  Every
--- way out of 'running' goes through here.
-local function leave_running(id)
+-- Take a job off the running set, and off its server's held set, and end
+-- its lease.  Every way out of 'running' goes through here.  server: the
+-- job's 'server' field if the caller has read it (false: it has none), or
+-- nil to read it here.
+local function leave_running(id, server)
   local key = jobkey(id)
   redis.call('ZREM', prefix .. 'running', id)
-  local server = redis.call('HGET', key, 'server')
+  if server == nil then
+    server = redis.call('HGET', key, 'server')
+  end
   if server then
     redis.call('SREM', prefix .. 'held:' .. server, id)
-    redis.call('HDEL', key, 'server')
   end
+  redis.call('HDEL', key, 'lease', 'server')
 end
 
 -- Remove a job from whichever state set holds it.
@@ -125,7 +129,7 @@ end
 local function take_back(id, now, err, uncount)
   local key = jobkey(id)
   leave_running(id)
-  redis.call('HDEL', key, 'lease', 'worker')
+  redis.call('HDEL', key, 'worker')
   if uncount then
     redis.call('HINCRBY', key, 'attempt', -1)
     enqueue(id, now, true)
@@ -150,15 +154,16 @@ local function wake(channel, queue)
 end
 
 -- Check that the caller still holds the lease on a running job.
--- Returns nil when it does, else the error code.
+-- Returns nil and the job's 'server' field (false when it has none) when
+-- it does, else the error code.
 local function check_lease(id, lease)
   local key = jobkey(id)
-  local fields = redis.call('HMGET', key, 'state', 'lease')
+  local fields = redis.call('HMGET', key, 'state', 'lease', 'server')
   if not fields[1] then
     return 'not_found'
   end
   if fields[1] ~= 'running' or fields[2] ~= lease then
     return 'lease_lost'
   end
-  return nil
+  return nil, fields[3]
 end

@@ -15,17 +15,17 @@ local replies = {}
 local failed = 0
 for i = 2, #ARGV, 5 do
   local id = ARGV[i]
-  local problem = check_lease(id, ARGV[i + 1])
+  local problem, server = check_lease(id, ARGV[i + 1])
   if problem then
     replies[#replies + 1] = {problem, 0}
   else
     local key = jobkey(id)
     local retry_in = tonumber(ARGV[i + 3])
-    local attempt = tonumber(redis.call('HGET', key, 'attempt'))
-    local max_attempts = tonumber(redis.call('HGET', key, 'max_attempts'))
+    local counts = redis.call('HMGET', key, 'attempt', 'max_attempts')
+    local attempt = tonumber(counts[1])
+    local max_attempts = tonumber(counts[2])
     record_error(id, ARGV[i + 2])
-    leave_running(id)
-    redis.call('HDEL', key, 'lease')
+    leave_running(id, server)
     failed = failed + 1
     if retry_in == -2 or attempt >= max_attempts then
       make_dead(id, now)
