@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from procession.errors import IllegalState, InvalidRequest, JobNotFound
+from procession.store import Store
 from tests.support import FakeClock, connected_store, new_job
 
 
@@ -162,6 +164,66 @@ class StoreTests(TestCase):
         )
         with self.assertRaises(JobNotFound):
             await self.store.get_job("default", "a")
+
+    async def test_sweeps_of_many_servers_at_once(self) -> None:
+        """
+        Three servers sweeping the same queue at the same time, in small
+        batches, promote each due job once, take back each expired lease
+        once (one LeaseExpired error, one counted attempt) and remove each
+        finished job once: together they do what one sweep would.
+        """
+        stores = [self.store] + [
+            Store(
+                self.store.redis,
+                self.clock,
+                reactor,
+                namespace=self.store.namespace,
+                server_id=f"srv-{n}",
+            )
+            for n in range(2)
+        ]
+        await self.store.push(
+            [self.job(id=f"run{i}", timeout=5) for i in range(20)]
+            + [self.job(id=f"done{i}") for i in range(20)]
+        )
+        claimed = await self.store.claim(
+            "default", [("w", f"l{i}") for i in range(40)]
+        )
+        done = [(j.id, j.lease, "") for j in claimed if j.id.startswith("done")]
+        self.assertEqual(len(done), 20)
+        await self.store.ack("default", done)
+        await self.store.push([self.job(id=f"later{i}", delay=60) for i in range(20)])
+        self.clock.advance(3601)
+
+        totals = [0, 0, 0]
+        for _ in range(5):
+            results = await defer.gatherResults(
+                [
+                    s.sweep("default", 3, 3600, 86400, 100)
+                    for s in stores
+                    for _ in range(3)
+                ],
+                consumeErrors=True,
+            )
+            for result in results:
+                totals = [t + n for t, n in zip(totals, result)]
+        self.assertEqual(totals, [20, 20, 20])
+        sizes = await self.store.queue_sizes("default")
+        self.assertEqual(sizes["sizes"]["queued"], 40)
+        self.assertEqual(sizes["sizes"]["running"], 0)
+        for i in range(20):
+            job = await self.store.get_job("default", f"run{i}")
+            self.assertEqual(
+                [e["type"] for e in job["errors"]], ["LeaseExpired"], job
+            )
+            self.assertEqual(job["attempt"], 1)
+        again = await self.store.claim("default", [("w", f"m{i}") for i in range(40)])
+        self.assertEqual(
+            sorted(j.attempt for j in again if j.id.startswith("run")), [2] * 20
+        )
+        self.assertEqual(
+            sorted(j.attempt for j in again if j.id.startswith("later")), [1] * 20
+        )
 
     async def test_purge(self) -> None:
         await self.store.push([self.job(id=str(i)) for i in range(25)])
