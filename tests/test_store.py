@@ -5,11 +5,18 @@ Tests for L{procession.store}: the Lua scripts against a real Redis.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from procession.errors import IllegalState, InvalidRequest, JobNotFound
+from procession.errors import (
+    IllegalState,
+    InvalidRequest,
+    JobNotFound,
+    StoreUnavailable,
+)
 from procession.store import Store
 from tests.support import FakeClock, connected_store, new_job
 
@@ -497,3 +504,64 @@ async def sleep(seconds: float) -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, seconds, lambda: None)
+
+
+class FailFastTests(SynchronousTestCase):
+    """
+    With C{fail_fast} (a Sentinel URL), a request made while no connection
+    to Redis is up fails at once with store_unavailable instead of waiting
+    for the timeout; without it, it is sent and waits.
+    """
+
+    class Pool:
+        """
+        A txredisapi pool that has no connection up and never answers.
+        """
+
+        def __init__(self) -> None:
+            self._factory = self
+            self.size = 0
+            self.sent: list[tuple[Any, ...]] = []
+
+        def execute_command(self, *args: Any) -> defer.Deferred[Any]:
+            self.sent.append(args)
+            return defer.Deferred()
+
+        def pipeline(self) -> defer.Deferred[Any]:
+            self.sent.append(("pipeline",))
+            return defer.Deferred()
+
+    def store(self, **kwargs: Any) -> tuple[Store, Pool, Clock]:
+        pool = self.Pool()
+        clock = Clock()
+        return Store(pool, clock, clock, timeout=5, **kwargs), pool, clock
+
+    def test_fails_fast_while_disconnected(self) -> None:
+        store, pool, _ = self.store(fail_fast=True)
+        for d in (
+            store.ping(),
+            store.run("ack", "q", [0]),
+            store.push([new_job(0, id="a")]),
+        ):
+            self.failureResultOf(d, StoreUnavailable)
+        replicated, pool, _ = self.store(fail_fast=True, replicas_ack=1)
+        self.failureResultOf(replicated.push([new_job(0, id="a")]), StoreUnavailable)
+        self.assertEqual(pool.sent, [])
+
+    def test_sent_once_connected(self) -> None:
+        store, pool, clock = self.store(fail_fast=True)
+        pool.size = 1
+        d = store.ping()
+        self.assertNoResult(d)
+        self.assertEqual(pool.sent, [("PING",)])
+        clock.advance(5)
+        self.failureResultOf(d, StoreUnavailable)
+
+    def test_waits_without_fail_fast(self) -> None:
+        store, pool, clock = self.store()
+        d = store.ping()
+        self.assertNoResult(d)
+        clock.advance(4.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.failureResultOf(d, StoreUnavailable)
