@@ -139,6 +139,10 @@ class RedisAddress:
     @ivar sentinels: for Redis Sentinel, the sentinels' (host, port) pairs;
         C{master} is then the name of the master they watch, and the
         connection follows it through failovers.
+    @ivar sentinel_username: the ACL user to authenticate to the sentinels
+        as, if they need one (C{username} is the master's).
+    @ivar sentinel_password: the sentinels' own password (their
+        C{requirepass}), if they need one (C{password} is the master's).
     """
 
     host: str | None = None
@@ -150,15 +154,20 @@ class RedisAddress:
     tls: bool = False
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "RedisAddress":
         """
         Parse C{redis://[user:password@]host[:port][/db]},
         C{rediss://...} (TLS), C{unix:///path/to/socket[?db=N]} or
-        C{sentinel://[[user:]password@]host[:port],host[:port].../master[/db]}
-        (the password is the master's; sentinels listen on 26379 unless
-        told).
+        C{sentinel://[[user:]password@]host[:port],host[:port].../master[/db]
+        [?sentinel_password=...[&sentinel_username=...]]} (the user and
+        password before C{@} are the master's, the query's are the
+        sentinels' own; sentinels listen on 26379 unless told).  User
+        names and passwords are percent-decoded (C{%40} for C{@}, C{%26}
+        for C{&}, ...); C{+} stays C{+}.
 
         @raise ValueError: with a message fit for the command line.
         """
@@ -191,7 +200,23 @@ class RedisAddress:
 
     @classmethod
     def _from_sentinel_url(cls, url: str) -> "RedisAddress":
-        rest = url[len("sentinel://"):]
+        rest, _, _ = url[len("sentinel://"):].partition("#")
+        rest, _, query = rest.partition("?")
+        credentials: dict[str, str] = {}
+        for pair in query.split("&") if query else ():
+            key, equals, value = pair.partition("=")
+            if key not in ("sentinel_password", "sentinel_username") or not equals:
+                raise ValueError(
+                    f"unknown parameter {key!r} in the sentinel:// Redis URL "
+                    "(known: sentinel_password=..., sentinel_username=...)"
+                )
+            credentials[key] = unquote(value)
+        if "sentinel_username" in credentials and not credentials.get(
+            "sentinel_password"
+        ):
+            raise ValueError(
+                "sentinel_username in the Redis URL needs sentinel_password"
+            )
         netloc, _, path = rest.partition("/")
         userinfo, at, hosts = netloc.rpartition("@")
         user = password = None
@@ -223,6 +248,8 @@ class RedisAddress:
             password=password,
             sentinels=tuple(sentinels),
             master=unquote(master),
+            sentinel_username=credentials.get("sentinel_username") or None,
+            sentinel_password=credentials.get("sentinel_password") or None,
         )
 
     def describe(self) -> str:
@@ -282,11 +309,70 @@ SENTINEL_MAX_RETRY_DELAY = 2.0
 
 
 def _sentinel(address: RedisAddress) -> Any:
+    """
+    A txredisapi C{Sentinel} that asks C{address}'s sentinels, with their
+    own credentials.  (txredisapi hands its keyword arguments to every
+    sentinel connection, which sends AUTH first; a sentinel that refuses
+    them is not tried again, and the master is then never found: the
+    requests fail with store_unavailable and the log says why.)
+    """
     import txredisapi
 
-    sentinel = txredisapi.Sentinel(list(address.sentinels))
+    credentials: dict[str, Any] = {}
+    if address.sentinel_password is not None:
+        credentials["password"] = address.sentinel_password
+        if address.sentinel_username:
+            credentials["username"] = address.sentinel_username
+    sentinel = txredisapi.Sentinel(list(address.sentinels), **credentials)
     sentinel.discovery_timeout = SENTINEL_DISCOVERY_TIMEOUT
+    sentinel.sentinels = [
+        _ReportingSentinel(connection, host, port)
+        for connection, (host, port) in zip(sentinel.sentinels, address.sentinels)
+    ]
     return sentinel
+
+
+class _ReportingSentinel:
+    """
+    One sentinel connection of a txredisapi C{Sentinel}, which logs why the
+    sentinel refused to name the master (txredisapi ignores the error and
+    only says, a second later, that no master was found): each new reason
+    once, so a sentinel that wants a password says so.
+    """
+
+    def __init__(self, connection: Any, host: str, port: int) -> None:
+        self._connection = connection
+        self._where = f"{host}:{port}"
+        self._reported: str | None = None
+
+    def sentinel_masters(self) -> defer.Deferred[Any]:
+        """
+        SENTINEL MASTERS, its failure logged.
+        """
+
+        def answered(masters: Any) -> Any:
+            self._reported = None
+            return masters
+
+        def refused(failure: Any) -> Any:
+            reason = failure.getErrorMessage()
+            if reason != self._reported:
+                self._reported = reason
+                hint = ""
+                if reason.startswith(("NOAUTH", "WRONGPASS", "ERR invalid password")):
+                    hint = " (give its password as sentinel_password in the URL)"
+                log.warn(
+                    "Sentinel {sentinel} did not name the master: {reason}{hint}",
+                    sentinel=self._where,
+                    reason=reason,
+                    hint=hint,
+                )
+            return failure
+
+        return self._connection.sentinel_masters().addCallbacks(answered, refused)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
 
 
 class SentinelPool:

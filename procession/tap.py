@@ -111,8 +111,10 @@ class Options(usage.Options):
             None,
             "An external Redis: redis://[user:password@]host[:port][/db], "
             "rediss://... (TLS), unix:///path[?db=N], or through Redis "
-            "Sentinel: sentinel://[password@]host:26379,host:26379/MASTER[/db] "
-            "(the connection follows the master through failovers). Without "
+            "Sentinel: sentinel://[password@]host:26379,host:26379/MASTER[/db]"
+            "[?sentinel_password=...] (the password before @ is the master's, "
+            "sentinel_password the sentinels' own; the connection follows the "
+            "master through failovers). Without "
             "it the server runs an embedded Redis. Also PROCESSION_REDIS.",
         ],
         [

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -37,17 +38,26 @@ MASTER = "procession-test"
 FIGURES = os.environ.get("PROCESSION_SENTINEL_FIGURES")
 
 
-def command(port: int, *words: str, timeout: float = 2.0) -> Any:
+def command(
+    port: int, *words: str, timeout: float = 2.0, password: str | None = None
+) -> Any:
     """
-    One Redis command on a fresh connection; the reply, decoded (RESP2).
+    One Redis command on a fresh connection (after AUTH C{password} if
+    given); the reply, decoded (RESP2).
     """
-    request = f"*{len(words)}\r\n" + "".join(
-        f"${len(w.encode())}\r\n{w}\r\n" for w in words
-    )
+
+    def encode(words: tuple[str, ...]) -> str:
+        return f"*{len(words)}\r\n" + "".join(
+            f"${len(w.encode())}\r\n{w}\r\n" for w in words
+        )
+
     with socket.create_connection(("127.0.0.1", port), timeout) as s:
         s.settimeout(timeout)
-        s.sendall(request.encode())
         reader = s.makefile("rb")
+        if password is not None:
+            s.sendall(encode(("AUTH", password)).encode())
+            _read(reader)
+        s.sendall(encode(words).encode())
         return _read(reader)
 
 
@@ -79,22 +89,50 @@ class Node:
     One redis-server (data node or sentinel) owned by a test.
     """
 
-    def __init__(self, test: SynchronousTestCase, folder: str, name: str, *args: str) -> None:
+    def __init__(
+        self,
+        test: SynchronousTestCase,
+        folder: str,
+        name: str,
+        *args: str,
+        password: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.dir = os.path.join(folder, name)
         os.makedirs(self.dir)
         self.args = args
         self.name = name
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         test.addCleanup(self.kill)
 
-    def start(self, sentinel_of: int | None = None) -> "Node":
+    def command(self, *words: str) -> Any:
+        """
+        One command to this node, authenticated.
+        """
+        return command(self.port, *words, password=self.password)
+
+    def start(
+        self, sentinel_of: int | None = None, master_password: str | None = None
+    ) -> "Node":
+        """
+        Start it (again): a data node, or with C{sentinel_of} a sentinel
+        watching the master on that port (authenticating to it with
+        C{master_password}); with C{password}, it needs that password,
+        and a sentinel gives it to the other sentinels.
+        """
         binary = find_redis_server()
         common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                   "--logfile", os.path.join(self.dir, "redis.log"), "--daemonize", "no"]  # fmt: skip
+        if self.password is not None:
+            common += ["--requirepass", self.password]
         if sentinel_of is None:
             argv = [binary, *common, "--appendonly", "yes", "--save", "",
                     "--maxmemory-policy", "noeviction", *self.args]  # fmt: skip
+            if self.password is not None:
+                # Its replicas and, after a failover, itself as a replica
+                # share the one password.
+                argv += ["--masterauth", self.password]
         else:
             conf = os.path.join(self.dir, "sentinel.conf")
             with open(conf, "w", encoding="ascii") as f:
@@ -104,6 +142,10 @@ class Node:
                     f"sentinel failover-timeout {MASTER} 4000\n"
                     f"sentinel parallel-syncs {MASTER} 1\n"
                 )
+                if master_password is not None:
+                    f.write(f"sentinel auth-pass {MASTER} {json.dumps(master_password)}\n")
+                if self.password is not None:
+                    f.write(f"sentinel sentinel-pass {json.dumps(self.password)}\n")
             argv = [binary, conf, "--sentinel", *common]
         self.process = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -111,7 +153,7 @@ class Node:
         deadline = time.monotonic() + 10
         while True:
             try:
-                if command(self.port, "PING") == "PONG":
+                if self.command("PING") == "PONG":
                     return self
             except (OSError, RuntimeError, ConnectionError):
                 pass
@@ -184,25 +226,35 @@ class Producer(threading.Thread):
 
 
 class SentinelTests(SynchronousTestCase):
-    def cluster(self) -> tuple[Node, Node, list[Node]]:
+    def cluster(
+        self, master_password: str | None = None, sentinel_password: str | None = None
+    ) -> tuple[Node, Node, list[Node]]:
         """
         A primary, its replica and three sentinels watching them, once the
-        sentinels know the replica and each other.
+        sentinels know the replica and each other; the data nodes and the
+        sentinels need the passwords given, if any.
         """
         folder = tempfile.mkdtemp(prefix="procession-sentinel-")
         self.addCleanup(shutil.rmtree, folder, True)
-        primary = Node(self, folder, "primary").start()
-        replica = Node(self, folder, "replica", "--replicaof", "127.0.0.1", "0")
-        replica.args = ("--replicaof", "127.0.0.1", str(primary.port))
-        replica.start()
-        sentinels = [Node(self, folder, f"sentinel{n}").start(primary.port) for n in range(3)]
+        primary = Node(self, folder, "primary", password=master_password).start()
+        replica = Node(
+            self, folder, "replica",
+            "--replicaof", "127.0.0.1", str(primary.port),
+            password=master_password,
+        ).start()  # fmt: skip
+        sentinels = [
+            Node(self, folder, f"sentinel{n}", password=sentinel_password).start(
+                primary.port, master_password
+            )
+            for n in range(3)
+        ]
         deadline = time.monotonic() + 30
         while True:
             ready = True
             for s in sentinels:
                 try:
-                    replicas = command(s.port, "SENTINEL", "REPLICAS", MASTER)
-                    masters = command(s.port, "SENTINEL", "MASTERS")
+                    replicas = s.command("SENTINEL", "REPLICAS", MASTER)
+                    masters = s.command("SENTINEL", "MASTERS")
                 except (OSError, RuntimeError, ConnectionError):
                     ready = False
                     break
@@ -321,6 +373,123 @@ class SentinelTests(SynchronousTestCase):
         figures = self.failover_under_load("--replicas-ack", "1")
         self.assertEqual(figures["lost"], 0, figures)
 
+    def test_sentinels_with_a_password_of_their_own(self) -> None:
+        """
+        Sentinels that need a password (their requirepass) other than the
+        master's: given as sentinel_password in the URL, the server finds
+        the master through them, and after a failover finds the new one
+        (the pub/sub listener too: a waiting worker gets a job pushed
+        after the switch).
+        """
+        master_password = "m@ster pass"
+        sentinel_password = "sent&nel+pass"
+        primary, replica, sentinels = self.cluster(master_password, sentinel_password)
+        for s in sentinels:
+            with self.assertRaises(RuntimeError) as refused:
+                command(s.port, "SENTINEL", "MASTERS")
+            self.assertIn("NOAUTH", str(refused.exception))
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+        url = (
+            f"sentinel://:{quote(master_password, safe='')}@{hosts}/{MASTER}/0"
+            f"?sentinel_password={quote(sentinel_password, safe='')}"
+        )
+        namespace = "s" + uuid.uuid4().hex[:10]
+        server = Server(
+            self,
+            "/nonexistent-data-dir",
+            "--redis", url,
+            "--namespace", namespace,
+            "--redis-timeout", "2",
+        ).serving(30)  # fmt: skip
+        self.assertNotIn(sentinel_password, server.output())
+        self.assertNotIn(master_password, server.output())
+        worker = server.client("worker")
+        worker.ready(credit=1)
+        producer = server.client("producer")
+        producer.push(id="before")
+        job = worker.next_job(5)
+        self.assertEqual(job["id"], "before")
+        worker.ok("ACK", {"id": "before"})
+
+        primary.kill()
+        deadline = time.monotonic() + 20
+        while True:
+            address = sentinels[0].command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
+            )
+            if address and int(address[1]) == replica.port:
+                break
+            self.assertLess(time.monotonic(), deadline, "no promotion")
+            time.sleep(0.05)
+        # The producer's connection survives the switch; its pushes fail
+        # with store_unavailable until the server has found the new master.
+        while True:
+            verb, body = producer.request("PUSH", {"type": "t", "id": "after"})
+            if verb == "OK":
+                break
+            self.assertEqual(body["code"], "store_unavailable", body)
+            self.assertLess(time.monotonic(), deadline, "no recovery")
+            time.sleep(0.1)
+        job = worker.next_job(10)
+        self.assertEqual(job["id"], "after")
+        worker.ok("ACK", {"id": "after"})
+        state = replica.command("HGET", f"{namespace}:{{default}}:job:after", "state")
+        self.assertEqual(state, "completed")
+        self.assertEqual(server.terminate(20)[0], 0, server.output())
+
+    def test_a_refusing_sentinel_is_reported(self) -> None:
+        """
+        A sentinel that refuses to name the master (it wants a password)
+        is logged once per reason, with a hint; txredisapi would only say
+        that no master was found.
+        """
+        import txredisapi
+        from twisted.internet import defer
+        from twisted.logger import globalLogPublisher
+
+        from procession.store import _sentinel
+
+        class Refusing:
+            reply = "NOAUTH Authentication required."
+
+            def sentinel_masters(self) -> defer.Deferred[Any]:
+                if self.reply is None:
+                    return defer.succeed({})
+                return defer.fail(txredisapi.ResponseError(self.reply))
+
+            def disconnect(self) -> defer.Deferred[None]:
+                return defer.succeed(None)
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        sentinel = _sentinel(RedisAddress.from_url("sentinel://127.0.0.1:1/m"))
+        self.addCleanup(sentinel.disconnect)
+        refusing = Refusing()
+        [reporting] = sentinel.sentinels
+        reporting._connection.disconnect()
+        reporting._connection = refusing
+        for reply in ("NOAUTH Authentication required.",) * 2 + (None, "ERR other"):
+            refusing.reply = reply
+            d = reporting.sentinel_masters()
+            if reply is None:
+                self.successResultOf(d)
+            else:
+                self.failureResultOf(d, txredisapi.ResponseError)
+        said = [
+            e["reason"] + e["hint"]
+            for e in events
+            if e.get("log_namespace") == "procession.store" and "sentinel" in e
+        ]
+        self.assertEqual(
+            said,
+            [
+                "NOAUTH Authentication required. (give its password as "
+                "sentinel_password in the URL)",
+                "ERR other",
+            ],
+        )
+
     def test_sentinel_url(self) -> None:
         """
         sentinel:// URLs: hosts with and without ports, the master's name,
@@ -332,6 +501,28 @@ class SentinelTests(SynchronousTestCase):
         self.assertEqual(address.password, "s3cret")
         self.assertEqual(address.describe(), "sentinel://a:26380,b:26379/main/2")
         self.assertEqual(RedisAddress.from_url("sentinel://h:1/m").db, 0)
-        for bad in ("sentinel://h:1", "sentinel://h:x/m", "sentinel://h:1/m/x"):
+        self.assertIsNone(address.sentinel_password)
+        address = RedisAddress.from_url(
+            "sentinel://u:p%40ss@a/main?sentinel_password=s%26+s%3D"
+            "&sentinel_username=watcher"
+        )
+        self.assertEqual((address.username, address.password), ("u", "p@ss"))
+        self.assertEqual(
+            (address.sentinel_username, address.sentinel_password),
+            ("watcher", "s&+s="),
+        )
+        self.assertEqual((address.master, address.db), ("main", 0))
+        self.assertEqual(address.describe(), "sentinel://a:26379/main/0")
+        address = RedisAddress.from_url("sentinel://a/main/3?sentinel_password=s")
+        self.assertEqual((address.password, address.sentinel_password), (None, "s"))
+        self.assertEqual(address.db, 3)
+        for bad in (
+            "sentinel://h:1",
+            "sentinel://h:x/m",
+            "sentinel://h:1/m/x",
+            "sentinel://h:1/m?password=x",
+            "sentinel://h:1/m?sentinel_password",
+            "sentinel://h:1/m?sentinel_username=u",
+        ):
             with self.assertRaises(ValueError):
                 RedisAddress.from_url(bad)
