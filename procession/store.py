@@ -538,10 +538,10 @@ class Store:
         L{StoreUnavailable}.
     @param server_id: this server process's id in the server registry and
         in the jobs its worker connections hold (default: a fresh one).
-    @param replicas_ack: when above 0, a push answers only once that many
-        replicas have its writes (Redis C{WAIT}), so that it survives the
-        loss of the primary; fewer in time fails it with
-        L{StoreUnavailable}.
+    @param replicas_ack: when above 0, a push, an ack or a fail answers
+        only once that many replicas have its writes (Redis C{WAIT}), so
+        that it survives the loss of the primary; fewer in time fails it
+        with L{StoreUnavailable} (see L{run_replicated}).
     @param fail_fast: fail a request at once with L{StoreUnavailable}
         while no connection to Redis is up (during a Sentinel failover),
         rather than queue it until Redis is back or the timeout passes.
@@ -740,12 +740,7 @@ class Store:
                 args: list[Any] = [now, self.channel, queue]
                 for i in indexes:
                     args.extend(jobs[i].script_args())
-                if self.replicas_ack > 0:
-                    call = self._guard(
-                        defer.Deferred.fromCoroutine(self._push_replicated(queue, args))
-                    )
-                else:
-                    call = self.run("push", queue, args)
+                call = self.run_replicated("push", queue, args)
                 calls.append((indexes, call))
             for indexes, call in calls:
                 flags = await call
@@ -755,17 +750,35 @@ class Store:
 
         return defer.Deferred.fromCoroutine(push())
 
-    async def _push_replicated(self, queue: str, args: Sequence[Any]) -> Any:
+    def run_replicated(
+        self, name: str, queue: str, args: Sequence[Any]
+    ) -> defer.Deferred[Any]:
         """
-        The push script, then C{WAIT} for C{replicas_ack} replicas, both
-        on one connection (WAIT counts that connection's writes) in one
-        round trip.
+        L{run}, then, with C{replicas_ack} above 0, wait until that many
+        replicas have the script's writes: for the state changes a client
+        is told about and must not lose to a failover (pushes, acks,
+        fails).
+
+        @raise StoreUnavailable: fewer replicas confirmed within half of
+            the timeout.  The script ran on the primary all the same.
+        """
+        if self.replicas_ack <= 0:
+            return self.run(name, queue, args)
+        return self._guard(
+            defer.Deferred.fromCoroutine(self._run_replicated(name, queue, args))
+        )
+
+    async def _run_replicated(self, name: str, queue: str, args: Sequence[Any]) -> Any:
+        """
+        The script, then C{WAIT} for C{replicas_ack} replicas, both on one
+        connection (WAIT counts that connection's writes) in one round
+        trip.
         """
         import txredisapi
 
         if self.fail_fast and not self.connected():
             raise StoreUnavailable("no connection to Redis (it may be failing over)")
-        script = self.scripts["push"]
+        script = self.scripts[name]
         keys = [self.prefix(queue)]
         # Leave time for the answer within the request's timeout.
         wait_ms = max(1, int(self.timeout * 500))
@@ -774,21 +787,21 @@ class Store:
             pipe.execute_command(verb, body, len(keys), *keys, *args)
             pipe.execute_command("WAIT", self.replicas_ack, wait_ms)
             try:
-                flags, acked = await pipe.execute_pipeline()
+                reply, acked = await pipe.execute_pipeline()
             except defer.FirstError as e:
                 failure = e.subFailure
                 if verb == "EVALSHA" and str(failure.value).startswith("NOSCRIPT"):
-                    log.info("Loading script push into Redis")
+                    log.info("Loading script {name} into Redis", name=name)
                     continue
                 failure.raiseException()
-            if isinstance(flags, txredisapi.ResponseError):
-                raise flags
+            if isinstance(reply, txredisapi.ResponseError):
+                raise reply
             if int(acked) < self.replicas_ack:
                 raise StoreUnavailable(
-                    f"the push reached {int(acked)} of the {self.replicas_ack} "
+                    f"the {name} reached {int(acked)} of the {self.replicas_ack} "
                     f"replicas asked for within {wait_ms / 1000:g} s"
                 )
-            return flags
+            return reply
         raise AssertionError("unreachable")
 
     def push_queue(self, queue: str, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool]]:
@@ -841,7 +854,7 @@ class Store:
         args: list[Any] = [self.now_ms()]
         for item in items:
             args.extend(item)
-        return self.run("ack", queue, args)
+        return self.run_replicated("ack", queue, args)
 
     def fail(
         self,
@@ -864,7 +877,7 @@ class Store:
             else:
                 wait = retry_in
             args.extend([job_id, lease, error, wait, backoff_jitter()])
-        return self.run("fail", queue, args).addCallback(
+        return self.run_replicated("fail", queue, args).addCallback(
             lambda rows: [(status, int(at)) for status, at in rows]
         )
 

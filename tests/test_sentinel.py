@@ -23,10 +23,11 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from procession.embedded import find_redis_server
-from procession.store import RedisAddress
+from procession.store import RedisAddress, Store, connect
+from tests.support import FakeClock, new_job
 from tests.redis import free_port
 from tests.test_server_process import Server
 from tests.wire import WireClient, WireClosed, WireTimeout
@@ -526,3 +527,44 @@ class SentinelTests(SynchronousTestCase):
         ):
             with self.assertRaises(ValueError):
                 RedisAddress.from_url(bad)
+
+
+class ReplicasAckTests(TestCase):
+    """
+    C{--replicas-ack 1} against a real primary and replica: a push, a fail
+    and an ack are answered only once the replica has them.
+    """
+
+    async def test_answered_once_the_replica_has_them(self) -> None:
+        from twisted.internet import reactor
+
+        folder = tempfile.mkdtemp(prefix="procession-replicas-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        primary = Node(self, folder, "primary").start()
+        replica = Node(
+            self, folder, "replica", "--replicaof", "127.0.0.1", str(primary.port)
+        ).start()
+        deadline = time.monotonic() + 10
+        while "master_link_status:up" not in replica.command("INFO", "replication"):
+            self.assertLess(time.monotonic(), deadline, "the replica never synced")
+            time.sleep(0.05)
+        redis = connect(RedisAddress.from_url(f"redis://127.0.0.1:{primary.port}"), 2)
+        self.addCleanup(redis.disconnect)
+        clock = FakeClock()
+        store = Store(redis, clock, reactor, namespace="r", replicas_ack=1)
+        await store.ping()
+
+        def state(job_id: str) -> Any:
+            return replica.command("HGET", "r:{default}:job:" + job_id, "state")
+
+        self.assertEqual(
+            await store.push([new_job(store.now_ms(), id=i) for i in "ab"]),
+            [True, True],
+        )
+        self.assertEqual((state("a"), state("b")), ("queued", "queued"))
+        claimed = await store.claim("default", [("w", "l1"), ("w", "l2")])
+        self.assertEqual([j.id for j in claimed], ["a", "b"])
+        self.assertEqual(await store.ack("default", [("a", "l1", "")]), ["ok"])
+        self.assertEqual(state("a"), "completed")
+        [(status, _)] = await store.fail("default", [("b", "l2", "{}", 60, True)])
+        self.assertEqual((status, state("b")), ("retrying", "retrying"))

@@ -565,3 +565,50 @@ class FailFastTests(SynchronousTestCase):
         self.assertNoResult(d)
         clock.advance(0.1)
         self.failureResultOf(d, StoreUnavailable)
+
+
+class ReplicasAckTests(TestCase):
+    """
+    With C{replicas_ack}, pushes, acks and fails wait for that many
+    replicas (the test Redis has none, so they fall short): each is
+    answered store_unavailable after half the timeout, its script having
+    run on the primary all the same; claims and the rest do not wait.
+    (tests/test_sentinel.py has a real replica.)
+    """
+
+    async def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.plain = await connected_store(self, self.clock)
+        self.store = Store(
+            self.plain.redis,
+            self.clock,
+            reactor,
+            namespace=self.plain.namespace,
+            timeout=0.4,
+            replicas_ack=1,
+        )
+
+    async def test_writes_wait_for_replicas(self) -> None:
+        job = new_job(self.store.now_ms(), id="a", max_attempts=3)
+        with self.assertRaises(StoreUnavailable) as short:
+            await self.store.push([job])
+        self.assertIn("the push reached 0 of the 1 replicas", short.exception.message)
+        self.assertEqual((await self.plain.get_job("default", "a"))["state"], "queued")
+
+        [claimed] = await self.store.claim("default", [("w", "l1")])
+        with self.assertRaises(StoreUnavailable) as short:
+            await self.store.fail("default", [("a", "l1", "{}", 1, True)])
+        self.assertIn("the fail reached 0", short.exception.message)
+        self.assertEqual(
+            (await self.plain.get_job("default", "a"))["state"], "retrying"
+        )
+
+        self.clock.advance(2)
+        await self.store.sweep("default", 100, 3600, 86400, 100)
+        [claimed] = await self.store.claim("default", [("w", "l2")])
+        with self.assertRaises(StoreUnavailable) as short:
+            await self.store.ack("default", [("a", "l2", "")])
+        self.assertIn("the ack reached 0", short.exception.message)
+        self.assertEqual(
+            (await self.plain.get_job("default", "a"))["state"], "completed"
+        )
