@@ -17,6 +17,7 @@ server's description): each command or script on them touches one key.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from importlib.resources import files
@@ -24,9 +25,10 @@ from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qs, unquote, urlparse
 
 from attrs import frozen
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from procession.errors import (
     IllegalState,
@@ -306,6 +308,9 @@ SENTINEL_DISCOVERY_TIMEOUT = 1.0
 # The longest wait between two attempts to reach the master (txredisapi's
 # default is 10 s).
 SENTINEL_MAX_RETRY_DELAY = 2.0
+# How often to ask the sentinels whether the connections still go to the
+# master they name (see MasterWatch), and sooner when Redis is slow.
+SENTINEL_CHECK_INTERVAL = 0.5
 
 
 def _sentinel(address: RedisAddress) -> Any:
@@ -375,6 +380,110 @@ class _ReportingSentinel:
         return getattr(self._connection, name)
 
 
+class MasterWatch:
+    """
+    Every C{SENTINEL_CHECK_INTERVAL} seconds, ask the sentinels which
+    server is the master, and close the connections of C{factory} (a
+    txredisapi factory) that go to another one: they then reconnect to
+    the master the sentinels name.
+
+    txredisapi asks the sentinels only before it connects.  A connection
+    to a master that hung (or was cut off) while a replica was promoted
+    stays open, and once the old master answers again it takes writes, as
+    a master still, until the sentinels demote it, which takes up to ten
+    seconds; every write it took is then thrown away.  (Sentinel closes
+    the clients' connections when it demotes a server, but that is too
+    late.)
+    """
+
+    def __init__(self, sentinel: Any, master: str, factory: Any) -> None:
+        self._sentinel = sentinel
+        self._master = master
+        self._factory = factory
+        self._call: task.LoopingCall | None = None
+        self._checking: defer.Deferred[None] | None = None
+
+    def start(self) -> None:
+        """
+        Start checking.
+        """
+        self._call = task.LoopingCall(self.check)
+        self._call.start(SENTINEL_CHECK_INTERVAL, now=False).addErrback(
+            lambda f: log.failure("The check of the Sentinel master stopped", f)
+        )
+
+    def stop(self) -> None:
+        """
+        Stop checking.
+        """
+        if self._call is not None and self._call.running:
+            self._call.stop()
+        self._call = None
+
+    def check(self) -> defer.Deferred[None]:
+        """
+        Close the connections that do not go to the master the sentinels
+        name now (none when no sentinel answers).  Called again while a
+        check is under way, it waits for that one.
+        """
+        if self._checking is None:
+            self._checking = self._check()
+
+            def done(result: Any) -> None:
+                self._checking = None
+                if isinstance(result, Failure):
+                    log.failure("Checking the Sentinel master failed", result)
+
+            self._checking.addBoth(done)
+        if self._checking is None:  # it finished at once
+            return defer.succeed(None)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._checking.addBoth(waiting.callback)
+        return waiting
+
+    def _check(self) -> defer.Deferred[None]:
+        import txredisapi
+
+        def named(address: tuple[str, int]) -> None:
+            master = _ip_and_port(*address)
+            if master is None:
+                # A host name (sentinels announcing host names): a
+                # connection's peer is an address, which cannot be told
+                # apart from it here.
+                return
+            for connection in list(self._factory.pool):
+                transport = getattr(connection, "transport", None)
+                if transport is None:
+                    continue
+                peer = transport.getPeer()
+                where = _ip_and_port(
+                    getattr(peer, "host", ""), getattr(peer, "port", 0)
+                )
+                if where is not None and where != master:
+                    log.warn(
+                        "Redis at {old} is no longer the master, {new} is: "
+                        "reconnecting",
+                        old=f"{peer.host}:{peer.port}",
+                        new=f"{address[0]}:{address[1]}",
+                    )
+                    transport.loseConnection()
+
+        def unknown(failure: Any) -> None:
+            failure.trap(txredisapi.MasterNotFoundError)
+
+        return (
+            self._sentinel.discover_master(self._master)
+            .addCallbacks(named, unknown)
+        )
+
+
+def _ip_and_port(host: str, port: Any) -> tuple[Any, int] | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None
+
+
 class SentinelPool:
     """
     A txredisapi connection pool to the master that Redis Sentinel names:
@@ -396,10 +505,20 @@ class SentinelPool:
             address.master, dbid=address.db, poolsize=poolsize, **kwargs
         )
         self.handler._factory.maxDelay = SENTINEL_MAX_RETRY_DELAY
+        self.watch = MasterWatch(self.sentinel, address.master, self.handler._factory)
+        self.watch.start()
 
     @property
     def _factory(self) -> Any:
         return self.handler._factory
+
+    def suspect(self) -> None:
+        """
+        Redis did not answer in time: check now that the connections go to
+        the master (a master that hangs is the usual reason for a
+        failover).
+        """
+        self.watch.check()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.handler, name)
@@ -408,6 +527,7 @@ class SentinelPool:
         """
         Close the connections to the master and to the sentinels.
         """
+        self.watch.stop()
         return defer.gatherResults(
             [
                 defer.maybeDeferred(self.handler.disconnect),
@@ -436,6 +556,7 @@ class WakeListener:
         self._on_wake = on_wake
         self._on_connect = on_connect
         self._factory: Any = None
+        self._watch: MasterWatch | None = None
 
     def start(self) -> None:
         """
@@ -489,6 +610,8 @@ class WakeListener:
             factory.initialDelay = 0.1
             factory.startConnecting(txredisapi._SentinelEndpoint(factory))
             self._factory = factory
+            self._watch = MasterWatch(self._sentinel, address.master, factory)
+            self._watch.start()
             return
         if address.path:
             endpoint = UNIXClientEndpoint(reactor, address.path, timeout=5)
@@ -512,6 +635,9 @@ class WakeListener:
         if self._factory is None:
             return defer.succeed(None)
         factory, self._factory = self._factory, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         stopping = [defer.maybeDeferred(factory.disconnect)]
         sentinel = getattr(self, "_sentinel", None)
         if sentinel is not None:
@@ -591,6 +717,9 @@ class Store:
 
         def unavailable(failure: Any) -> Any:
             if failure.check(defer.TimeoutError, defer.CancelledError):
+                suspect = getattr(self.redis, "suspect", None)
+                if suspect is not None:
+                    suspect()
                 raise StoreUnavailable(
                     f"Redis did not answer within {self.timeout:g} s"
                 )
