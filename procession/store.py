@@ -718,7 +718,7 @@ class Store:
         def unavailable(failure: Any) -> Any:
             if failure.check(defer.TimeoutError, defer.CancelledError):
                 suspect = getattr(self.redis, "suspect", None)
-                if suspect is not None:
+                if suspect is not None and failure.check(defer.TimeoutError):
                     suspect()
                 raise StoreUnavailable(
                     f"Redis did not answer within {self.timeout:g} s"

@@ -522,6 +522,7 @@ class FailFastTests(SynchronousTestCase):
             self._factory = self
             self.size = 0
             self.sent: list[tuple[Any, ...]] = []
+            self.suspected = 0
 
         def execute_command(self, *args: Any) -> defer.Deferred[Any]:
             self.sent.append(args)
@@ -530,6 +531,9 @@ class FailFastTests(SynchronousTestCase):
         def pipeline(self) -> defer.Deferred[Any]:
             self.sent.append(("pipeline",))
             return defer.Deferred()
+
+        def suspect(self) -> None:
+            self.suspected += 1
 
     def store(self, **kwargs: Any) -> tuple[Store, Pool, Clock]:
         pool = self.Pool()
@@ -549,6 +553,11 @@ class FailFastTests(SynchronousTestCase):
         self.assertEqual(pool.sent, [])
 
     def test_sent_once_connected(self) -> None:
+        """
+        Sent when a connection is up; a timeout makes the pool suspect its
+        connections (a Sentinel pool then checks that they go to the
+        master), a cancelled request does not.
+        """
         store, pool, clock = self.store(fail_fast=True)
         pool.size = 1
         d = store.ping()
@@ -556,6 +565,11 @@ class FailFastTests(SynchronousTestCase):
         self.assertEqual(pool.sent, [("PING",)])
         clock.advance(5)
         self.failureResultOf(d, StoreUnavailable)
+        self.assertEqual(pool.suspected, 1)
+        d = store.ping()
+        d.cancel()
+        self.failureResultOf(d, StoreUnavailable)
+        self.assertEqual(pool.suspected, 1)
 
     def test_waits_without_fail_fast(self) -> None:
         store, pool, clock = self.store()
