@@ -17,6 +17,7 @@ server's description): each command or script on them touches one key.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from importlib.resources import files
@@ -24,9 +25,10 @@ from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qs, unquote, urlparse
 
 from attrs import frozen
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from procession.errors import (
     IllegalState,
@@ -140,6 +142,10 @@ class RedisAddress:
     @ivar sentinels: for Redis Sentinel, the sentinels' (host, port) pairs;
         C{master} is then the name of the master they watch, and the
         connection follows it through failovers.
+    @ivar sentinel_username: the ACL user to authenticate to the sentinels
+        as, if they need one (C{username} is the master's).
+    @ivar sentinel_password: the sentinels' own password (their
+        C{requirepass}), if they need one (C{password} is the master's).
     """
 
     host: str | None = None
@@ -151,15 +157,20 @@ class RedisAddress:
     tls: bool = False
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "RedisAddress":
         """
         Parse C{redis://[user:password@]host[:port][/db]},
         C{rediss://...} (TLS), C{unix:///path/to/socket[?db=N]} or
-        C{sentinel://[[user:]password@]host[:port],host[:port].../master[/db]}
-        (the password is the master's; sentinels listen on 26379 unless
-        told).
+        C{sentinel://[[user:]password@]host[:port],host[:port].../master[/db]
+        [?sentinel_password=...[&sentinel_username=...]]} (the user and
+        password before C{@} are the master's, the query's are the
+        sentinels' own; sentinels listen on 26379 unless told).  User
+        names and passwords are percent-decoded (C{%40} for C{@}, C{%26}
+        for C{&}, ...); C{+} stays C{+}.
 
         @raise ValueError: with a message fit for the command line.
         """
@@ -192,7 +203,23 @@ class RedisAddress:
 
     @classmethod
     def _from_sentinel_url(cls, url: str) -> "RedisAddress":
-        rest = url[len("sentinel://"):]
+        rest, _, _ = url[len("sentinel://"):].partition("#")
+        rest, _, query = rest.partition("?")
+        credentials: dict[str, str] = {}
+        for pair in query.split("&") if query else ():
+            key, equals, value = pair.partition("=")
+            if key not in ("sentinel_password", "sentinel_username") or not equals:
+                raise ValueError(
+                    f"unknown parameter {key!r} in the sentinel:// Redis URL "
+                    "(known: sentinel_password=..., sentinel_username=...)"
+                )
+            credentials[key] = unquote(value)
+        if "sentinel_username" in credentials and not credentials.get(
+            "sentinel_password"
+        ):
+            raise ValueError(
+                "sentinel_username in the Redis URL needs sentinel_password"
+            )
         netloc, _, path = rest.partition("/")
         userinfo, at, hosts = netloc.rpartition("@")
         user = password = None
@@ -224,6 +251,8 @@ class RedisAddress:
             password=password,
             sentinels=tuple(sentinels),
             master=unquote(master),
+            sentinel_username=credentials.get("sentinel_username") or None,
+            sentinel_password=credentials.get("sentinel_password") or None,
         )
 
     def describe(self) -> str:
@@ -297,14 +326,180 @@ SENTINEL_DISCOVERY_TIMEOUT = 1.0
 # The longest wait between two attempts to reach the master (txredisapi's
 # default is 10 s).
 SENTINEL_MAX_RETRY_DELAY = 2.0
+# How often to ask the sentinels whether the connections still go to the
+# master they name (see MasterWatch), and sooner when Redis is slow.
+SENTINEL_CHECK_INTERVAL = 0.5
 
 
 def _sentinel(address: RedisAddress) -> Any:
+    """
+    A txredisapi C{Sentinel} that asks C{address}'s sentinels, with their
+    own credentials.  (txredisapi hands its keyword arguments to every
+    sentinel connection, which sends AUTH first; a sentinel that refuses
+    them is not tried again, and the master is then never found: the
+    requests fail with store_unavailable and the log says why.)
+    """
     import txredisapi
 
-    sentinel = txredisapi.Sentinel(list(address.sentinels))
+    credentials: dict[str, Any] = {}
+    if address.sentinel_password is not None:
+        credentials["password"] = address.sentinel_password
+        if address.sentinel_username:
+            credentials["username"] = address.sentinel_username
+    sentinel = txredisapi.Sentinel(list(address.sentinels), **credentials)
     sentinel.discovery_timeout = SENTINEL_DISCOVERY_TIMEOUT
+    sentinel.sentinels = [
+        _ReportingSentinel(connection, host, port)
+        for connection, (host, port) in zip(sentinel.sentinels, address.sentinels)
+    ]
     return sentinel
+
+
+class _ReportingSentinel:
+    """
+    One sentinel connection of a txredisapi C{Sentinel}, which logs why the
+    sentinel refused to name the master (txredisapi ignores the error and
+    only says, a second later, that no master was found): each new reason
+    once, so a sentinel that wants a password says so.
+    """
+
+    def __init__(self, connection: Any, host: str, port: int) -> None:
+        self._connection = connection
+        self._where = f"{host}:{port}"
+        self._reported: str | None = None
+
+    def sentinel_masters(self) -> defer.Deferred[Any]:
+        """
+        SENTINEL MASTERS, its failure logged.
+        """
+
+        def answered(masters: Any) -> Any:
+            self._reported = None
+            return masters
+
+        def refused(failure: Any) -> Any:
+            reason = failure.getErrorMessage()
+            if reason != self._reported:
+                self._reported = reason
+                hint = ""
+                if reason.startswith(("NOAUTH", "WRONGPASS", "ERR invalid password")):
+                    hint = " (give its password as sentinel_password in the URL)"
+                log.warn(
+                    "Sentinel {sentinel} did not name the master: {reason}{hint}",
+                    sentinel=self._where,
+                    reason=reason,
+                    hint=hint,
+                )
+            return failure
+
+        return self._connection.sentinel_masters().addCallbacks(answered, refused)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+class MasterWatch:
+    """
+    Every C{SENTINEL_CHECK_INTERVAL} seconds, ask the sentinels which
+    server is the master, and close the connections of C{factory} (a
+    txredisapi factory) that go to another one: they then reconnect to
+    the master the sentinels name.
+
+    txredisapi asks the sentinels only before it connects.  A connection
+    to a master that hung (or was cut off) while a replica was promoted
+    stays open, and once the old master answers again it takes writes, as
+    a master still, until the sentinels demote it, which takes up to ten
+    seconds; every write it took is then thrown away.  (Sentinel closes
+    the clients' connections when it demotes a server, but that is too
+    late.)
+    """
+
+    def __init__(self, sentinel: Any, master: str, factory: Any) -> None:
+        self._sentinel = sentinel
+        self._master = master
+        self._factory = factory
+        self._call: task.LoopingCall | None = None
+        self._checking: defer.Deferred[None] | None = None
+
+    def start(self) -> None:
+        """
+        Start checking.
+        """
+        self._call = task.LoopingCall(self.check)
+        self._call.start(SENTINEL_CHECK_INTERVAL, now=False).addErrback(
+            lambda f: log.failure("The check of the Sentinel master stopped", f)
+        )
+
+    def stop(self) -> None:
+        """
+        Stop checking.
+        """
+        if self._call is not None and self._call.running:
+            self._call.stop()
+        self._call = None
+
+    def check(self) -> defer.Deferred[None]:
+        """
+        Close the connections that do not go to the master the sentinels
+        name now (none when no sentinel answers).  Called again while a
+        check is under way, it waits for that one.
+        """
+        if self._checking is None:
+            self._checking = self._check()
+
+            def done(result: Any) -> None:
+                self._checking = None
+                if isinstance(result, Failure):
+                    log.failure("Checking the Sentinel master failed", result)
+
+            self._checking.addBoth(done)
+        if self._checking is None:  # it finished at once
+            return defer.succeed(None)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._checking.addBoth(waiting.callback)
+        return waiting
+
+    def _check(self) -> defer.Deferred[None]:
+        import txredisapi
+
+        def named(address: tuple[str, int]) -> None:
+            master = _ip_and_port(*address)
+            if master is None:
+                # A host name (sentinels announcing host names): a
+                # connection's peer is an address, which cannot be told
+                # apart from it here.
+                return
+            for connection in list(self._factory.pool):
+                transport = getattr(connection, "transport", None)
+                if transport is None:
+                    continue
+                peer = transport.getPeer()
+                where = _ip_and_port(
+                    getattr(peer, "host", ""), getattr(peer, "port", 0)
+                )
+                if where is not None and where != master:
+                    log.warn(
+                        "Redis at {old} is no longer the master, {new} is: "
+                        "reconnecting",
+                        old=f"{peer.host}:{peer.port}",
+                        new=f"{address[0]}:{address[1]}",
+                    )
+                    transport.loseConnection()
+
+        def unknown(failure: Any) -> None:
+            failure.trap(txredisapi.MasterNotFoundError)
+
+        return (
+            self._sentinel.discover_master(self._master)
+            .addCallbacks(named, unknown)
+        )
+
+
+def _ip_and_port(host: str, port: Any) -> tuple[Any, int] | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None
 
 
 class SentinelPool:
@@ -328,10 +523,20 @@ class SentinelPool:
             address.master, dbid=address.db, poolsize=poolsize, **kwargs
         )
         self.handler._factory.maxDelay = SENTINEL_MAX_RETRY_DELAY
+        self.watch = MasterWatch(self.sentinel, address.master, self.handler._factory)
+        self.watch.start()
 
     @property
     def _factory(self) -> Any:
         return self.handler._factory
+
+    def suspect(self) -> None:
+        """
+        Redis did not answer in time: check now that the connections go to
+        the master (a master that hangs is the usual reason for a
+        failover).
+        """
+        self.watch.check()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.handler, name)
@@ -340,6 +545,7 @@ class SentinelPool:
         """
         Close the connections to the master and to the sentinels.
         """
+        self.watch.stop()
         return defer.gatherResults(
             [
                 defer.maybeDeferred(self.handler.disconnect),
@@ -368,6 +574,7 @@ class WakeListener:
         self._on_wake = on_wake
         self._on_connect = on_connect
         self._factory: Any = None
+        self._watch: MasterWatch | None = None
 
     def start(self) -> None:
         """
@@ -421,6 +628,8 @@ class WakeListener:
             factory.initialDelay = 0.1
             factory.startConnecting(txredisapi._SentinelEndpoint(factory))
             self._factory = factory
+            self._watch = MasterWatch(self._sentinel, address.master, factory)
+            self._watch.start()
             return
         if address.path:
             endpoint = UNIXClientEndpoint(reactor, address.path, timeout=5)
@@ -444,6 +653,9 @@ class WakeListener:
         if self._factory is None:
             return defer.succeed(None)
         factory, self._factory = self._factory, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         stopping = [defer.maybeDeferred(factory.disconnect)]
         sentinel = getattr(self, "_sentinel", None)
         if sentinel is not None:
@@ -470,10 +682,10 @@ class Store:
         L{StoreUnavailable}.
     @param server_id: this server process's id in the server registry and
         in the jobs its worker connections hold (default: a fresh one).
-    @param replicas_ack: when above 0, a push answers only once that many
-        replicas have its writes (Redis C{WAIT}), so that it survives the
-        loss of the primary; fewer in time fails it with
-        L{StoreUnavailable}.
+    @param replicas_ack: when above 0, a push, an ack or a fail answers
+        only once that many replicas have its writes (Redis C{WAIT}), so
+        that it survives the loss of the primary; fewer in time fails it
+        with L{StoreUnavailable} (see L{run_replicated}).
     @param fail_fast: fail a request at once with L{StoreUnavailable}
         while no connection to Redis is up (during a Sentinel failover),
         rather than queue it until Redis is back or the timeout passes.
@@ -523,6 +735,9 @@ class Store:
 
         def unavailable(failure: Any) -> Any:
             if failure.check(defer.TimeoutError, defer.CancelledError):
+                suspect = getattr(self.redis, "suspect", None)
+                if suspect is not None and failure.check(defer.TimeoutError):
+                    suspect()
                 raise StoreUnavailable(
                     f"Redis did not answer within {self.timeout:g} s"
                 )
@@ -672,12 +887,7 @@ class Store:
                 args: list[Any] = [now, self.channel, queue]
                 for i in indexes:
                     args.extend(jobs[i].script_args())
-                if self.replicas_ack > 0:
-                    call = self._guard(
-                        defer.Deferred.fromCoroutine(self._push_replicated(queue, args))
-                    )
-                else:
-                    call = self.run("push", queue, args)
+                call = self.run_replicated("push", queue, args)
                 calls.append((indexes, call))
             for indexes, call in calls:
                 flags = await call
@@ -687,17 +897,35 @@ class Store:
 
         return defer.Deferred.fromCoroutine(push())
 
-    async def _push_replicated(self, queue: str, args: Sequence[Any]) -> Any:
+    def run_replicated(
+        self, name: str, queue: str, args: Sequence[Any]
+    ) -> defer.Deferred[Any]:
         """
-        The push script, then C{WAIT} for C{replicas_ack} replicas, both
-        on one connection (WAIT counts that connection's writes) in one
-        round trip.
+        L{run}, then, with C{replicas_ack} above 0, wait until that many
+        replicas have the script's writes: for the state changes a client
+        is told about and must not lose to a failover (pushes, acks,
+        fails).
+
+        @raise StoreUnavailable: fewer replicas confirmed within half of
+            the timeout.  The script ran on the primary all the same.
+        """
+        if self.replicas_ack <= 0:
+            return self.run(name, queue, args)
+        return self._guard(
+            defer.Deferred.fromCoroutine(self._run_replicated(name, queue, args))
+        )
+
+    async def _run_replicated(self, name: str, queue: str, args: Sequence[Any]) -> Any:
+        """
+        The script, then C{WAIT} for C{replicas_ack} replicas, both on one
+        connection (WAIT counts that connection's writes) in one round
+        trip.
         """
         import txredisapi
 
         if self.fail_fast and not self.connected():
             raise StoreUnavailable("no connection to Redis (it may be failing over)")
-        script = self.scripts["push"]
+        script = self.scripts[name]
         keys = [self.prefix(queue)]
         # Leave time for the answer within the request's timeout.
         wait_ms = max(1, int(self.timeout * 500))
@@ -706,21 +934,21 @@ class Store:
             pipe.execute_command(verb, body, len(keys), *keys, *args)
             pipe.execute_command("WAIT", self.replicas_ack, wait_ms)
             try:
-                flags, acked = await pipe.execute_pipeline()
+                reply, acked = await pipe.execute_pipeline()
             except defer.FirstError as e:
                 failure = e.subFailure
                 if verb == "EVALSHA" and str(failure.value).startswith("NOSCRIPT"):
-                    log.info("Loading script push into Redis")
+                    log.info("Loading script {name} into Redis", name=name)
                     continue
                 failure.raiseException()
-            if isinstance(flags, txredisapi.ResponseError):
-                raise flags
+            if isinstance(reply, txredisapi.ResponseError):
+                raise reply
             if int(acked) < self.replicas_ack:
                 raise StoreUnavailable(
-                    f"the push reached {int(acked)} of the {self.replicas_ack} "
+                    f"the {name} reached {int(acked)} of the {self.replicas_ack} "
                     f"replicas asked for within {wait_ms / 1000:g} s"
                 )
-            return flags
+            return reply
         raise AssertionError("unreachable")
 
     def push_queue(self, queue: str, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool]]:
@@ -773,7 +1001,7 @@ class Store:
         args: list[Any] = [self.now_ms()]
         for item in items:
             args.extend(item)
-        return self.run("ack", queue, args)
+        return self.run_replicated("ack", queue, args)
 
     def fail(
         self,
@@ -796,7 +1024,7 @@ class Store:
             else:
                 wait = retry_in
             args.extend([job_id, lease, error, wait, backoff_jitter()])
-        return self.run("fail", queue, args).addCallback(
+        return self.run_replicated("fail", queue, args).addCallback(
             lambda rows: [(status, int(at)) for status, at in rows]
         )
 

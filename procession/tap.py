@@ -111,8 +111,10 @@ class Options(usage.Options):
             None,
             "An external Redis: redis://[user:password@]host[:port][/db], "
             "rediss://... (TLS), unix:///path[?db=N], or through Redis "
-            "Sentinel: sentinel://[password@]host:26379,host:26379/MASTER[/db] "
-            "(the connection follows the master through failovers). Without "
+            "Sentinel: sentinel://[password@]host:26379,host:26379/MASTER[/db]"
+            "[?sentinel_password=...] (the password before @ is the master's, "
+            "sentinel_password the sentinels' own; the connection follows the "
+            "master through failovers). Without "
             "it the server runs an embedded Redis. Also PROCESSION_REDIS.",
         ],
         [
@@ -237,10 +239,11 @@ class Options(usage.Options):
             "replicas-ack",
             None,
             0,
-            "Answer a push only once this many Redis replicas have it (Redis "
-            "WAIT), so that an acknowledged push survives the loss of the "
-            "primary; when fewer confirm in time the push fails with "
-            "store_unavailable (resend it with the same id).",
+            "Answer a push, an ack or a fail only once this many Redis "
+            "replicas have it (Redis WAIT), so that it survives the loss of "
+            "the primary; when fewer confirm in time it is answered "
+            "store_unavailable (resend a push with the same id). Claims and "
+            "other changes do not wait (docs/scaling.rst).",
             int,
         ],
         [

@@ -5,10 +5,19 @@ Tests for L{procession.store}: the Lua scripts against a real Redis.
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from procession.errors import IllegalState, InvalidRequest, JobNotFound
+from procession.errors import (
+    IllegalState,
+    InvalidRequest,
+    JobNotFound,
+    StoreUnavailable,
+)
+from procession.store import Store
 from tests.support import FakeClock, connected_store, new_job
 
 
@@ -162,6 +171,66 @@ class StoreTests(TestCase):
         )
         with self.assertRaises(JobNotFound):
             await self.store.get_job("default", "a")
+
+    async def test_sweeps_of_many_servers_at_once(self) -> None:
+        """
+        Three servers sweeping the same queue at the same time, in small
+        batches, promote each due job once, take back each expired lease
+        once (one LeaseExpired error, one counted attempt) and remove each
+        finished job once: together they do what one sweep would.
+        """
+        stores = [self.store] + [
+            Store(
+                self.store.redis,
+                self.clock,
+                reactor,
+                namespace=self.store.namespace,
+                server_id=f"srv-{n}",
+            )
+            for n in range(2)
+        ]
+        await self.store.push(
+            [self.job(id=f"run{i}", timeout=5) for i in range(20)]
+            + [self.job(id=f"done{i}") for i in range(20)]
+        )
+        claimed = await self.store.claim(
+            "default", [("w", f"l{i}") for i in range(40)]
+        )
+        done = [(j.id, j.lease, "") for j in claimed if j.id.startswith("done")]
+        self.assertEqual(len(done), 20)
+        await self.store.ack("default", done)
+        await self.store.push([self.job(id=f"later{i}", delay=60) for i in range(20)])
+        self.clock.advance(3601)
+
+        totals = [0, 0, 0]
+        for _ in range(5):
+            results = await defer.gatherResults(
+                [
+                    s.sweep("default", 3, 3600, 86400, 100)
+                    for s in stores
+                    for _ in range(3)
+                ],
+                consumeErrors=True,
+            )
+            for result in results:
+                totals = [t + n for t, n in zip(totals, result)]
+        self.assertEqual(totals, [20, 20, 20])
+        sizes = await self.store.queue_sizes("default")
+        self.assertEqual(sizes["sizes"]["queued"], 40)
+        self.assertEqual(sizes["sizes"]["running"], 0)
+        for i in range(20):
+            job = await self.store.get_job("default", f"run{i}")
+            self.assertEqual(
+                [e["type"] for e in job["errors"]], ["LeaseExpired"], job
+            )
+            self.assertEqual(job["attempt"], 1)
+        again = await self.store.claim("default", [("w", f"m{i}") for i in range(40)])
+        self.assertEqual(
+            sorted(j.attempt for j in again if j.id.startswith("run")), [2] * 20
+        )
+        self.assertEqual(
+            sorted(j.attempt for j in again if j.id.startswith("later")), [1] * 20
+        )
 
     async def test_purge(self) -> None:
         await self.store.push([self.job(id=str(i)) for i in range(25)])
@@ -435,3 +504,125 @@ async def sleep(seconds: float) -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, seconds, lambda: None)
+
+
+class FailFastTests(SynchronousTestCase):
+    """
+    With C{fail_fast} (a Sentinel URL), a request made while no connection
+    to Redis is up fails at once with store_unavailable instead of waiting
+    for the timeout; without it, it is sent and waits.
+    """
+
+    class Pool:
+        """
+        A txredisapi pool that has no connection up and never answers.
+        """
+
+        def __init__(self) -> None:
+            self._factory = self
+            self.size = 0
+            self.sent: list[tuple[Any, ...]] = []
+            self.suspected = 0
+
+        def execute_command(self, *args: Any) -> defer.Deferred[Any]:
+            self.sent.append(args)
+            return defer.Deferred()
+
+        def pipeline(self) -> defer.Deferred[Any]:
+            self.sent.append(("pipeline",))
+            return defer.Deferred()
+
+        def suspect(self) -> None:
+            self.suspected += 1
+
+    def store(self, **kwargs: Any) -> tuple[Store, Pool, Clock]:
+        pool = self.Pool()
+        clock = Clock()
+        return Store(pool, clock, clock, timeout=5, **kwargs), pool, clock
+
+    def test_fails_fast_while_disconnected(self) -> None:
+        store, pool, _ = self.store(fail_fast=True)
+        for d in (
+            store.ping(),
+            store.run("ack", "q", [0]),
+            store.push([new_job(0, id="a")]),
+        ):
+            self.failureResultOf(d, StoreUnavailable)
+        replicated, pool, _ = self.store(fail_fast=True, replicas_ack=1)
+        self.failureResultOf(replicated.push([new_job(0, id="a")]), StoreUnavailable)
+        self.assertEqual(pool.sent, [])
+
+    def test_sent_once_connected(self) -> None:
+        """
+        Sent when a connection is up; a timeout makes the pool suspect its
+        connections (a Sentinel pool then checks that they go to the
+        master), a cancelled request does not.
+        """
+        store, pool, clock = self.store(fail_fast=True)
+        pool.size = 1
+        d = store.ping()
+        self.assertNoResult(d)
+        self.assertEqual(pool.sent, [("PING",)])
+        clock.advance(5)
+        self.failureResultOf(d, StoreUnavailable)
+        self.assertEqual(pool.suspected, 1)
+        d = store.ping()
+        d.cancel()
+        self.failureResultOf(d, StoreUnavailable)
+        self.assertEqual(pool.suspected, 1)
+
+    def test_waits_without_fail_fast(self) -> None:
+        store, pool, clock = self.store()
+        d = store.ping()
+        self.assertNoResult(d)
+        clock.advance(4.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.failureResultOf(d, StoreUnavailable)
+
+
+class ReplicasAckTests(TestCase):
+    """
+    With C{replicas_ack}, pushes, acks and fails wait for that many
+    replicas (the test Redis has none, so they fall short): each is
+    answered store_unavailable after half the timeout, its script having
+    run on the primary all the same; claims and the rest do not wait.
+    (tests/test_sentinel.py has a real replica.)
+    """
+
+    async def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.plain = await connected_store(self, self.clock)
+        self.store = Store(
+            self.plain.redis,
+            self.clock,
+            reactor,
+            namespace=self.plain.namespace,
+            timeout=0.4,
+            replicas_ack=1,
+        )
+
+    async def test_writes_wait_for_replicas(self) -> None:
+        job = new_job(self.store.now_ms(), id="a", max_attempts=3)
+        with self.assertRaises(StoreUnavailable) as short:
+            await self.store.push([job])
+        self.assertIn("the push reached 0 of the 1 replicas", short.exception.message)
+        self.assertEqual((await self.plain.get_job("default", "a"))["state"], "queued")
+
+        [claimed] = await self.store.claim("default", [("w", "l1")])
+        with self.assertRaises(StoreUnavailable) as short:
+            await self.store.fail("default", [("a", "l1", "{}", 1, True)])
+        self.assertIn("the fail reached 0", short.exception.message)
+        self.assertEqual(
+            (await self.plain.get_job("default", "a"))["state"], "retrying"
+        )
+
+        self.clock.advance(2)
+        await self.store.sweep("default", 100, 3600, 86400, 100)
+        [claimed] = await self.store.claim("default", [("w", "l2")])
+        with self.assertRaises(StoreUnavailable) as short:
+            await self.store.ack("default", [("a", "l2", "")])
+        self.assertIn("the ack reached 0", short.exception.message)
+        self.assertEqual(
+            (await self.plain.get_job("default", "a"))["state"], "completed"
+        )
