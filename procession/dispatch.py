@@ -140,6 +140,8 @@ class QueueState:
     dirty: bool = False
     # How many jobs the next claim asks for at most (see MIN_CLAIM).
     claim_size: int = MIN_CLAIM
+    # How many claims have been answered (or failed).
+    answered: int = 0
     # Whose turn it is when connection-bound consumers and HTTP polls both
     # wait: one claim serves one kind (see Dispatcher._pump).
     bound_turn: bool = True
@@ -175,6 +177,12 @@ class Coalescer:
         else:
             waiting.append((item, d))
         return d
+
+    def idle(self, queue: str) -> bool:
+        """
+        Whether a call for C{queue} made now would go at once.
+        """
+        return queue not in self._waiting
 
     def _send(self, queue: str, entries: list[tuple[Any, defer.Deferred[Any]]]) -> None:
         self._waiting[queue] = []
@@ -450,16 +458,22 @@ class Dispatcher:
                     break
         return eligible
 
-    def _pump(self, name: str) -> None:
+    def _pump(self, name: str) -> defer.Deferred[Any] | None:
+        """
+        Claim from queue C{name} for its consumers with room, unless a claim
+        is on its way already.
+
+        @return: the claim's Deferred, or L{None} when none was sent.
+        """
         state = self._queues.get(name)
         if state is None or not self.accepting:
-            return
+            return None
         if state.claiming:
             state.dirty = True
-            return
+            return None
         eligible = self._eligible(name, state)
         if not eligible:
-            return
+            return None
         # One claim records its jobs as held by this server or not: when
         # both kinds of consumers wait, serve them in turns.  If this
         # claim fills every slot the queue is not empty and the next one
@@ -497,6 +511,7 @@ class Dispatcher:
             callbackArgs=(name, state, slots),
             errbackArgs=(name, state),
         )
+        return d
 
     def _track(self, result: Any, d: defer.Deferred[Any]) -> Any:
         self._claims_in_flight.discard(d)
@@ -510,6 +525,7 @@ class Dispatcher:
         slots: list[Consumer],
     ) -> None:
         state.claiming = False
+        state.answered += 1
         if len(jobs) < len(slots):
             state.claim_size = max(MIN_CLAIM, 2 * len(jobs))
             if not state.dirty:
@@ -537,6 +553,7 @@ class Dispatcher:
 
     def _claim_failed(self, failure: Any, name: str, state: QueueState) -> None:
         state.claiming = False
+        state.answered += 1
         log.warn(
             "Claiming from queue {queue} failed: {error}",
             queue=name,
@@ -572,10 +589,40 @@ class Dispatcher:
         """
         if not self.accepting:
             return defer.fail(ShuttingDown("the server is shutting down"))
-        return self._push(job.queue, job).addCallback(self._pushed, job.queue)
+        queue = job.queue
+        state = self._queues.get(queue)
+        if (
+            state is None
+            or state.claiming
+            or not self._push.idle(queue)
+            or not self.store.in_order
+        ):
+            return self._push(queue, job).addCallback(self._pushed, queue)
+        # Consumers wait on this queue and no claim is on its way: send the
+        # claim right behind the push, in the same write.  Redis runs them
+        # in order on the one connection, so the claim finds the job
+        # without waiting for the push's reply or its wake-up.
+        with corked():
+            d = self._push(queue, job)
+            state.empty = False
+            claimed = self._pump(queue)
+        if claimed is None:
+            return d.addCallback(self._pushed, queue)
+        return d.addCallback(self._pushed, queue, state, state.answered)
 
-    def _pushed(self, created: bool, queue: str) -> bool:
-        self.wake(queue)
+    def _pushed(
+        self,
+        created: bool,
+        queue: str,
+        state: QueueState | None = None,
+        answered: int = 0,
+    ) -> bool:
+        # A claim sent behind the push and still on its way will see the
+        # job.  One answered already ran before the push (which waited for
+        # something first: a new queue's registration, a script reload),
+        # and may have missed it.
+        if state is None or state.answered > answered:
+            self.wake(queue)
         return created
 
     def ack(self, queue: str, job_id: str, lease: str, result: str) -> defer.Deferred[None]:

@@ -558,8 +558,10 @@ class SentinelPool:
 class WakeListener:
     """
     A pub/sub subscription to the wake channel: calls C{on_wake(queue)} for
-    every push (on any server) that queued work, and C{on_connect()} after
-    every (re)connection, when messages may have been missed.
+    every push (on any server but the one of C{server_id}, which wakes its
+    own consumers) and any other change that queued work, and
+    C{on_connect()} after every (re)connection, when messages may have been
+    missed.
     """
 
     def __init__(
@@ -568,13 +570,21 @@ class WakeListener:
         channel: str,
         on_wake: Callable[[str], None],
         on_connect: Callable[[], None],
+        server_id: str | None = None,
     ) -> None:
         self._address = address
         self._channel = channel
         self._on_wake = on_wake
+        self._server_id = server_id
         self._on_connect = on_connect
         self._factory: Any = None
         self._watch: MasterWatch | None = None
+
+    def _heard(self, message: str) -> None:
+        queue, _, origin = message.partition(" ")
+        # A server's own pushes woke its consumers already.
+        if not origin or origin != self._server_id:
+            self._on_wake(queue)
 
     def start(self) -> None:
         """
@@ -592,7 +602,7 @@ class WakeListener:
 
         class Subscriber(txredisapi.SubscriberProtocol):
             def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-                listener._on_wake(message)
+                listener._heard(message)
 
         class Factory(txredisapi.SubscriberFactory):
             protocol = Subscriber
@@ -709,6 +719,10 @@ class Store:
         self.timeout = timeout
         self.server_id = server_id or new_server_id()
         self.replicas_ack = replicas_ack
+        # Whether Redis runs commands in the order they are sent: the server
+        # uses one connection, except when it waits for replicas (WAIT holds
+        # its connection) and its pool has several.
+        self.in_order = replicas_ack <= 0
         self.fail_fast = fail_fast
         self.channel = f"{namespace}:wake"
         self.queues_key = f"{namespace}:queues"
@@ -884,7 +898,7 @@ class Store:
             now = self.now_ms()
             calls = []
             for queue, indexes in by_queue.items():
-                args: list[Any] = [now, self.channel, queue]
+                args: list[Any] = [now, self.channel, queue, f"{queue} {self.server_id}"]
                 for i in indexes:
                     args.extend(jobs[i].script_args())
                 call = self.run_replicated("push", queue, args)

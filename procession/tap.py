@@ -514,6 +514,7 @@ class ProcessionService(service.MultiService):
             self.store.channel,
             self.dispatcher.wake,
             self.dispatcher.wake_all,
+            self.store.server_id,
         )
         self.wake_listener.start()
 

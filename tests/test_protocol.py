@@ -6,6 +6,7 @@ process, real sockets, a real Redis.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -156,6 +157,34 @@ class JobFlowTests(TestCase):
         pushed = await producer.ok("PUSH", {"type": "t"})
         job = await self.client.next_job(timeout=1)
         self.assertEqual(job["id"], pushed["id"])
+
+    async def test_one_claim_per_push_to_a_waiting_worker(self) -> None:
+        """
+        A push to a queue a worker waits on is followed by one claim, sent
+        behind it: not a second one for the push's own wake-up message.
+        """
+        await self.client.ok("READY", {"queues": ["default"], "credit": 5})
+        await sleep(0.1)
+        store = self.server.service.store
+        claims: list[str] = []
+        real_claim = store.claim
+
+        def claim(queue: str, *args: Any, **kwargs: Any) -> Any:
+            claims.append(queue)
+            return real_claim(queue, *args, **kwargs)
+
+        self.patch(store, "claim", claim)
+        producer = await self.server.connect("producer")
+        for i in range(20):
+            pushed = await producer.ok("PUSH", {"type": "t"})
+            job = await self.client.next_job(timeout=1)
+            self.assertEqual(job["id"], pushed["id"])
+            await self.client.ok("ACK", {"id": job["id"]})
+        # One claim per push (the first push, which registers the queue
+        # before it is sent, may need a second): the push's wake-up message,
+        # which comes back to this server too, makes none.
+        self.assertGreaterEqual(len(claims), 20)
+        self.assertLessEqual(len(claims), 22)
 
     async def test_fail_retries_then_dies(self) -> None:
         await self.client.ok("PUSH", {"type": "t", "id": "f", "max_attempts": 2})

@@ -146,7 +146,8 @@ local function take_back(id, now, err, uncount)
   return 'queued'
 end
 
--- Tell every procession server that a queue has work.
+-- Tell every procession server that a queue has work: the message is the
+-- queue's name, and may name the server that sent it after a space.
 local function wake(channel, queue)
   if redis.call('EXISTS', prefix .. 'paused') == 0 then
     redis.call('PUBLISH', channel, queue)

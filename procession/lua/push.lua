@@ -3,6 +3,8 @@
 -- KEYS[1]  the queue's key prefix
 -- ARGV[1]  now (ms)           ARGV[2]  the wake channel
 -- ARGV[3]  the queue's name
+-- ARGV[4]  the wake message: '<queue> <server id>' (the pushing server
+--          wakes its own consumers, and ignores its own messages)
 -- then 8 values per job: id, type, args, priority, max_attempts, timeout,
 --   meta, run_at (ms)
 --
@@ -15,7 +17,7 @@ local queue = ARGV[3]
 local created = {}
 local queued = 0
 local n = 0
-for i = 4, #ARGV, 8 do
+for i = 5, #ARGV, 8 do
   local id = ARGV[i]
   local key = jobkey(id)
   if redis.call('EXISTS', key) == 1 then
@@ -43,6 +45,6 @@ if n > 0 then
   count('pushed', now, n)
 end
 if queued > 0 then
-  wake(ARGV[2], queue)
+  wake(ARGV[2], ARGV[4])
 end
 return created
