@@ -140,9 +140,10 @@ class NewJob:
     run_at: int
     created_at: int
 
-    def script_args(self) -> list[str | int | float]:
+    def script_args(self, now_ms: int) -> list[str | int | float]:
         """
-        The values the push script reads for this job, in its order.
+        The values the push script reads for this job, in its order, when
+        it is pushed at C{now_ms}.
         """
         return [
             self.id,
@@ -153,10 +154,33 @@ class NewJob:
             self.timeout,
             self.meta,
             self.run_at,
+            self.wire(now_ms),
         ]
 
+    def wire(self, created_at: int) -> str:
+        """
+        The start of the C{JOB} frame's JSON for this job, created at
+        C{created_at}: every member that stays the same from attempt to
+        attempt, without the closing brace.  It is stored with the job, so
+        that a claim reads one field and adds the attempt's own members
+        (L{ClaimedJob.from_claim}).
+        """
+        parts = [
+            '{"id":', json.dumps(self.id),
+            ',"type":', json.dumps(self.type, ensure_ascii=False),
+            ',"queue":', json.dumps(self.queue),
+            ',"args":', self.args,
+            ',"priority":', str(self.priority),
+            ',"max_attempts":', str(self.max_attempts),
+            ',"timeout":', _number(repr(self.timeout)),
+            ',"created_at":"', format_time(created_at), '"',
+        ]  # fmt: skip
+        if self.meta:
+            parts += [',"meta":', self.meta]
+        return "".join(parts)
 
-PUSH_ARITY = 8
+
+PUSH_ARITY = 9
 
 
 def parse_submission(
@@ -443,21 +467,9 @@ def parse_extend_seconds(body: dict[str, Any]) -> float:
     return seconds
 
 
-# The fields of a job's Redis hash that the server sends to a worker, in the
-# order the claim script returns them.
-CLAIM_FIELDS = (
-    "id",
-    "type",
-    "queue",
-    "args",
-    "priority",
-    "attempt",
-    "max_attempts",
-    "timeout",
-    "meta",
-    "created_at",
-    "enqueued_at",
-)
+# The fields of a job's Redis hash that the claim script returns after the
+# job's id, in its order.
+CLAIM_FIELDS = ("wire", "attempt", "timeout", "enqueued_at")
 
 
 @frozen
@@ -474,31 +486,23 @@ class ClaimedJob:
     timeout: float = DEFAULT_TIMEOUT
 
     @classmethod
-    def from_claim(cls, values: list[str], lease: str) -> "ClaimedJob":
+    def from_claim(cls, values: list[str], queue: str, lease: str) -> "ClaimedJob":
         """
-        Build from one job's row of the claim script's reply, and encode the
-        JSON sent to the worker once, here.
+        Build from one job's row of the claim script's reply (its id, then
+        L{CLAIM_FIELDS}): the JSON sent to the worker is the job's stored
+        L{NewJob.wire} and the attempt's own members.  Leases and queue
+        names need no JSON escaping.
         """
-        (jid, jtype, queue, args, priority, attempt, max_attempts,
-         timeout, meta, created_at, enqueued_at) = values
-        attempt_n = int(attempt)
-        parts = [
-            '{"id":', json.dumps(jid),
-            ',"type":', json.dumps(jtype, ensure_ascii=False),
-            ',"queue":', json.dumps(queue),
-            ',"args":', args,
-            ',"priority":', str(int(priority)),
-            ',"attempt":', str(attempt_n),
-            ',"max_attempts":', str(int(max_attempts)),
-            ',"timeout":', _number(timeout),
-            ',"created_at":', json.dumps(format_time(int(created_at))),
-            ',"enqueued_at":', json.dumps(format_time(int(enqueued_at or 0))),
-            ',"lease":', json.dumps(lease),
-        ]
-        if meta:
-            parts += [',"meta":', meta]
-        parts.append("}")
-        return cls(jid, queue, lease, attempt_n, "".join(parts), float(timeout))
+        jid, wire, attempt, timeout, enqueued_at = values
+        payload = "".join(
+            (
+                wire,
+                ',"attempt":', attempt,
+                ',"enqueued_at":"', format_time(int(enqueued_at or 0)),
+                '","lease":"', lease, '"}',
+            )
+        )  # fmt: skip
+        return cls(jid, queue, lease, int(attempt), payload, float(timeout))
 
 
 def _number(text: str) -> str:

@@ -38,7 +38,6 @@ from procession.errors import (
     StoreUnavailable,
 )
 from procession.job import (
-    PUSH_ARITY,
     STATES,
     ClaimedJob,
     NewJob,
@@ -900,7 +899,7 @@ class Store:
             for queue, indexes in by_queue.items():
                 args: list[Any] = [now, self.channel, queue, f"{queue} {self.server_id}"]
                 for i in indexes:
-                    args.extend(jobs[i].script_args())
+                    args.extend(jobs[i].script_args(now))
                 call = self.run_replicated("push", queue, args)
                 calls.append((indexes, call))
             for indexes, call in calls:
@@ -997,7 +996,7 @@ class Store:
 
         def built(rows: list[list[str]]) -> list[ClaimedJob]:
             return [
-                ClaimedJob.from_claim(row, slots[i][1])
+                ClaimedJob.from_claim(row, queue, slots[i][1])
                 for i, row in enumerate(rows)
             ]
 

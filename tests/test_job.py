@@ -26,6 +26,7 @@ from procession.job import (
 )
 
 NOW = 1_800_000_000_000
+MAX = 1 << 20
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -101,19 +102,62 @@ class SubmissionTests(SynchronousTestCase):
 
 class ClaimedJobTests(SynchronousTestCase):
     def test_payload_is_json(self) -> None:
-        row = ["i", 'ty"pe', "q", '{"a":[1,2]}', "-3", "2", "25", "300", '{"m":1}', str(NOW), str(NOW)]
-        job = ClaimedJob.from_claim(row, "lease")
-        payload = json.loads(job.payload)
-        self.assertEqual(payload["type"], 'ty"pe')
-        self.assertEqual(payload["args"], {"a": [1, 2]})
-        self.assertEqual((payload["priority"], payload["attempt"], payload["timeout"]), (-3, 2, 300))
-        self.assertEqual(payload["meta"], {"m": 1})
-        self.assertEqual(payload["lease"], "lease")
-        self.assertEqual(job.attempt, 2)
+        job = parse_submission(
+            {"type": 'ty"pé', "args": {"a": [1, 2]}, "priority": -3, "meta": {"m": 1}, "id": "i"},
+            NOW,
+            MAX,
+        )
+        row = ["i", job.wire(NOW - 5), "2", "300.0", str(NOW)]
+        claimed = ClaimedJob.from_claim(row, "default", "tok@default")
+        payload = json.loads(claimed.payload)
+        self.assertEqual(payload, {
+            "id": "i",
+            "type": 'ty"pé',
+            "queue": "default",
+            "args": {"a": [1, 2]},
+            "priority": -3,
+            "attempt": 2,
+            "max_attempts": 25,
+            "timeout": 300,
+            "created_at": format_time(NOW - 5),
+            "enqueued_at": format_time(NOW),
+            "lease": "tok@default",
+            "meta": {"m": 1},
+        })
+        self.assertEqual((claimed.id, claimed.queue, claimed.attempt), ("i", "default", 2))
+
+    @given(
+        st.text(min_size=1, max_size=20),
+        json_values,
+        st.one_of(st.none(), st.dictionaries(st.text(max_size=8), json_values, max_size=3)),
+        st.floats(min_value=0.001, max_value=86400),
+        st.integers(min_value=1, max_value=1000),
+    )
+    def test_payload_round_trip(self, jtype, args, meta, timeout, attempt) -> None:
+        """
+        Whatever was submitted, the JOB frame's JSON gives it back.
+        """
+        submitted = {"type": jtype, "args": args, "timeout": timeout}
+        if meta is not None:
+            submitted["meta"] = meta
+        try:
+            job = parse_submission(submitted, NOW, MAX)
+        except InvalidJob:
+            return
+        row = [job.id, job.wire(NOW), str(attempt), repr(job.timeout), str(NOW + 1)]
+        payload = json.loads(ClaimedJob.from_claim(row, job.queue, "x@" + job.queue).payload)
+        self.assertEqual(
+            (payload["type"], payload["args"], payload.get("meta"), payload["timeout"], payload["attempt"]),
+            (jtype, json.loads(job.args), meta, job.timeout, attempt),
+        )
 
     def test_timeout(self) -> None:
-        row = ["i", "t", "q", "[]", "0", "1", "25", "0.5", "", str(NOW), str(NOW)]
-        self.assertEqual(ClaimedJob.from_claim(row, "l").timeout, 0.5)
+        job = parse_submission({"type": "t", "timeout": 0.5}, NOW, MAX)
+        self.assertIn('"timeout":0.5,', job.wire(NOW))
+        row = [job.id, job.wire(NOW), "1", "0.5", str(NOW)]
+        claimed = ClaimedJob.from_claim(row, "default", "l@default")
+        self.assertEqual(claimed.timeout, 0.5)
+        self.assertNotIn("meta", json.loads(claimed.payload))
 
 
 class BatchTests(SynchronousTestCase):

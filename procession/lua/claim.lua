@@ -9,8 +9,8 @@
 -- then 2 values per wanted job: the worker's name, the new lease token
 --
 -- Returns one row per job leased (fewer than asked when the queue ran
--- out, none while it is paused): the fields listed in
--- procession.job.CLAIM_FIELDS.  Row i belongs to the i-th worker/lease
+-- out, none while it is paused): its id, then the fields listed in
+-- procession.job.CLAIM_FIELDS (the attempt as counted by this claim).  Row i belongs to the i-th worker/lease
 -- pair.  Each claim counts as an attempt.  With KEYS[2], each job leased
 -- goes into that held set and names the server in its hash ('server'), so
 -- that it comes back soon after the server dies (server_lost.lua).
@@ -30,20 +30,20 @@ for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 17)
   local key = jobkey(id)
   local slot = 2 + 2 * #rows
-  local row = redis.call('HMGET', key, 'id', 'type', 'queue', 'args',
-    'priority', 'attempt', 'max_attempts', 'timeout', 'meta', 'created_at',
+  local fields = redis.call('HMGET', key, 'wire', 'attempt', 'timeout',
     'enqueued_at')
-  row[6] = tostring(tonumber(row[6]) + 1)
+  local attempt = tostring(tonumber(fields[2]) + 1)
   if server then
     redis.call('HSET', key, 'state', 'running', 'started_at', now,
-      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', row[6],
+      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', attempt,
       'server', server)
     redis.call('SADD', held, id)
   else
     redis.call('HSET', key, 'state', 'running', 'started_at', now,
-      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', row[6])
+      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', attempt)
   end
-  redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(row[8]) * 1000), id)
+  redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(fields[3]) * 1000), id)
+  local row = {id, fields[1], attempt, fields[3], fields[4]}
   rows[#rows + 1] = row
 end
 return rows

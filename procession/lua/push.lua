@@ -5,8 +5,9 @@
 -- ARGV[3]  the queue's name
 -- ARGV[4]  the wake message: '<queue> <server id>' (the pushing server
 --          wakes its own consumers, and ignores its own messages)
--- then 8 values per job: id, type, args, priority, max_attempts, timeout,
---   meta, run_at (ms)
+-- then 9 values per job: id, type, args, priority, max_attempts, timeout,
+--   meta, run_at (ms), wire (the start of its JOB frame, made for now:
+--   procession.job.NewJob.wire)
 --
 -- Returns, per job, 1 when it was created and 0 when a job with that id
 -- already existed (which is left exactly as it was: pushes are idempotent).
@@ -17,7 +18,7 @@ local queue = ARGV[3]
 local created = {}
 local queued = 0
 local n = 0
-for i = 5, #ARGV, 8 do
+for i = 5, #ARGV, 9 do
   local id = ARGV[i]
   local key = jobkey(id)
   if redis.call('EXISTS', key) == 1 then
@@ -28,7 +29,7 @@ for i = 5, #ARGV, 8 do
       'id', id, 'type', ARGV[i + 1], 'queue', queue, 'args', ARGV[i + 2],
       'priority', ARGV[i + 3], 'max_attempts', ARGV[i + 4],
       'timeout', ARGV[i + 5], 'meta', ARGV[i + 6], 'attempt', 0,
-      'created_at', now)
+      'created_at', now, 'wire', ARGV[i + 8])
     redis.call('ZADD', prefix .. 'created', 0, created_member(id, now))
     if run_at > now then
       redis.call('HSET', key, 'state', 'scheduled', 'run_at', run_at)
