@@ -5,6 +5,8 @@ Tests for L{procession.store}: the Lua scripts against a real Redis.
 from __future__ import annotations
 
 import json
+
+from hypothesis import given, strategies as st
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -17,7 +19,7 @@ from procession.errors import (
     JobNotFound,
     StoreUnavailable,
 )
-from procession.store import Store
+from procession.store import Store, _fast_connections
 from tests.support import FakeClock, connected_store, new_job
 
 
@@ -626,3 +628,54 @@ class ReplicasAckTests(TestCase):
         self.assertEqual(
             (await self.plain.get_job("default", "a"))["state"], "completed"
         )
+
+
+class FastConnectionTests(SynchronousTestCase):
+    """
+    The Redis connections' own command encoding and reply decoding
+    (L{procession.store._fast_connections}) give what txredisapi's give.
+    """
+
+    def setUp(self) -> None:
+        import txredisapi
+
+        class Factory:
+            protocol = txredisapi.RedisProtocol
+
+        _fast_connections(Factory)
+        self.fast = Factory.protocol.__new__(Factory.protocol)
+        self.plain = txredisapi.RedisProtocol.__new__(txredisapi.RedisProtocol)
+        for connection in (self.fast, self.plain):
+            connection.charset = "utf-8"
+            connection.errors = "strict"
+            connection.convertNumbers = False
+
+    @given(
+        st.lists(
+            st.one_of(
+                st.text(),
+                st.binary(),
+                st.integers(),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.booleans(),
+            ),
+            max_size=20,
+        )
+    )
+    def test_commands(self, values: list[Any]) -> None:
+        try:
+            expected = self.plain._build_command(*values)
+        except Exception as e:
+            self.assertRaises(type(e), self.fast._build_command, *values)
+            return
+        self.assertEqual(self.fast._build_command(*values), expected)
+
+    @given(
+        st.recursive(
+            st.none() | st.integers() | st.binary(),
+            lambda children: st.lists(children, max_size=5),
+            max_leaves=20,
+        )
+    )
+    def test_replies(self, reply: Any) -> None:
+        self.assertEqual(self.fast.tryConvertData(reply), self.plain.tryConvertData(reply))
