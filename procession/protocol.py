@@ -475,7 +475,7 @@ class WorkerProtocol(protocol.Protocol):
         self.held.pop(job_id, None)
         if isinstance(outcome, Failure):
             return outcome
-        return {"id": job_id}
+        return _JSON('{"id":' + _compact(job_id) + "}")
 
     def do_FAIL(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "FAIL")
@@ -552,17 +552,27 @@ def _object(body: Any, verb: str) -> dict[str, Any]:
     return body
 
 
-def _pushed(created: bool, job_id: str) -> dict[str, Any]:
-    return {"id": job_id, "created": created}
-
-
 # json.dumps with any option builds an encoder per call; replies share one.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class _JSON(str):
+    """
+    A reply body that is JSON text already.
+    """
+
+
+def _pushed(created: bool, job_id: str) -> _JSON:
+    return _JSON(
+        '{"id":' + _compact(job_id) + (',"created":true}' if created else ',"created":false}')
+    )
 
 
 def _ok(value: Any) -> tuple[str, str | None]:
     if value is None:
         return ("OK", None)
+    if type(value) is _JSON:
+        return ("OK", value)
     return ("OK", _compact(value))
 
 

@@ -788,10 +788,11 @@ class Store:
 
         def unavailable(failure: Any) -> Any:
             if failure.check(defer.TimeoutError, defer.CancelledError):
-                # Only a Sentinel pool can look for a new master (a plain
-                # txredisapi pool answers every attribute, with a command).
-                if isinstance(self.redis, SentinelPool) and failure.check(
-                    defer.TimeoutError
+                # A pool that can look for a new master (a Sentinel pool)
+                # has a suspect method; look it up on the class, as a plain
+                # txredisapi pool answers every attribute with a command.
+                if getattr(type(self.redis), "suspect", None) is not None and (
+                    failure.check(defer.TimeoutError)
                 ):
                     self.redis.suspect()
                 raise StoreUnavailable(

@@ -462,15 +462,18 @@ class SentinelTests(SynchronousTestCase):
 
     def test_frozen_primary_without_replica_acks(self) -> None:
         """
-        A primary that hangs rather than dies, and answers again two
+        A primary that hangs rather than dies, and answers again four
         seconds after the promotion: by then the server has left it for the
         new primary (it asks the sentinels twice a second), so nothing
         acknowledged is lost, though the sentinels demote the old primary
         only seconds later.  (A server that left the master only when it
         reconnected pushed to the thawed old primary, as a master still,
-        until then: some 40,000 acknowledged pushes were lost in one run.)
+        until then: some 40,000 acknowledged pushes were lost in one run.
+        Thawed two seconds after the promotion on a heavily loaded
+        machine, 18 of 27,660 were lost in one run: the check had not run
+        yet.  Only --replicas-ack closes that window.)
         """
-        figures = self.frozen_primary(thaw_after=2.0)
+        figures = self.frozen_primary(thaw_after=4.0)
         self.assertEqual(figures["lost"], 0, figures)
 
     def test_frozen_primary_with_replica_acks(self) -> None:
