@@ -95,6 +95,12 @@ class Options(usage.Options):
             "Allow listeners reachable beyond loopback without a token.",
         ],
         [
+            "http-access-log",
+            None,
+            "Log a line per HTTP request (combined log format) to the "
+            "server's log; off by default: workers make many requests.",
+        ],
+        [
             "metrics-auth",
             None,
             "Make GET /metrics need the admin token (it is open by default, "
@@ -455,11 +461,10 @@ class ProcessionService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _start(self) -> None:
-        from twisted.web.server import Site
-
         from procession.dispatch import Dispatcher
         from procession.http import HTTPServer
         from procession.protocol import WorkerFactory
+        from procession.web import Site
         from procession.store import RedisAddress, Store, WakeListener, connect
 
         options = self.options
@@ -544,8 +549,10 @@ class ProcessionService(service.MultiService):
             metrics_auth=bool(options["metrics-auth"]),
         )
         self.http_server.worker_factory = self.worker_factory
-        site = Site(self.http_server.app.resource())
-        site.displayTracebacks = False
+        site = Site(
+            self.http_server.app.resource(),
+            access_log=bool(options["http-access-log"]),
+        )
         self.http_port = await self._listen("http", 1, site)
         self.listening["http"] = _describe(self.http_port)
         if options["processes"] > 1:

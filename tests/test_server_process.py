@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from typing import Any
 
@@ -37,7 +38,7 @@ TWIST = [sys.executable, "-m", "twisted", "--log-format=text"]
 OPTIONS = (
     "--tcp --http --redis --redis-server --data-dir --fsync --token "
     "--token-file --insecure --shutdown-grace --max-frame --max-job-size "
-    "--max-connections"
+    "--max-connections --http-access-log"
 ).split()
 
 
@@ -447,6 +448,24 @@ class ServerProcessTests(SynchronousTestCase):
         self.assertNotIn("Embedded Redis", output)
         self.assertNotIn(server.data_dir, output)
         self.assertIn(f"127.0.0.1:{redis.port}", output)
+
+    def test_http_access_log_is_asked_for(self) -> None:
+        """
+        A line per HTTP request in the log with --http-access-log; none
+        without.
+        """
+        redis = shared_redis()
+        for args, logged in (((), False), (("--http-access-log",), True)):
+            namespace = "log" + uuid.uuid4().hex[:10]
+            server = Server(
+                self, self.data_dir(), "--redis", redis.url, "--namespace", namespace, *args
+            ).serving()
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{server.http_port}/healthz?probe=1", timeout=5
+            ) as response:
+                self.assertEqual(response.status, 200)
+            self.assertEqual(server.terminate()[0], 0)
+            self.assertEqual('"GET /healthz?probe=1 HTTP/1.1" 200' in server.output(), logged, args)
 
     def test_missing_redis_server_binary(self) -> None:
         """
