@@ -39,16 +39,6 @@ class Counter:
         self.last = 0.0
         self.errors: list[str] = []
 
-    def take(self) -> int | None:
-        """
-        The number of the next job to push, or L{None} when all are.
-        """
-        with self.lock:
-            if self.taken >= self.target or time.monotonic() > self.deadline:
-                return None
-            self.taken += 1
-            return self.taken - 1
-
     def take_many(self, n: int) -> list[int]:
         """
         The numbers of up to C{n} next jobs to push (none when all are).
@@ -72,11 +62,16 @@ class Counter:
             self.last = now
 
 
-def batch_pusher(port: int, counter: Counter, batch: int) -> None:
+def pusher(port: int, counter: Counter, batch: int) -> None:
+    """
+    Push jobs one a request (a JSON object) or C{batch} a request (an
+    array), until the counter has handed out all.
+    """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/json"}
     while numbers := counter.take_many(batch):
-        body = json.dumps([{"type": "noop", "args": job_args(i)} for i in numbers])
+        jobs = [{"type": "noop", "args": job_args(i)} for i in numbers]
+        body = json.dumps(jobs if batch > 1 else jobs[0])
         started = time.monotonic()
         connection.request("POST", "/api/v1/jobs", body, headers)
         response = connection.getresponse()
@@ -88,53 +83,16 @@ def batch_pusher(port: int, counter: Counter, batch: int) -> None:
     connection.close()
 
 
-def batch_poller(port: int, counter: Counter, name: str, batch: int) -> None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Type": "application/json"}
-    url = f"/api/v1/jobs/next?queues=default&wait=1&worker={name}&count={batch}"
-    while not counter.finished():
-        started = time.monotonic()
-        connection.request("GET", url)
-        response = connection.getresponse()
-        data = response.read()
-        if response.status == 204:
-            continue
-        if response.status != 200:
-            counter.errors.append(f"next: {response.status} {data[:200]!r}")
-            return
-        jobs = json.loads(data)
-        body = json.dumps([{"id": job["id"], "lease": job["lease"]} for job in jobs])
-        connection.request("POST", "/api/v1/acks", body, headers)
-        response = connection.getresponse()
-        data = response.read()
-        results = json.loads(data)["results"] if response.status == 200 else None
-        if results is None or any("error" in r for r in results):
-            counter.errors.append(f"acks: {response.status} {data[:200]!r}")
-            return
-        counter.one_done(started, len(jobs))
-    connection.close()
-
-
-def pusher(port: int, counter: Counter) -> None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Type": "application/json"}
-    while (i := counter.take()) is not None:
-        body = json.dumps({"type": "noop", "args": job_args(i)})
-        started = time.monotonic()
-        connection.request("POST", "/api/v1/jobs", body, headers)
-        response = connection.getresponse()
-        data = response.read()
-        if response.status != 201:
-            counter.errors.append(f"{response.status} {data[:200]!r}")
-            return
-        counter.one_done(started)
-    connection.close()
-
-
-def poller(port: int, counter: Counter, name: str) -> None:
+def poller(port: int, counter: Counter, name: str, batch: int) -> None:
+    """
+    Take jobs by long poll, one a request or up to C{batch} (``count``),
+    and ack them, one a request or all in one ``POST /api/v1/acks``.
+    """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/json"}
     url = f"/api/v1/jobs/next?queues=default&wait=1&worker={name}"
+    if batch > 1:
+        url += f"&count={batch}"
     while not counter.finished():
         started = time.monotonic()
         connection.request("GET", url)
@@ -145,15 +103,22 @@ def poller(port: int, counter: Counter, name: str) -> None:
         if response.status != 200:
             counter.errors.append(f"next: {response.status} {data[:200]!r}")
             return
-        job = json.loads(data)
-        body = json.dumps({"lease": job["lease"]})
-        connection.request("POST", f"/api/v1/jobs/{job['id']}/ack", body, headers)
+        taken = json.loads(data)
+        if batch > 1:
+            body = json.dumps([{"id": job["id"], "lease": job["lease"]} for job in taken])
+            connection.request("POST", "/api/v1/acks", body, headers)
+        else:
+            body = json.dumps({"lease": taken["lease"]})
+            connection.request("POST", f"/api/v1/jobs/{taken['id']}/ack", body, headers)
         response = connection.getresponse()
         data = response.read()
-        if response.status != 200:
+        refused = response.status != 200 or (
+            batch > 1 and any("error" in r for r in json.loads(data)["results"])
+        )
+        if refused:
             counter.errors.append(f"ack: {response.status} {data[:200]!r}")
             return
-        counter.one_done(started)
+        counter.one_done(started, len(taken) if batch > 1 else 1)
     connection.close()
 
 
@@ -161,14 +126,12 @@ def run(
     mode: str, port: int, jobs: int, threads: int, max_seconds: float, batch: int = 1
 ) -> dict[str, Any]:
     counter = Counter(jobs, time.monotonic() + max_seconds)
-    if batch > 1:
-        target: Any = batch_pusher if mode == "push" else batch_poller
-        args: Any = [(port, counter, batch) if mode == "push" else (port, counter, f"http-{n}", batch) for n in range(threads)]
-    else:
-        target = pusher if mode == "push" else poller
-        args = [(port, counter) if mode == "push" else (port, counter, f"http-{n}") for n in range(threads)]
     workers = [
-        threading.Thread(target=target, args=args[n], daemon=True)
+        threading.Thread(
+            target=pusher if mode == "push" else poller,
+            args=(port, counter, batch) if mode == "push" else (port, counter, f"http-{n}", batch),
+            daemon=True,
+        )
         for n in range(threads)
     ]
     for w in workers:
