@@ -34,6 +34,7 @@ from procession.errors import (
     OutOfOrder,
     ProcessionError,
     ShuttingDown,
+    StoreUnavailable,
     UnknownVerb,
 )
 from procession.job import (
@@ -431,15 +432,25 @@ class WorkerProtocol(protocol.Protocol):
     def _finish(self, job_id: str, held: Held, d: defer.Deferred[Any]) -> Any:
         """
         Free the job's credit now, and forget the job once the store has
-        answered (whatever it answered: a refused ack means the lease is
-        someone else's).
+        answered (a refused ack means the lease is someone else's) -- unless
+        the store was unavailable: then the job is held again, to be acked
+        or failed again (or given back if the connection drops), and counts
+        against the credit again.
         """
         held.finishing = True
         self.unfinished -= 1
         self._has_room()
 
         def forget(result: Any) -> Any:
-            self.held.pop(job_id, None)
+            if (
+                isinstance(result, Failure)
+                and result.check(StoreUnavailable)
+                and not self.closing
+            ):
+                held.finishing = False
+                self.unfinished += 1
+            else:
+                self.held.pop(job_id, None)
             return result
 
         return d.addBoth(forget)

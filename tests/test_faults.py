@@ -42,6 +42,7 @@ from tests.ledger import (
     audit,
     environment,
     long_test,
+    read_jobs,
     report,
     tail,
     wait_drained,
@@ -513,6 +514,112 @@ class RedisFaultTests(SynchronousTestCase):
             recovered_s=round(recovered, 2),
         )
         report(figures)
+
+
+class AckDuringOutageTests(SynchronousTestCase):
+    """
+    A job finished while Redis is frozen: its ACK is answered
+    store_unavailable.  The connection keeps holding the job (and counting
+    it against its credit), so the ACK can be sent again; the worker runner
+    does so, with backoff, while the lease lasts, and the job runs once.
+    """
+
+    def setUp(self) -> None:
+        self.redis = RedisProcess()
+        self.redis.start()
+        self.addCleanup(self.redis.cleanup)
+        self.server = Procession(
+            self, "--redis-timeout", "1", redis=self.redis
+        ).serving()
+
+    def freeze(self) -> None:
+        assert self.redis.process is not None
+        self.redis.process.send_signal(signal.SIGSTOP)
+        self.addCleanup(self.thaw)
+
+    def thaw(self) -> None:
+        assert self.redis.process is not None
+        self.redis.process.send_signal(signal.SIGCONT)
+
+    def test_connection_keeps_the_job(self) -> None:
+        """
+        Over the wire: an ACK refused with store_unavailable leaves the job
+        held by the connection, still taking its credit (a job pushed after
+        the outage waits), and the same ACK sent again once Redis is back
+        completes it.  FAIL likewise.
+        """
+        worker = WireClient("127.0.0.1", self.server.port, timeout=10)
+        self.addCleanup(worker.close)
+        worker.hello("raw")
+        worker.ready(["outage"], credit=1)
+        producer = WireClient("127.0.0.1", self.server.port, timeout=10)
+        self.addCleanup(producer.close)
+        producer.hello("producer")
+        for verb, body in [
+            ("ACK", {"result": 1}),
+            ("FAIL", {"error": {"type": "E"}, "retry": False}),
+        ]:
+            first = producer.push(type="t", queue="outage", timeout=60)["id"]
+            job = worker.next_job(10)
+            self.assertEqual(job["id"], first)
+            self.freeze()
+            answer, error = worker.request(verb, {"id": first, **body}, timeout=10)
+            self.assertEqual((answer, error["code"]), ("ERR", "store_unavailable"))
+            self.thaw()
+            second = Client(
+                "127.0.0.1", self.server.port, timeout=5, retry_for=30
+            ).push("t", queue="outage")
+            # The connection still holds the first job: no room for another.
+            self.assertTrue(worker.no_job(1.5))
+            self.assertEqual(worker.ok(verb, {"id": first, **body})["id"], first)
+            self.assertEqual(worker.next_job(10)["id"], second)
+            self.assertEqual(worker.ok("ACK", {"id": second}), {"id": second})
+        summary = self.server.queue_summary("outage")
+        self.assertEqual(
+            (summary["totals"]["processed"], summary["totals"]["failed"]), (3, 1)
+        )
+        self.assertEqual((summary["sizes"]["running"], summary["sizes"]["dead"]), (0, 1))
+
+    def test_runner_sends_again(self) -> None:
+        """
+        Worker runners finish their jobs while Redis is frozen for 6 s (the
+        jobs' leases are 30 s): they send each ACK again until it is
+        stored, and every job runs exactly once.
+        """
+        ledger = Ledger(self)
+        pool = WorkerPool(self, self.server, ledger, count=2, concurrency=4)
+        client = Client("127.0.0.1", self.server.port, timeout=5)
+        self.addCleanup(client.close)
+        ids = [f"outage-{n}" for n in range(8)]
+        for job_id in ids:
+            client.push("work", {"seconds": 2}, id=job_id, timeout=30)
+        wait_for(
+            lambda: self.server.queue_summary()["sizes"]["running"] == len(ids),
+            20,
+            pool.all_logs,
+        )
+        self.freeze()
+        frozen_at = time.monotonic()
+        # The runs end during the outage; their ACKs cannot be stored.
+        wait_for(lambda: ledger.count() == len(ids), 10, pool.all_logs)
+        time.sleep(max(0.0, 6 - (time.monotonic() - frozen_at)))
+        self.thaw()
+        thawed_at = time.monotonic()
+        wait_drained(self.server, self.server.store(), ids, timeout=20, describe=pool.all_logs)
+        stored_s = time.monotonic() - thawed_at
+        # Each job ran once, as its first attempt.
+        self.assertEqual(sorted((i, a) for i, a, _ in ledger.runs()), [(i, 1) for i in sorted(ids)])
+        states = read_jobs(self.server.store(), self.server, ids)
+        self.assertEqual(set(states.values()), {("completed", 1)})
+        logs = "".join(tail(path, 400) for path in pool.logs.values())
+        self.assertIn("could not store its ACK", logs)
+        self.assertIn("its ACK was stored at try", logs)
+        self.assertNotIn("the job will run again", logs)
+        summary = self.server.queue_summary()
+        self.assertEqual(summary["totals"]["processed"], len(ids))
+        self.assertEqual(summary["sizes"]["running"], 0)
+        # Well before the leases (30 s) could have run out.
+        self.assertLess(stored_s, 10)
 
 
 class ShutdownTests(SynchronousTestCase):
