@@ -65,16 +65,19 @@ HANDSHAKE_MAX_FRAME = 16 * 1024
 
 class Held:
     """
-    A job in a worker's hands: its queue and lease, and whether its ack or
-    fail is on its way to the store.
+    A job in a worker's hands: its queue, lease and timeout, whether its ack
+    or fail is on its way to the store, and (once the store could not take
+    one) when to stop waiting for it again.
     """
 
-    __slots__ = ("queue", "lease", "finishing")
+    __slots__ = ("queue", "lease", "timeout", "finishing", "unsettled")
 
-    def __init__(self, queue: str, lease: str) -> None:
+    def __init__(self, queue: str, lease: str, timeout: float = 300.0) -> None:
         self.queue = queue
         self.lease = lease
+        self.timeout = timeout
         self.finishing = False
+        self.unsettled: Any = None
 
 
 @implementer(IHalfCloseableProtocol)
@@ -165,6 +168,8 @@ class WorkerProtocol(protocol.Protocol):
             self._handshake_timer.cancel()
         self.factory.connections.discard(self)
         self.dispatcher.remove_consumer(self)
+        for held in self.held.values():
+            _stop_waiting(held)
         self._release_all("the worker's connection was lost")
 
     def _release_all(self, reason: str) -> defer.Deferred[Any]:
@@ -438,6 +443,7 @@ class WorkerProtocol(protocol.Protocol):
         against the credit again.
         """
         held.finishing = True
+        _stop_waiting(held)
         self.unfinished -= 1
         self._has_room()
 
@@ -449,11 +455,27 @@ class WorkerProtocol(protocol.Protocol):
             ):
                 held.finishing = False
                 self.unfinished += 1
+                # A client that does not send it again must not hold the
+                # credit forever: by then the lease is over anyway.
+                held.unsettled = self.factory.clock.callLater(
+                    held.timeout, self._unsettled_expired, job_id, held
+                )
             else:
                 self.held.pop(job_id, None)
             return result
 
         return d.addBoth(forget)
+
+    def _unsettled_expired(self, job_id: str, held: Held) -> None:
+        """
+        A job whose ack or fail the store could not take was not sent
+        again within its timeout: forget it, and free its credit.
+        """
+        held.unsettled = None
+        if self.held.get(job_id) is held and not held.finishing:
+            del self.held[job_id]
+            self.unfinished -= 1
+            self._has_room()
 
     def do_ACK(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "ACK")
@@ -505,7 +527,7 @@ class WorkerProtocol(protocol.Protocol):
     def deliver(self, job: ClaimedJob) -> bool:
         if self.closing or self.quieted or self.room() <= 0:
             return False
-        self.held[job.id] = Held(job.queue, job.lease)
+        self.held[job.id] = Held(job.queue, job.lease, job.timeout)
         self.unfinished += 1
         self.transport.write(b"JOB " + job.payload.encode("utf-8") + b"\n")
         return True
@@ -526,6 +548,13 @@ class WorkerProtocol(protocol.Protocol):
 
 
 _NO_REPLY = object()
+
+
+def _stop_waiting(held: Held) -> None:
+    if held.unsettled is not None:
+        if held.unsettled.active():
+            held.unsettled.cancel()
+        held.unsettled = None
 
 
 def _object(body: Any, verb: str) -> dict[str, Any]:

@@ -42,8 +42,9 @@ backoff when the server goes away (the jobs in hand then are the server's
 again: they are dropped, and their results with them).  It asks for
 C{concurrency + prefetch} jobs at once.  An ``ACK`` or ``FAIL`` the server
 could not store (``store_unavailable``: its Redis is down or slow) is sent
-again, with backoff, for as long as the job's lease lasts, so that a Redis
-outage shorter than the lease does not make the job run again.
+again, with backoff, until the server answers otherwise, so that a Redis
+outage shorter than the job's lease does not make the job run again (past
+the lease, the answer will be ``lease_lost``).
 
 Stopping: on SIGTERM or SIGINT it takes no new jobs (``READY`` with credit
 0), finishes the ones it holds, says ``BYE`` and returns; a second signal,
@@ -104,10 +105,9 @@ MAX_LINE = 1000
 # The shortest pause between two EXTENDs of one job.
 MIN_EXTEND_INTERVAL = 0.05
 # An ACK or FAIL answered store_unavailable is sent again after a pause
-# (backoff from the first to the second, with jitter) while the job's lease
-# lasts; the last try goes this long before the lease ends.
+# (backoff from the first to the second, with jitter) until the server
+# answers otherwise.
 RESEND_BACKOFF = (0.25, 2.0)
-RESEND_MARGIN = 0.25
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 
 
@@ -990,33 +990,34 @@ class _Session:
             return
         error = error_from_body(decode_body(body))
         now = time.monotonic()
-        lease_ends = self.leases.get(job_id, now)
-        if error.code == "store_unavailable" and outcome is not None and now < lease_ends:
-            pause = outcome.backoff.next()
-            outcome.due = min(now + pause, max(now, lease_ends - RESEND_MARGIN))
+        if error.code == "store_unavailable" and outcome is not None:
+            # The connection still holds the job: send it again until the
+            # store answers.  Past the lease the answer will be lease_lost
+            # (or, if the sweep has not yet run, the outcome is stored).
+            lease_ends = self.leases.get(job_id, now)
+            outcome.due = now + outcome.backoff.next()
             outcome.tries += 1
-            log_as = log.warning if outcome.tries == 2 else log.info
-            log_as(
-                "Job %s: the server could not store its %s (%s); sending it "
-                "again in %.1f s (the lease lasts %.1f s more)",
-                job_id,
-                kind,
-                error,
-                outcome.due - now,
-                lease_ends - now,
-            )
+            if outcome.tries == 2:
+                log.warning(
+                    "Job %s: the server could not store its %s (%s); sending "
+                    "it again until it can (the lease lasts %.1f s more)",
+                    job_id,
+                    kind,
+                    error,
+                    max(0.0, lease_ends - now),
+                )
+            elif now >= lease_ends and not outcome.lease_over:
+                outcome.lease_over = True
+                log.warning(
+                    "Job %s: its lease has run out before its %s could be "
+                    "stored: the job may run again",
+                    job_id,
+                    kind,
+                )
             self.resends[job_id] = outcome
             return
         self.leases.pop(job_id, None)
-        if error.code == "store_unavailable":
-            log.error(
-                "Job %s: the server could not store its %s before the lease "
-                "ran out (%s): the job will run again",
-                job_id,
-                kind,
-                error,
-            )
-        elif error.code in GONE and outcome is not None and outcome.tries > 1:
+        if error.code in GONE and outcome is not None and outcome.tries > 1:
             # A try that timed out may have been stored after all.
             log.info(
                 "Job %s: the server refused its %s at try %d: %s (an earlier "
@@ -1044,6 +1045,7 @@ class _Outcome:
         self.frame = frame
         self.tries = 1
         self.due = 0.0
+        self.lease_over = False
         self.backoff = Backoff(*RESEND_BACKOFF)
 
 
