@@ -443,9 +443,14 @@ class WorkerProtocol(protocol.Protocol):
         against the credit again.
         """
         held.finishing = True
-        _stop_waiting(held)
+        # Sent again after store_unavailable: the store may still be
+        # unavailable, and a claim for the credit freed now could time out
+        # and yet lease jobs when Redis wakes, to nobody.  Ask for more once
+        # the store has answered.
+        again = _stop_waiting(held)
         self.unfinished -= 1
-        self._has_room()
+        if not again:
+            self._has_room()
 
         def forget(result: Any) -> Any:
             if (
@@ -462,6 +467,8 @@ class WorkerProtocol(protocol.Protocol):
                 )
             else:
                 self.held.pop(job_id, None)
+                if again:
+                    self._has_room()
             return result
 
         return d.addBoth(forget)
@@ -550,11 +557,16 @@ class WorkerProtocol(protocol.Protocol):
 _NO_REPLY = object()
 
 
-def _stop_waiting(held: Held) -> None:
-    if held.unsettled is not None:
-        if held.unsettled.active():
-            held.unsettled.cancel()
-        held.unsettled = None
+def _stop_waiting(held: Held) -> bool:
+    """
+    Cancel the wait for a job's ack to be sent again; whether there was one.
+    """
+    if held.unsettled is None:
+        return False
+    if held.unsettled.active():
+        held.unsettled.cancel()
+    held.unsettled = None
+    return True
 
 
 def _object(body: Any, verb: str) -> dict[str, Any]:
