@@ -16,7 +16,10 @@ The policy (docs/reliability.rst, docs/protocol.rst):
   size (never more), memory up to C{--max-frame}, and nothing to the other
   connections;
 - past C{--max-connections}, a new connection gets C{ERR
-  too_many_connections} and is closed; the others go on.
+  too_many_connections} and is closed; the others go on;
+- past C{--max-http-connections}, a new HTTP connection is answered C{503
+  too_many_connections} and closed (at most 64 at once are answered; more
+  are closed unanswered); the HTTP clients already connected go on.
 
 The first tests drive the protocol in memory (a fake clock and transport);
 the others run the real server as a child process.
