@@ -79,7 +79,7 @@ import traceback
 from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar, overload
 
-from attrs import frozen
+from attrs import define, field, frozen
 
 from procession.client import (
     Backoff,
@@ -976,11 +976,10 @@ class _Session:
         else:
             log.warning("The server refused %s: %s", kind, error)
 
-
     def _settled(self, kind: str, job_id: str, verb: bytes, body: bytes) -> None:
         """
         The answer to an ACK or FAIL: done, or (``store_unavailable``) to be
-        sent again after a pause while the lease lasts.
+        sent again after a pause, until the server answers otherwise.
         """
         outcome = self.finishing.pop(job_id, None)
         if verb == b"OK":
@@ -1033,20 +1032,20 @@ class _Session:
             log.error("Job %s: the server refused its %s: %s", job_id, kind, error)
 
 
+@define
 class _Outcome:
     """
-    A finished job's ``ACK`` or ``FAIL``, kept until the server has stored
-    it, to be sent again while the server cannot.
+    A finished job's ``ACK`` or ``FAIL``, kept until the server has answered
+    it, to be sent again while the server cannot store it.
     """
 
-    def __init__(self, job: Job, verb: str, frame: bytes) -> None:
-        self.job = job
-        self.verb = verb
-        self.frame = frame
-        self.tries = 1
-        self.due = 0.0
-        self.lease_over = False
-        self.backoff = Backoff(*RESEND_BACKOFF)
+    job: Job
+    verb: str
+    frame: bytes
+    tries: int = 1
+    due: float = 0.0
+    lease_over: bool = False
+    backoff: Backoff = field(factory=lambda: Backoff(*RESEND_BACKOFF))
 
 
 def _extend_interval(job: Job) -> float:
