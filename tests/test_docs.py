@@ -147,3 +147,24 @@ class BuildTests(SynchronousTestCase):
                 if message["level"] >= 2:
                     problems.append(message.astext()[:300])
         self.assertEqual(problems, [])
+
+
+class ServerOptionsTests(SynchronousTestCase):
+    def test_every_option_documented(self) -> None:
+        """
+        Every option of C{twist procession} (but the internal ones of
+        --processes) is described in the README or a page of docs/.
+        """
+        from procession.tap import Options
+
+        text = ""
+        for name in ["README.rst", *glob.glob(os.path.join(ROOT, "docs", "*.rst"))]:
+            with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+                text += f.read()
+        internal = {"inherit", "parent-pid"}
+        options = [o[0] for o in Options.optFlags + Options.optParameters]
+        self.assertIn("max-http-connections", options)
+        missing = [
+            o for o in options if o not in internal and f"``--{o}" not in text
+        ]
+        self.assertEqual(missing, [])
