@@ -149,6 +149,15 @@ class StoreUnavailable(ProcessionError):
     http_status = 503
 
 
+class TooManyConnections(ProcessionError):
+    """
+    A listener is at its connection limit; the connection is closed.
+    """
+
+    code = "too_many_connections"
+    http_status = 503
+
+
 class ShuttingDown(ProcessionError):
     """
     The server is stopping and takes no new work.

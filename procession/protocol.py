@@ -34,6 +34,7 @@ from procession.errors import (
     OutOfOrder,
     ProcessionError,
     ShuttingDown,
+    StoreUnavailable,
     UnknownVerb,
 )
 from procession.transport import corked, write_now
@@ -65,16 +66,19 @@ HANDSHAKE_MAX_FRAME = 16 * 1024
 
 class Held:
     """
-    A job in a worker's hands: its queue and lease, and whether its ack or
-    fail is on its way to the store.
+    A job in a worker's hands: its queue, lease and timeout, whether its ack
+    or fail is on its way to the store, and (once the store could not take
+    one) when to stop waiting for it again.
     """
 
-    __slots__ = ("queue", "lease", "finishing")
+    __slots__ = ("queue", "lease", "timeout", "finishing", "unsettled")
 
-    def __init__(self, queue: str, lease: str) -> None:
+    def __init__(self, queue: str, lease: str, timeout: float = 300.0) -> None:
         self.queue = queue
         self.lease = lease
+        self.timeout = timeout
         self.finishing = False
+        self.unsettled: Any = None
 
 
 @implementer(IHalfCloseableProtocol)
@@ -165,6 +169,8 @@ class WorkerProtocol(protocol.Protocol):
             self._handshake_timer.cancel()
         self.factory.connections.discard(self)
         self.dispatcher.remove_consumer(self)
+        for held in self.held.values():
+            _stop_waiting(held)
         self._release_all("the worker's connection was lost")
 
     def _release_all(self, reason: str) -> defer.Deferred[Any]:
@@ -447,35 +453,58 @@ class WorkerProtocol(protocol.Protocol):
     def _finish(self, job_id: str, held: Held, d: defer.Deferred[Any]) -> Any:
         """
         Free the job's credit now, and forget the job once the store has
-        answered (whatever it answered: a refused ack means the lease is
-        someone else's).
+        answered (a refused ack means the lease is someone else's) -- unless
+        the store was unavailable: then the job is held again, to be acked
+        or failed again (or given back if the connection drops), and counts
+        against the credit again.
         """
         held.finishing = True
+        # Sent again after store_unavailable: the store may still be
+        # unavailable, and a claim for the credit freed now could time out
+        # and yet lease jobs when Redis wakes, to nobody.  Ask for more once
+        # the store has answered.
+        again = _stop_waiting(held)
         self.unfinished -= 1
-        self._has_room()
+        if not again:
+            self._has_room()
 
         def forget(result: Any) -> Any:
-            self.held.pop(job_id, None)
+            if (
+                isinstance(result, Failure)
+                and result.check(StoreUnavailable)
+                and not self.closing
+            ):
+                held.finishing = False
+                self.unfinished += 1
+                # A client that does not send it again must not hold the
+                # credit forever: by then the lease is over anyway.
+                held.unsettled = self.factory.clock.callLater(
+                    held.timeout, self._unsettled_expired, job_id, held
+                )
+            else:
+                self.held.pop(job_id, None)
+                if again:
+                    self._has_room()
             return result
 
         return d.addBoth(forget)
 
+    def _unsettled_expired(self, job_id: str, held: Held) -> None:
+        """
+        A job whose ack or fail the store could not take was not sent
+        again within its timeout: forget it, and free its credit.
+        """
+        held.unsettled = None
+        if self.held.get(job_id) is held and not held.finishing:
+            del self.held[job_id]
+            self.unfinished -= 1
+            self._has_room()
+
     def do_ACK(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "ACK")
         result = encode_result(body.get("result"))
-        held.finishing = True
-        self.unfinished -= 1
-        self._has_room()
-        # As _finish does, in one callback: acks are the hot path.
-        return self.dispatcher.ack(held.queue, job_id, held.lease, result).addBoth(
-            self._acked, job_id
-        )
-
-    def _acked(self, outcome: Any, job_id: str) -> Any:
-        self.held.pop(job_id, None)
-        if isinstance(outcome, Failure):
-            return outcome
-        return _JSON('{"id":' + _compact(job_id) + "}")
+        d = self.dispatcher.ack(held.queue, job_id, held.lease, result)
+        return self._finish(job_id, held, d).addCallback(_acked, job_id)
 
     def do_FAIL(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "FAIL")
@@ -521,7 +550,7 @@ class WorkerProtocol(protocol.Protocol):
     def deliver(self, job: ClaimedJob) -> bool:
         if self.closing or self.quieted or self.room() <= 0:
             return False
-        self.held[job.id] = Held(job.queue, job.lease)
+        self.held[job.id] = Held(job.queue, job.lease, job.timeout)
         self.unfinished += 1
         write_now(self.transport, b"JOB " + job.payload.encode("utf-8") + b"\n")
         return True
@@ -544,6 +573,18 @@ class WorkerProtocol(protocol.Protocol):
 _NO_REPLY = object()
 
 
+def _stop_waiting(held: Held) -> bool:
+    """
+    Cancel the wait for a job's ack to be sent again; whether there was one.
+    """
+    if held.unsettled is None:
+        return False
+    if held.unsettled.active():
+        held.unsettled.cancel()
+    held.unsettled = None
+    return True
+
+
 def _object(body: Any, verb: str) -> dict[str, Any]:
     if body is None:
         return {}
@@ -560,6 +601,10 @@ class _JSON(str):
     """
     A reply body that is JSON text already.
     """
+
+
+def _acked(_: None, job_id: str) -> _JSON:
+    return _JSON('{"id":' + _compact(job_id) + "}")
 
 
 def _pushed(created: bool, job_id: str) -> _JSON:

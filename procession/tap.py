@@ -188,6 +188,14 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "max-http-connections",
+            None,
+            1024,
+            "The most HTTP connections at once; past it a new connection is "
+            "answered 503 too_many_connections and closed.",
+            _positive(int),
+        ],
+        [
             "handshake-timeout",
             None,
             10.0,
@@ -431,6 +439,7 @@ class ProcessionService(service.MultiService):
         self.tcp_port: Any = None
         self.http_port: Any = None
         self.http_server: Any = None
+        self.http_limit: Any = None
         self.listening: dict[str, str] = {}
         self.children: Any = None
         self.parent_watch: Any = None
@@ -463,11 +472,15 @@ class ProcessionService(service.MultiService):
     async def _start(self) -> None:
         from procession.dispatch import Dispatcher
         from procession.http import HTTPServer
+        from procession.limits import HTTPConnectionLimit, check_descriptor_limit
         from procession.protocol import WorkerFactory
         from procession.web import Site
         from procession.store import RedisAddress, Store, WakeListener, connect
 
         options = self.options
+        check_descriptor_limit(
+            options["max-connections"], options["max-http-connections"]
+        )
         if options["parent-pid"] is not None:
             from procession.processes import watch_parent
 
@@ -553,7 +566,10 @@ class ProcessionService(service.MultiService):
             self.http_server.app.resource(),
             access_log=bool(options["http-access-log"]),
         )
-        self.http_port = await self._listen("http", 1, site)
+        self.http_limit = HTTPConnectionLimit(
+            site, options["max-http-connections"], self.reactor
+        )
+        self.http_port = await self._listen("http", 1, self.http_limit)
         self.listening["http"] = _describe(self.http_port)
         if options["processes"] > 1:
             self._start_children(address)

@@ -40,7 +40,11 @@ their replies: it matches replies to its requests by order), ``EXTEND``s the
 lease of every job it holds at half its ``timeout``, and reconnects with
 backoff when the server goes away (the jobs in hand then are the server's
 again: they are dropped, and their results with them).  It asks for
-C{concurrency + prefetch} jobs at once.
+C{concurrency + prefetch} jobs at once.  An ``ACK`` or ``FAIL`` the server
+could not store (``store_unavailable``: its Redis is down or slow) is sent
+again, with backoff, until the server answers otherwise, so that a Redis
+outage shorter than the job's lease does not make the job run again (past
+the lease, the answer will be ``lease_lost``).
 
 Stopping: on SIGTERM or SIGINT it takes no new jobs (``READY`` with credit
 0), finishes the ones it holds, says ``BYE`` and returns; a second signal,
@@ -75,7 +79,7 @@ import traceback
 from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar, overload
 
-from attrs import frozen
+from attrs import define, field, frozen
 
 from procession.client import (
     Backoff,
@@ -100,6 +104,10 @@ MAX_BACKTRACE_LINES = 200
 MAX_LINE = 1000
 # The shortest pause between two EXTENDs of one job.
 MIN_EXTEND_INTERVAL = 0.05
+# An ACK or FAIL answered store_unavailable is sent again after a pause
+# (backoff from the first to the second, with jitter) until the server
+# answers otherwise.
+RESEND_BACKOFF = (0.25, 2.0)
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 
 
@@ -681,6 +689,13 @@ class _Session:
         self.ssl_retry = 0
         self.expected: deque[tuple[str, str | None, float]] = deque()
         self.held: dict[str, Job] = {}
+        # When each lease held ends, as far as this side knows (monotonic):
+        # its JOB's arrival, or its last EXTEND's sending, plus the timeout.
+        self.leases: dict[str, float] = {}
+        # ACKs and FAILs sent and not yet answered, and those answered
+        # store_unavailable, waiting to be sent again.
+        self.finishing: dict[str, _Outcome] = {}
+        self.resends: dict[str, _Outcome] = {}
         self.extends: list[tuple[float, int, str]] = []
         self.sequence = itertools.count()
         self.alive = True
@@ -720,6 +735,7 @@ class _Session:
             while True:
                 now = time.monotonic()
                 self._take_results()
+                self._resend(now)
                 self._heartbeat(now)
                 self._control(now)
                 if self.bye_answered:
@@ -750,6 +766,12 @@ class _Session:
                     "Dropping %d jobs in hand: the server has taken them back",
                     len(self.held),
                 )
+            if self.resends:
+                log.warning(
+                    "Dropping the results of %d jobs the server could not "
+                    "store: it has taken them back, they will run again",
+                    len(self.resends),
+                )
 
     # -- what to send
 
@@ -769,7 +791,25 @@ class _Session:
                 )
                 continue
             del self.held[job.id]
+            self.finishing[job.id] = _Outcome(job, verb, frame)
             self.request(verb, frame, job.id)
+
+    def _resend(self, now: float) -> None:
+        """
+        Send again the ACKs and FAILs that are due.
+        """
+        for job_id, outcome in list(self.resends.items()):
+            if outcome.due <= now:
+                del self.resends[job_id]
+                self.finishing[job_id] = outcome
+                self.request(outcome.verb, outcome.frame, job_id)
+
+    def _in_hand(self) -> int:
+        """
+        Jobs this session must settle before it says BYE: running or
+        waiting to run, or finished with an outcome not yet stored.
+        """
+        return len(self.held) + len(self.finishing) + len(self.resends)
 
     def _heartbeat(self, now: float) -> None:
         """
@@ -800,14 +840,14 @@ class _Session:
             if not self.credit_withdrawn and not self.quieted and not worker._stop_now:
                 self.credit_withdrawn = True
                 self.request("READY", encode_frame("READY", {"queues": worker.queues, "credit": 0}))
-            if self.held and now >= worker._stop_deadline:
-                log.warning("Giving back %d unfinished jobs", len(self.held))
+            if self._in_hand() and now >= worker._stop_deadline:
+                log.warning("Giving back %d unfinished jobs", self._in_hand())
                 self._bye()
-            elif not self.held and (
+            elif not self._in_hand() and (
                 self.quieted or self.credit_withdrawn_answered or worker._stop_now
             ):
                 self._bye()
-        elif self.quieted and not self.held:
+        elif self.quieted and not self._in_hand():
             self._bye()
 
     def _bye(self) -> None:
@@ -819,6 +859,8 @@ class _Session:
         timeout = 1.0
         if self.extends:
             timeout = min(timeout, self.extends[0][0] - now)
+        for outcome in self.resends.values():
+            timeout = min(timeout, outcome.due - now)
         if worker._stopping and not self.bye_sent:
             timeout = min(timeout, worker._stop_deadline - now)
         return max(0.0, timeout)
@@ -889,6 +931,7 @@ class _Session:
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolViolation(message=f"a JOB frame without {e}") from None
         self.held[job.id] = job
+        self.leases[job.id] = time.monotonic() + job.timeout
         heapq.heappush(
             self.extends,
             (time.monotonic() + _extend_interval(job), next(self.sequence), job.id),
@@ -898,22 +941,23 @@ class _Session:
     def _reply(self, verb: bytes, body: bytes) -> None:
         if not self.expected:
             raise ProtocolViolation(message="a reply to no request")
-        kind, job_id, _ = self.expected.popleft()
+        kind, job_id, sent = self.expected.popleft()
+        if kind in ("ACK", "FAIL"):
+            self._settled(kind, job_id or "", verb, body)
+            return
         if verb == b"OK":
             if kind == "BYE":
                 self.bye_answered = True
             elif kind == "READY" and self.credit_withdrawn:
                 self.credit_withdrawn_answered = True
+            elif kind == "EXTEND" and job_id in self.held:
+                self.leases[job_id] = sent + self.held[job_id].timeout
             return
         error = error_from_body(decode_body(body))
-        if kind in ("ACK", "FAIL"):
-            if error.code in GONE:
-                log.info("Job %s: the server refused its %s: %s", job_id, kind, error)
-            else:
-                log.error("Job %s: the server refused its %s: %s", job_id, kind, error)
-        elif kind == "EXTEND":
+        if kind == "EXTEND":
             if error.code in GONE:
                 job = self.held.pop(job_id or "", None)
+                self.leases.pop(job_id or "", None)
                 if job is not None:
                     log.warning(
                         "Job %s (%s): its lease is lost (%s); its result will be dropped",
@@ -931,6 +975,77 @@ class _Session:
                 raise error
         else:
             log.warning("The server refused %s: %s", kind, error)
+
+    def _settled(self, kind: str, job_id: str, verb: bytes, body: bytes) -> None:
+        """
+        The answer to an ACK or FAIL: done, or (``store_unavailable``) to be
+        sent again after a pause, until the server answers otherwise.
+        """
+        outcome = self.finishing.pop(job_id, None)
+        if verb == b"OK":
+            self.leases.pop(job_id, None)
+            if outcome is not None and outcome.tries > 1:
+                log.info("Job %s: its %s was stored at try %d", job_id, kind, outcome.tries)
+            return
+        error = error_from_body(decode_body(body))
+        now = time.monotonic()
+        if error.code == "store_unavailable" and outcome is not None:
+            # The connection still holds the job: send it again until the
+            # store answers.  Past the lease the answer will be lease_lost
+            # (or, if the sweep has not yet run, the outcome is stored).
+            lease_ends = self.leases.get(job_id, now)
+            outcome.due = now + outcome.backoff.next()
+            outcome.tries += 1
+            if outcome.tries == 2:
+                log.warning(
+                    "Job %s: the server could not store its %s (%s); sending "
+                    "it again until it can (the lease lasts %.1f s more)",
+                    job_id,
+                    kind,
+                    error,
+                    max(0.0, lease_ends - now),
+                )
+            elif now >= lease_ends and not outcome.lease_over:
+                outcome.lease_over = True
+                log.warning(
+                    "Job %s: its lease has run out before its %s could be "
+                    "stored: the job may run again",
+                    job_id,
+                    kind,
+                )
+            self.resends[job_id] = outcome
+            return
+        self.leases.pop(job_id, None)
+        if error.code in GONE and outcome is not None and outcome.tries > 1:
+            # A try that timed out may have been stored after all.
+            log.info(
+                "Job %s: the server refused its %s at try %d: %s (an earlier "
+                "try may have been stored late, or the lease ran out)",
+                job_id,
+                kind,
+                outcome.tries,
+                error,
+            )
+        elif error.code in GONE:
+            log.info("Job %s: the server refused its %s: %s", job_id, kind, error)
+        else:
+            log.error("Job %s: the server refused its %s: %s", job_id, kind, error)
+
+
+@define
+class _Outcome:
+    """
+    A finished job's ``ACK`` or ``FAIL``, kept until the server has answered
+    it, to be sent again while the server cannot store it.
+    """
+
+    job: Job
+    verb: str
+    frame: bytes
+    tries: int = 1
+    due: float = 0.0
+    lease_over: bool = False
+    backoff: Backoff = field(factory=lambda: Backoff(*RESEND_BACKOFF))
 
 
 def _extend_interval(job: Job) -> float:

@@ -215,6 +215,8 @@ class Procession:
         C{http}).
     @param test: the test that owns it, or L{None} for a process shared by
         many tests (whose owner calls L{cleanup}).
+    @param preexec: run in the child before it starts the server (to
+        lower its resource limits, say).
     """
 
     def __init__(
@@ -227,8 +229,10 @@ class Procession:
         http: str = "{port}",
         sweep_interval: float = 0.2,
         tls: ssl.SSLContext | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.test = test
+        self.preexec = preexec
         self.redis = redis
         self.namespace = namespace
         self.tls = tls
@@ -275,6 +279,7 @@ class Procession:
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 env=environment(),
+                preexec_fn=self.preexec,
             )
         return self
 

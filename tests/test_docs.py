@@ -1,14 +1,20 @@
 """
-The examples in the docs, run against a live server, and the README's
-commands checked against CI's.
+The examples in the docs, run against a live server, the README's commands
+checked against CI's, and every reStructuredText file checked to build
+cleanly.
 """
 
 from __future__ import annotations
 
+import glob
+import io
 import json
 import os
 import re
 from typing import Any
+
+from docutils import nodes
+from docutils.core import publish_doctree
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -104,3 +110,61 @@ class CommandsTests(SynchronousTestCase):
         with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
             ci = f.read()
         self.assertIn(self.readme_commands()[1], ci)
+
+
+def rst_files() -> list[str]:
+    """
+    Every reStructuredText file of the project, relative to its root.
+    """
+    found = []
+    for pattern in ("*.rst", "docs/*.rst", "bench/*.rst", "examples/**/*.rst"):
+        found += glob.glob(os.path.join(ROOT, pattern), recursive=True)
+    return sorted(os.path.relpath(path, ROOT) for path in found)
+
+
+class BuildTests(SynchronousTestCase):
+    def test_docs_build_cleanly(self) -> None:
+        """
+        Every .rst file parses with docutils without a warning or an error
+        (a malformed table, a broken reference, bad indentation).
+        """
+        files = rst_files()
+        self.assertIn(os.path.join("docs", "protocol.rst"), files)
+        problems = []
+        for name in files:
+            with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+                text = f.read()
+            tree = publish_doctree(
+                text,
+                source_path=os.path.join(ROOT, name),
+                settings_overrides={
+                    "report_level": 5,
+                    "halt_level": 5,
+                    "warning_stream": io.StringIO(),
+                },
+            )
+            for message in tree.findall(nodes.system_message):
+                if message["level"] >= 2:
+                    problems.append(message.astext()[:300])
+        self.assertEqual(problems, [])
+
+
+class ServerOptionsTests(SynchronousTestCase):
+    def test_every_option_documented(self) -> None:
+        """
+        Every option of C{twist procession} (but the internal ones of
+        --processes) is described in the README or a page of docs/.
+        """
+        from procession.tap import Options
+
+        text = ""
+        for name in ["README.rst", *glob.glob(os.path.join(ROOT, "docs", "*.rst"))]:
+            with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+                text += f.read()
+        internal = {"inherit", "parent-pid"}
+        options = [o[0] for o in Options.optFlags + Options.optParameters]
+        self.assertIn("max-http-connections", options)
+        missing = [
+            o for o in options if o not in internal and f"``--{o}" not in text
+        ]
+        self.assertEqual(missing, [])

@@ -16,7 +16,10 @@ The policy (docs/reliability.rst, docs/protocol.rst):
   size (never more), memory up to C{--max-frame}, and nothing to the other
   connections;
 - past C{--max-connections}, a new connection gets C{ERR
-  too_many_connections} and is closed; the others go on.
+  too_many_connections} and is closed; the others go on;
+- past C{--max-http-connections}, a new HTTP connection is answered C{503
+  too_many_connections} and closed (at most 64 at once are answered; more
+  are closed unanswered); the HTTP clients already connected go on.
 
 The first tests drive the protocol in memory (a fake clock and transport);
 the others run the real server as a child process.
@@ -24,6 +27,7 @@ the others run the real server as a child process.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -35,8 +39,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from procession.limits import MAX_REFUSING
 from procession.protocol import HANDSHAKE_MAX_FRAME, WorkerFactory
-from tests.ledger import Canary, Procession, wait_for
+from tests.ledger import Canary, Procession, open_fds, wait_for
 from tests.redis import shared_redis
 from tests.wire import WireClient
 
@@ -299,6 +304,135 @@ class ConnectionAbuseTests(SynchronousTestCase):
         self.assertTrue(lines[1].startswith(b"OK "), lines)
         self.assertTrue(lines[2].startswith(b'OK {"id"'), lines)
         self.check_canary()
+
+
+    def test_max_http_connections(self) -> None:
+        """
+        At --max-http-connections, a new HTTP connection is answered 503
+        too_many_connections and closed, while the HTTP clients already
+        connected (a keep-alive client and a long-polling worker) and the
+        TCP workers keep being served; once idle connections go, new ones
+        are served again.  Past the limit, at most MAX_REFUSING connections
+        are kept to be answered: the server's descriptors stay bounded.
+        """
+        limit = 20
+        server = self.serve("--max-http-connections", str(limit))
+        # The real clients connect first: keep-alive connections.
+        client = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+        poller = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+        self.addCleanup(client.close)
+        self.addCleanup(poller.close)
+        self.assertEqual(get(client, "/healthz")[0], 200)
+        self.assertEqual(get(poller, "/healthz")[0], 200)
+        # Idle connections fill the rest; the surplus is refused at once.
+        idle = [Raw(server.http_port) for _ in range(limit - 2 + 10)]
+        self.addCleanup(lambda: [s.close() for s in idle])
+        wait_for(lambda: sum(s.ended(0.01) for s in idle) >= 10, 10)
+        time.sleep(0.5)
+        ended = [s.ended(0.01) for s in idle]
+        self.assertEqual(ended, [False] * (limit - 2) + [True] * 10)
+        for s in idle[limit - 2 :]:
+            status, body = parse_response(s.got)
+            self.assertEqual(status, 503)
+            self.assertEqual(
+                body["error"], {
+                    "code": "too_many_connections",
+                    "message": "the server is at --max-http-connections",
+                    "limit": limit,
+                },
+            )  # fmt: skip
+        # A real client that connects now gets the 503, cleanly, each time.
+        for _ in range(10):
+            late = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+            status, body = get(late, "/healthz")
+            late.close()
+            self.assertEqual((status, body["error"]["code"]), (503, "too_many_connections"))
+        # The clients already connected are served: a long poll gets the job
+        # a TCP worker pushes, and acks it; the keep-alive client reads.
+        pusher = WireClient("127.0.0.1", server.port)
+        self.addCleanup(pusher.close)
+        pusher.hello("pusher")
+        for n in range(3):
+            pushed = pusher.push(type="t", queue="http-limit", args=[n])["id"]
+            status, job = get(poller, "/api/v1/jobs/next?queues=http-limit&wait=10")
+            self.assertEqual((status, job["id"]), (200, pushed))
+            status, _ = request(
+                poller, "POST", f"/api/v1/jobs/{pushed}/ack", {"lease": job["lease"]}
+            )
+            self.assertEqual(status, 200)
+            status, summary = get(client, "/api/v1/queues/http-limit")
+            self.assertEqual((status, summary["totals"]["processed"]), (200, n + 1))
+        self.check_canary()
+        # A flood over the limit costs a bounded number of descriptors:
+        # past MAX_REFUSING being answered at once, connections are closed
+        # unanswered.
+        before = open_fds(server.pid)
+        flood = []
+        reset = 0
+        for _ in range(2 * MAX_REFUSING + 40):
+            try:
+                flood.append(Raw(server.http_port))
+            except ConnectionResetError:
+                # closed unanswered before connect() returned
+                reset += 1
+        self.addCleanup(lambda: [s.close() for s in flood])
+        # The flood is connected, its refusals not yet over (they last 2 s):
+        # the server holds at most MAX_REFUSING of it.
+        time.sleep(0.3)
+        held = open_fds(server.pid) - before
+        wait_for(lambda: all(s.ended(0.01) for s in flood), 15)
+        answered = sum(1 for s in flood if s.got.startswith(b"HTTP/1.1 503 "))
+        self.assertEqual(
+            sum(1 for s in flood if s.got and not s.got.startswith(b"HTTP/1.1 503 ")), 0
+        )
+        # (Refusals end after 2 s, making room for more: on a slow machine
+        # somewhat more than MAX_REFUSING of the flood may be answered.)
+        self.assertGreater(answered, 0)
+        self.assertLess(answered, len(flood) + reset)
+        self.assertLessEqual(held, MAX_REFUSING)
+        # Idle connections gone, a new client is served again.
+        for s in idle:
+            s.close()
+
+        def served() -> bool:
+            fresh = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+            try:
+                return get(fresh, "/healthz")[0] == 200
+            finally:
+                fresh.close()
+        wait_for(served, 10)
+        self.assertEqual(get(client, "/healthz")[0], 200)
+        self.check_canary()
+
+
+def request(
+    connection: http.client.HTTPConnection, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    """
+    One request on a (keep-alive) connection: the status and JSON body.
+    """
+    headers = {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    connection.request(method, path, data, headers)
+    response = connection.getresponse()
+    content = response.read()
+    return response.status, json.loads(content) if content else None
+
+
+def get(connection: http.client.HTTPConnection, path: str) -> tuple[int, Any]:
+    return request(connection, "GET", path)
+
+
+def parse_response(data: bytes) -> tuple[int, Any]:
+    """
+    The status and JSON body of a raw HTTP response.
+    """
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
 
 
 class Raw:

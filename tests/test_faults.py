@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -42,6 +43,7 @@ from tests.ledger import (
     audit,
     environment,
     long_test,
+    read_jobs,
     report,
     tail,
     wait_drained,
@@ -513,6 +515,171 @@ class RedisFaultTests(SynchronousTestCase):
             recovered_s=round(recovered, 2),
         )
         report(figures)
+
+
+class AckDuringOutageTests(SynchronousTestCase):
+    """
+    A job finished while Redis is frozen: its ACK is answered
+    store_unavailable.  The connection keeps holding the job (and counting
+    it against its credit), so the ACK can be sent again; the worker runner
+    does so, with backoff, while the lease lasts, and the job runs once.
+    """
+
+    def setUp(self) -> None:
+        self.redis = RedisProcess()
+        self.redis.start()
+        self.addCleanup(self.redis.cleanup)
+        self.server = Procession(
+            self, "--redis-timeout", "1", redis=self.redis
+        ).serving()
+
+    def freeze(self) -> None:
+        assert self.redis.process is not None
+        self.redis.process.send_signal(signal.SIGSTOP)
+        self.addCleanup(self.thaw)
+
+    def thaw(self) -> None:
+        assert self.redis.process is not None
+        self.redis.process.send_signal(signal.SIGCONT)
+
+    def test_connection_keeps_the_job(self) -> None:
+        """
+        Over the wire: an ACK refused with store_unavailable leaves the job
+        held by the connection, still taking its credit (a job pushed after
+        the outage waits), and the same ACK sent again once Redis is back
+        completes it.  FAIL likewise.
+        """
+        worker = WireClient("127.0.0.1", self.server.port, timeout=10)
+        self.addCleanup(worker.close)
+        worker.hello("raw")
+        worker.ready(["outage"], credit=1)
+        producer = WireClient("127.0.0.1", self.server.port, timeout=10)
+        self.addCleanup(producer.close)
+        producer.hello("producer")
+        for verb, body in [
+            ("ACK", {"result": 1}),
+            ("FAIL", {"error": {"type": "E"}, "retry": False}),
+        ]:
+            first = producer.push(type="t", queue="outage", timeout=60)["id"]
+            job = worker.next_job(10)
+            self.assertEqual(job["id"], first)
+            self.freeze()
+            answer, error = worker.request(verb, {"id": first, **body}, timeout=10)
+            self.assertEqual((answer, error["code"]), ("ERR", "store_unavailable"))
+            self.thaw()
+            second = Client(
+                "127.0.0.1", self.server.port, timeout=5, retry_for=30
+            ).push("t", queue="outage")
+            # The connection still holds the first job: no room for another.
+            self.assertTrue(worker.no_job(1.5))
+            self.assertEqual(worker.ok(verb, {"id": first, **body})["id"], first)
+            self.assertEqual(worker.next_job(10)["id"], second)
+            self.assertEqual(worker.ok("ACK", {"id": second}), {"id": second})
+        summary = self.server.queue_summary("outage")
+        self.assertEqual(
+            (summary["totals"]["processed"], summary["totals"]["failed"]), (3, 1)
+        )
+        self.assertEqual((summary["sizes"]["running"], summary["sizes"]["dead"]), (0, 1))
+
+    def test_connection_stops_waiting(self) -> None:
+        """
+        A client that does not send its ACK again does not lose its credit
+        for good: after the job's timeout the connection forgets the job
+        (the sweep gives it back to its queue), and the ACK sent late is
+        answered not_held.
+        """
+        worker = WireClient("127.0.0.1", self.server.port, timeout=10)
+        self.addCleanup(worker.close)
+        worker.hello("forgetful")
+        worker.ready(["outage"], credit=1)
+        pusher = Client("127.0.0.1", self.server.port, timeout=5, retry_for=30)
+        self.addCleanup(pusher.close)
+        first = pusher.push("t", queue="outage", timeout=3)
+        self.assertEqual(worker.next_job(10)["id"], first)
+        self.freeze()
+        asked_at = time.monotonic()
+        answer, error = worker.request("ACK", {"id": first}, timeout=10)
+        self.assertEqual((answer, error["code"]), ("ERR", "store_unavailable"))
+        self.thaw()
+        second = pusher.push("t", queue="outage", timeout=60)
+        # Held (and counted) until the job's timeout (3 s) has passed since
+        # the refusal (which took the 1 s --redis-timeout); then the credit
+        # is free, and the first job, back in its queue, comes again.
+        job = worker.next_job(15)
+        self.assertGreaterEqual(time.monotonic() - asked_at, 3.0)
+        self.assertIn(job["id"], (first, second))
+        answer, error = worker.request("ACK", {"id": first}, timeout=10)
+        if job["id"] == first:
+            # the same job, a new attempt: this connection holds it again
+            self.assertEqual((answer, job["attempt"]), ("OK", 2))
+        else:
+            self.assertEqual((answer, error["code"]), ("ERR", "not_held"))
+
+    def test_runner_sends_again(self) -> None:
+        """
+        Worker runners finish their jobs while Redis is frozen for 6 s (the
+        jobs' leases are 30 s): they send each ACK again until it is
+        stored, and every job runs exactly once.
+        """
+        ledger = Ledger(self)
+        pool = WorkerPool(self, self.server, ledger, count=2, concurrency=4)
+        client = Client("127.0.0.1", self.server.port, timeout=5)
+        self.addCleanup(client.close)
+        ids = [f"outage-{n}" for n in range(8)]
+        for job_id in ids:
+            client.push("work", {"seconds": 2}, id=job_id, timeout=30)
+        wait_for(
+            lambda: self.server.queue_summary()["sizes"]["running"] == len(ids),
+            20,
+            pool.all_logs,
+        )
+        self.freeze()
+        frozen_at = time.monotonic()
+        # The runs end during the outage; their ACKs cannot be stored.
+        wait_for(lambda: ledger.count() == len(ids), 10, pool.all_logs)
+        time.sleep(max(0.0, 6 - (time.monotonic() - frozen_at)))
+        self.thaw()
+        thawed_at = time.monotonic()
+        wait_drained(self.server, self.server.store(), ids, timeout=20, describe=pool.all_logs)
+        stored_s = time.monotonic() - thawed_at
+        # Each job ran once, as its first attempt.
+        self.assertEqual(sorted((i, a) for i, a, _ in ledger.runs()), [(i, 1) for i in sorted(ids)])
+        states = read_jobs(self.server.store(), self.server, ids)
+        self.assertEqual(set(states.values()), {("completed", 1)})
+        logs = "".join(tail(path, 400) for path in pool.logs.values())
+        self.assertIn("could not store its ACK", logs)
+        self.assertNotIn("may run again", logs)
+        summary = self.server.queue_summary()
+        self.assertEqual(summary["totals"]["processed"], len(ids))
+        self.assertEqual(summary["sizes"]["running"], 0)
+        # Well before the leases (30 s) could have run out.
+        self.assertLess(stored_s, 10)
+        # Settled at a later try: stored, or (a timed-out try stored late)
+        # refused.
+        tries = [
+            int(n)
+            for n in re.findall(r"its ACK (?:was stored )?at try (\d+)", logs)
+        ]
+        self.assertEqual(len(tries), len(ids), logs)
+        report(
+            Figures(
+                test="test_runner_sends_again",
+                fault="Redis frozen 6 s as 8 runs end (leases 30 s)",
+                pushed=len(ids),
+                acknowledged=len(ids),
+                stored=len(ids),
+                completed=len(ids),
+                lost=0,
+                runs=len(ledger.runs()),
+                duplicates=len(ledger.runs()) - len(ids),
+                seconds=time.monotonic() - frozen_at,
+                extra={
+                    "acks_sent_again": len(tries),
+                    "most_tries": max(tries, default=1),
+                    "all_stored_after_thaw_s": round(stored_s, 2),
+                },
+            )
+        )
 
 
 class ShutdownTests(SynchronousTestCase):
