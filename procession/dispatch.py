@@ -25,6 +25,7 @@ import base64
 import json
 import os
 import socket
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from attrs import define, field
@@ -533,7 +534,9 @@ class Dispatcher:
         else:
             state.claim_size = min(MAX_CLAIM, 4 * state.claim_size)
         undelivered = []
-        with corked():
+        # Many jobs leave together (one write per connection on the next
+        # turn); a lone job leaves at once.
+        with corked() if len(jobs) > 1 else nullcontext():
             for job, consumer in zip(jobs, slots):
                 if consumer not in self._consumers or not consumer.deliver(job):
                     undelivered.append(job)

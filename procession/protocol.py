@@ -559,15 +559,17 @@ class WorkerProtocol(protocol.Protocol):
         if self.queues and not self.closing and not self.quieted:
             self.dispatcher.ready(self)
 
-    def quiet(self) -> None:
+    def quiet(self, reason: str = "operator") -> None:
         """
-        Send no more jobs on this connection, and tell the worker.
+        Send no more jobs on this connection, and tell the worker why:
+        C{"shutdown"} (this server is stopping) or C{"operator"} (someone
+        quieted this worker).
         """
         if self.quieted or self.closing:
             return
         self.quieted = True
         self.dispatcher.remove_consumer(self)
-        self._write_frame("QUIET", "{}")
+        self._write_frame("QUIET", _compact({"reason": reason}))
 
 
 _NO_REPLY = object()
@@ -670,10 +672,10 @@ class WorkerFactory(protocol.Factory):
 
     def quiet_all(self) -> None:
         """
-        Send QUIET on every connection.
+        Send QUIET on every connection: the server is stopping.
         """
         for connection in list(self.connections):
-            connection.quiet()
+            connection.quiet("shutdown")
 
     def jobs_in_hand(self) -> int:
         """

@@ -920,7 +920,15 @@ class _Session:
             self._reply(verb, body)
         elif verb == b"QUIET":
             if not self.quieted:
-                log.info("The server sent QUIET: finishing %d jobs in hand", len(self.held))
+                try:
+                    reason = json.loads(body).get("reason", "unknown")
+                except (ValueError, AttributeError):
+                    reason = "unknown"
+                log.info(
+                    "The server sent QUIET (%s): finishing %d jobs in hand",
+                    reason,
+                    len(self.held),
+                )
             self.quieted = True
         elif verb != b"HI":
             raise ProtocolViolation(message=f"unexpected frame {verb[:32]!r}")

@@ -512,7 +512,7 @@ class WorkerTests(AdminTestCase):
         )
         self.assertEqual(reply, {"quieted": [entry["name"]]})
         await sleep(0.05)
-        self.assertEqual(len(worker.quiets), 1)
+        self.assertEqual(worker.quiets, [{"reason": "operator"}])
         # Quieted, it still holds its job and is still listed.
         listing = await self.ok("GET", "/api/v1/workers")
         [entry] = [w for w in listing["workers"] if w["name"] == entry["name"]]

@@ -270,7 +270,7 @@ class ShutdownTests(TestCase):
         await client.next_job()
         store = server.store
         await server.stop()
-        self.assertEqual(client.quiets, [{}])
+        self.assertEqual(client.quiets, [{"reason": "shutdown"}])
         await client.closed
         # The server is gone but the store's Redis connection too: look with
         # a fresh server on the same namespace.

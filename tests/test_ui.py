@@ -889,7 +889,7 @@ class WorkerTests(UITestCase):
         )
         self.assertRedirect(page, "/workers?notice=quieted&n=1")
         await sleep(0.05)
-        self.assertEqual(worker.quiets, [{}])
+        self.assertEqual(worker.quiets, [{"reason": "operator"}])
         page = await self.browser.get(page.location)
         self.assertIn(">quiet<", page.text)
         self.assertIn("Sent QUIET to 1 worker connection.", page.text)
