@@ -51,7 +51,11 @@ class Counter:
             return numbers
 
     def finished(self) -> bool:
-        return self.done >= self.target or time.monotonic() > self.deadline or bool(self.errors)
+        return (
+            self.done >= self.target
+            or time.monotonic() > self.deadline
+            or bool(self.errors)
+        )
 
     def one_done(self, started: float | None = None, n: int = 1) -> None:
         now = time.monotonic()
@@ -105,7 +109,9 @@ def poller(port: int, counter: Counter, name: str, batch: int) -> None:
             return
         taken = json.loads(data)
         if batch > 1:
-            body = json.dumps([{"id": job["id"], "lease": job["lease"]} for job in taken])
+            body = json.dumps(
+                [{"id": job["id"], "lease": job["lease"]} for job in taken]
+            )
             connection.request("POST", "/api/v1/acks", body, headers)
         else:
             body = json.dumps({"lease": taken["lease"]})
@@ -129,7 +135,9 @@ def run(
     workers = [
         threading.Thread(
             target=pusher if mode == "push" else poller,
-            args=(port, counter, batch) if mode == "push" else (port, counter, f"http-{n}", batch),
+            args=(port, counter, batch)
+            if mode == "push"
+            else (port, counter, f"http-{n}", batch),
             daemon=True,
         )
         for n in range(threads)
@@ -149,17 +157,25 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.httpload", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.httpload", description=__doc__
+    )
     parser.add_argument("mode", choices=("push", "drain"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--max-seconds", type=float, default=600.0)
-    parser.add_argument("--batch", type=int, default=1, help="jobs per request (default 1)")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="jobs per request (default 1)"
+    )
     options = parser.parse_args(argv)
     result = run(
-        options.mode, options.port, options.jobs, options.threads,
-        options.max_seconds, options.batch,
+        options.mode,
+        options.port,
+        options.jobs,
+        options.threads,
+        options.max_seconds,
+        options.batch,
     )
     print(json.dumps(result), flush=True)
     return 1 if result["errors"] else 0

@@ -41,12 +41,18 @@ def freeze_code() -> str:
     root = tempfile.mkdtemp(prefix="procession-bench-code-")
     ignore = shutil.ignore_patterns("__pycache__", "results", "*.pyc")
     shutil.copytree(
-        os.path.join(REPO, "procession"), os.path.join(root, "procession"), ignore=ignore
+        os.path.join(REPO, "procession"),
+        os.path.join(root, "procession"),
+        ignore=ignore,
     )
-    shutil.copytree(os.path.join(REPO, "bench"), os.path.join(root, "bench"), ignore=ignore)
+    shutil.copytree(
+        os.path.join(REPO, "bench"), os.path.join(root, "bench"), ignore=ignore
+    )
     plugins = os.path.join(root, "twisted", "plugins")
     os.makedirs(plugins)
-    shutil.copy(os.path.join(REPO, "twisted", "plugins", "procession_plugin.py"), plugins)
+    shutil.copy(
+        os.path.join(REPO, "twisted", "plugins", "procession_plugin.py"), plugins
+    )
     digest = hashlib.sha1()
     for folder, _, names in sorted(os.walk(os.path.join(root, "procession"))):
         for name in sorted(names):
@@ -70,7 +76,12 @@ def environment(**extra: str) -> dict[str, str]:
     procession settings inherited from the caller.
     """
     env = dict(os.environ)
-    for name in ("PROCESSION_REDIS", "PROCESSION_TOKEN", "PROCESSION_HOST", "PROCESSION_PORT"):
+    for name in (
+        "PROCESSION_REDIS",
+        "PROCESSION_TOKEN",
+        "PROCESSION_HOST",
+        "PROCESSION_PORT",
+    ):
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (CODE, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -117,7 +128,9 @@ class Child:
     something goes wrong.
     """
 
-    def __init__(self, args: Sequence[str], name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.args = list(args)
         self.name = name
         self.log: IO[bytes] = tempfile.NamedTemporaryFile(
@@ -155,7 +168,9 @@ class Child:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise RuntimeError(f"{self.name} did not finish in {timeout:g} s:\n{self.output()}")
+            raise RuntimeError(
+                f"{self.name} did not finish in {timeout:g} s:\n{self.output()}"
+            )
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
         """
@@ -192,7 +207,9 @@ class ProcessionServer(Child):
     Redis, started and waited for until its TCP listener says HI.
     """
 
-    def __init__(self, redis_url: str, namespace: str, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, redis_url: str, namespace: str, extra: Sequence[str] = ()
+    ) -> None:
         self.port = free_port()
         self.http_port = free_port()
         args = [
@@ -221,7 +238,9 @@ class ProcessionServer(Child):
                 pass
             if time.monotonic() > deadline:
                 self.cleanup()
-                raise RuntimeError(f"the procession server never listened:\n{self.output()}")
+                raise RuntimeError(
+                    f"the procession server never listened:\n{self.output()}"
+                )
             time.sleep(0.05)
 
     def key(self, queue: str, name: str) -> str:

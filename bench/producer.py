@@ -186,7 +186,13 @@ def paced(port: int, jobs: int, rate: float, queue: str) -> dict[str, Any]:
     end = time.monotonic()
     reader.join(60)
     connection.close()
-    return {"jobs": sent, "start": start, "end": end, "seconds": end - start, "errors": answered[1]}
+    return {
+        "jobs": sent,
+        "start": start,
+        "end": end,
+        "seconds": end - start,
+        "errors": answered[1],
+    }
 
 
 PUSHERS = {
@@ -198,7 +204,13 @@ PUSHERS = {
 
 
 def produce(
-    system: str, target: str, mode: str, jobs: int, rate: float, queue: str, max_seconds: float
+    system: str,
+    target: str,
+    mode: str,
+    jobs: int,
+    rate: float,
+    queue: str,
+    max_seconds: float,
 ) -> dict[str, Any]:
     """
     Push the jobs, stopping early after C{max_seconds}; the timing.
@@ -233,9 +245,13 @@ def produce(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.producer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.producer", description=__doc__
+    )
     parser.add_argument("--system", choices=sorted(PUSHERS), required=True)
-    parser.add_argument("--target", required=True, help="procession's TCP port, or a Redis URL")
+    parser.add_argument(
+        "--target", required=True, help="procession's TCP port, or a Redis URL"
+    )
     parser.add_argument(
         "--mode", choices=("one", "pipeline", "batch", "rate", "paced"), required=True
     )

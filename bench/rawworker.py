@@ -84,7 +84,10 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     selector = selectors.DefaultSelector()
     conns: list[Conn] = []
-    ready = b'READY {"queues":["%s"],"credit":%d}\n' % (options.queue.encode(), options.credit)
+    ready = b'READY {"queues":["%s"],"credit":%d}\n' % (
+        options.queue.encode(),
+        options.credit,
+    )
     for i in range(options.connections):
         conn = Conn(connect(options.port, f"raw-{i}"))
         conn.sock.setblocking(False)
@@ -143,7 +146,9 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 elif line.startswith(b"OK") or line.startswith(b"ERR"):
                     if line.startswith(b"ERR"):
                         conn.errors += 1
-                        print(f"server error: {line[:300]!r}", file=sys.stderr, flush=True)
+                        print(
+                            f"server error: {line[:300]!r}", file=sys.stderr, flush=True
+                        )
                     if not conn.ready_answered:
                         conn.ready_answered = True
                     else:
@@ -177,13 +182,19 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.rawworker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.rawworker", description=__doc__
+    )
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--jobs", type=int, required=True, help="acks to wait for; 0: idle")
+    parser.add_argument(
+        "--jobs", type=int, required=True, help="acks to wait for; 0: idle"
+    )
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--credit", type=int, default=200, help="credit per connection")
     parser.add_argument("--queue", default="default")
-    parser.add_argument("--latency", action="store_true", help="record push/receive times")
+    parser.add_argument(
+        "--latency", action="store_true", help="record push/receive times"
+    )
     parser.add_argument("--result", default=None, help="write the result JSON here")
     options = parser.parse_args(argv)
     result = run(options)

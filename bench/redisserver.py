@@ -31,7 +31,9 @@ class RedisServer:
         names (the systems under test all use that one).
     """
 
-    def __init__(self, port: int, transport: str = "unix", binary: str | None = None) -> None:
+    def __init__(
+        self, port: int, transport: str = "unix", binary: str | None = None
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port
         self.transport = transport
@@ -132,7 +134,9 @@ class RespClient:
     figures.
     """
 
-    def __init__(self, server: RedisServer, db: int = 0, timeout: float = 120.0) -> None:
+    def __init__(
+        self, server: RedisServer, db: int = 0, timeout: float = 120.0
+    ) -> None:
         if server.transport == "unix":
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
@@ -223,7 +227,9 @@ def snapshot(client: RespClient, pattern: str = "*") -> list[tuple[str, int, byt
     out = []
     for start in range(0, len(keys), 1000):
         part = keys[start : start + 1000]
-        replies = client.pipeline(*[c for k in part for c in (("PTTL", k), ("DUMP", k))], raw=True)
+        replies = client.pipeline(
+            *[c for k in part for c in (("PTTL", k), ("DUMP", k))], raw=True
+        )
         for i, key in enumerate(part):
             ttl = replies[2 * i]
             out.append((key, max(0, ttl), replies[2 * i + 1]))

@@ -224,7 +224,9 @@ class Meter:
             "jobs": jobs,
             "seconds": round(seconds, 4),
             "jobs_per_s": round(jobs / seconds, 1) if seconds > 0 else 0.0,
-            "redis_cpu_s_per_10k": round((cpu_seconds(env.redis.pid) - self.redis_cpu) * per10k, 3),
+            "redis_cpu_s_per_10k": round(
+                (cpu_seconds(env.redis.pid) - self.redis_cpu) * per10k, 3
+            ),
             "redis_cmds_per_job": round((seen["commands"] - harness_commands) / jobs, 2)
             if jobs
             else 0.0,
@@ -427,7 +429,9 @@ class Bench:
                     f"{worker.name} exited with {done} of {total} done:\n{worker.output()}"
                 )
             if first is None and now > startup:
-                raise RuntimeError(f"{worker.name} took no job in 60 s:\n{worker.output()}")
+                raise RuntimeError(
+                    f"{worker.name} took no job in 60 s:\n{worker.output()}"
+                )
             samples += 1
             if samples % 10 == 0:
                 meter.sample()
@@ -485,7 +489,9 @@ class Bench:
     def push(self, mode: str) -> Callable[[Env], dict[str, Any]]:
         def run(env: Env) -> dict[str, Any]:
             meter = Meter(env)
-            out = self.produce(env, mode, self.settings.jobs, max_seconds=self.settings.max_seconds)
+            out = self.produce(
+                env, mode, self.settings.jobs, max_seconds=self.settings.max_seconds
+            )
             metrics = meter.finish(out["jobs"], out["seconds"])
             self.check_stored(env, out["jobs"])
             return metrics
@@ -514,7 +520,9 @@ class Bench:
             self.fill(env, jobs)
             result = tempfile.mktemp(prefix="procession-bench-", suffix=".json")
             meter = Meter(env)
-            worker = env.child(self.worker_args(env, variant, jobs, result, **extra), variant)
+            worker = env.child(
+                self.worker_args(env, variant, jobs, result, **extra), variant
+            )
             meter.watch(worker)
             first, last, done = self.wait_drained(env, worker, meter, jobs, jobs)
             metrics = meter.finish(done, last - first)
@@ -538,13 +546,17 @@ class Bench:
             jobs = int(rate * s.latency_seconds)
             path = tempfile.mktemp(prefix="procession-bench-latency-")
             result = tempfile.mktemp(prefix="procession-bench-", suffix=".json")
-            args = self.worker_args(env, variant, jobs, result, latency=True, burst=False)
+            args = self.worker_args(
+                env, variant, jobs, result, latency=True, burst=False
+            )
             worker = env.child(args, variant, BENCH_LATENCY_FILE=path)
             if variant == "raw":
                 deadline = time.monotonic() + 30
                 while "ready" not in worker.output():
                     if time.monotonic() > deadline or not worker.alive():
-                        raise RuntimeError(f"the raw worker did not start:\n{worker.output()}")
+                        raise RuntimeError(
+                            f"the raw worker did not start:\n{worker.output()}"
+                        )
                     time.sleep(0.01)
                 time.sleep(0.3)
             else:
@@ -553,7 +565,9 @@ class Bench:
                 deadline = time.monotonic() + 60
                 while len(read_samples(path)) < 20:
                     if time.monotonic() > deadline or not worker.alive():
-                        raise RuntimeError(f"{variant} did not start:\n{worker.output()}")
+                        raise RuntimeError(
+                            f"{variant} did not start:\n{worker.output()}"
+                        )
                     time.sleep(0.02)
                 os.truncate(path, 0)
             meter = Meter(env)
@@ -622,7 +636,9 @@ class Bench:
                 timeout=s.max_seconds + 120,
             )
             if process.returncode != 0:
-                raise RuntimeError(f"httpload failed:\n{process.stdout}{process.stderr[-3000:]}")
+                raise RuntimeError(
+                    f"httpload failed:\n{process.stdout}{process.stderr[-3000:]}"
+                )
             out = json.loads(process.stdout.strip().splitlines()[-1])
             return meter.finish(out["jobs"], out["seconds"])
 
@@ -645,7 +661,9 @@ class Bench:
         meter = Meter(env)
         out = self.produce(env, "batch", s.deep)
         pushed = meter.finish(out["jobs"], out["seconds"])
-        memory = int(env.resp.call("INFO", "memory").split("used_memory:")[1].split()[0])
+        memory = int(
+            env.resp.call("INFO", "memory").split("used_memory:")[1].split()[0]
+        )
         # Redis rewrites its AOF as it grows; measured during a rewrite,
         # every write pays the fork's copy-on-write faults
         rewrite = self.wait_for_aof_rewrite(env)
@@ -688,7 +706,9 @@ class Bench:
             time.sleep(0.2)
         return round(time.monotonic() - started, 1)
 
-    def claim_cost(self, env: Env, queued: int, rounds: int = 6, batch: int = 10) -> float:
+    def claim_cost(
+        self, env: Env, queued: int, rounds: int = 6, batch: int = 10
+    ) -> float:
         """
         Redis's own microseconds per call of procession's claim script
         (store.py's, run directly) taking C{batch} jobs off the queue: the
@@ -713,7 +733,9 @@ class Bench:
             r.call("CONFIG", "RESETSTAT")
             for i in range(calls):
                 argv = [now] + [
-                    x for j in range(batch) for x in ("bench-claim", f"lease{n}.{i}.{j}@default")
+                    x
+                    for j in range(batch)
+                    for x in ("bench-claim", f"lease{n}.{i}.{j}@default")
                 ]
                 r.call("EVALSHA", sha, 1, prefix, *argv)
             best = min(best, usec_per_call(r, "evalsha"))
@@ -727,12 +749,17 @@ class Bench:
         assert env.server is not None
         workers = 100
         worker = env.child(
-            self.worker_args(env, "raw", 0, "/dev/null", connections=workers, credit=10), "raw"
+            self.worker_args(
+                env, "raw", 0, "/dev/null", connections=workers, credit=10
+            ),
+            "raw",
         )
         deadline = time.monotonic() + 60
         while "ready" not in worker.output():
             if time.monotonic() > deadline or not worker.alive():
-                raise RuntimeError(f"the idle workers did not connect:\n{worker.output()}")
+                raise RuntimeError(
+                    f"the idle workers did not connect:\n{worker.output()}"
+                )
             time.sleep(0.05)
         time.sleep(2)
         meter = Meter(env)
@@ -752,7 +779,9 @@ class Bench:
             },
             "server_syscalls_per_s": round(counts.get("all", 0) / s.idle_seconds, 1),
             "server_wakeups_per_s": round(
-                (context_switches(env.server.pid) - meter.server_switches) / s.idle_seconds, 1
+                (context_switches(env.server.pid) - meter.server_switches)
+                / s.idle_seconds,
+                1,
             ),
             "workers": workers,
             "seconds": s.idle_seconds,
@@ -773,9 +802,16 @@ class Bench:
         cases: list[Case] = []
 
         def add(
-            workload: str, variant: str, system: str, family: str, run: Any, once: bool = False
+            workload: str,
+            variant: str,
+            system: str,
+            family: str,
+            run: Any,
+            once: bool = False,
         ) -> None:
-            cid = f"{workload}.{variant}/{system}" if variant else f"{workload}/{system}"
+            cid = (
+                f"{workload}.{variant}/{system}" if variant else f"{workload}/{system}"
+            )
             if system not in s.systems:
                 return
             if s.only and not any(fnmatch.fnmatch(cid, p) for p in s.only):
@@ -798,17 +834,39 @@ class Bench:
         add("drain", "threads", "dramatiq", "drain", self.drain("threads"))
         for rate in s.latency_rates:
             family = f"latency.{rate}"
-            add(f"latency{rate}", "raw", "procession", family, self.latency("raw", rate))
-            add(f"latency{rate}", "runner", "procession", family, self.latency("runner", rate))
+            add(
+                f"latency{rate}", "raw", "procession", family, self.latency("raw", rate)
+            )
+            add(
+                f"latency{rate}",
+                "runner",
+                "procession",
+                family,
+                self.latency("runner", rate),
+            )
         for rate in s.competitor_latency_rates:
             family = f"latency.{rate}"
             add(f"latency{rate}", "simple", "rq", family, self.latency("simple", rate))
             add(f"latency{rate}", "solo", "celery", family, self.latency("solo", rate))
-            add(f"latency{rate}", "threads", "dramatiq", family, self.latency("threads", rate))
+            add(
+                f"latency{rate}",
+                "threads",
+                "dramatiq",
+                family,
+                self.latency("threads", rate),
+            )
         add("http", "push", "procession", "push.one", self.http("push"))
         add("http", "drain", "procession", "drain", self.http("drain"))
-        add("http", "push-batch", "procession", "push.batch", self.http("push", HTTP_BATCH))
-        add("http", "drain-batch", "procession", "drain", self.http("drain", HTTP_BATCH))
+        add(
+            "http",
+            "push-batch",
+            "procession",
+            "push.batch",
+            self.http("push", HTTP_BATCH),
+        )
+        add(
+            "http", "drain-batch", "procession", "drain", self.http("drain", HTTP_BATCH)
+        )
         for n in s.scale:
             credit = max(1, s.raw_credit // n)
             add(
@@ -966,7 +1024,9 @@ class Bench:
             elif draining:
                 env.child(self.worker_args(env, variant, jobs, "/dev/null"), variant)
             else:
-                load = self.start_producer(env, variant, jobs, max_seconds=s.profile_seconds + 1)
+                load = self.start_producer(
+                    env, variant, jobs, max_seconds=s.profile_seconds + 1
+                )
             _, err = spy.communicate(timeout=s.profile_seconds + 60)
             if load is not None:
                 load.communicate(timeout=120)
@@ -998,7 +1058,9 @@ METRIC_ORDER = (
 
 
 def brief(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (list, dict)))
+    return ", ".join(
+        f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (list, dict))
+    )
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1030,7 +1092,9 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
         if result["system"] != "procession" or not result["family"]:
             continue
         rivals = [
-            r for r in results if r["system"] != "procession" and r["family"] == result["family"]
+            r
+            for r in results
+            if r["system"] != "procession" and r["family"] == result["family"]
         ]
         if not rivals:
             continue
@@ -1068,7 +1132,12 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def check(
-        name: str, case: str, key: str, goal: float, higher: bool = True, ratio: bool = False
+        name: str,
+        case: str,
+        key: str,
+        goal: float,
+        higher: bool = True,
+        ratio: bool = False,
     ) -> None:
         result = by_id.get(case)
         if result is None:
@@ -1078,10 +1147,15 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if value is None:
             return
         met = value >= goal if higher else value <= goal
-        checks.append({"target": name, "case": case, "value": value, "goal": goal, "met": met})
+        checks.append(
+            {"target": name, "case": case, "value": value, "goal": goal, "met": met}
+        )
 
     check(
-        "TCP drain, Python worker: >= 15,000 jobs/s", "drain.runner/procession", "jobs_per_s", 15000
+        "TCP drain, Python worker: >= 15,000 jobs/s",
+        "drain.runner/procession",
+        "jobs_per_s",
+        15000,
     )
     check(
         "TCP drain, Python worker: >= 4x the best competitor",
@@ -1090,25 +1164,62 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         4,
         ratio=True,
     )
-    check("TCP drain, raw worker: >= 15,000 jobs/s", "drain.raw/procession", "jobs_per_s", 15000)
-    check("TCP push one at a time: >= 8,000 jobs/s", "push.one/procession", "jobs_per_s", 8000)
-    check("TCP push pipelined: >= 30,000 jobs/s", "push.pipeline/procession", "jobs_per_s", 30000)
-    check("TCP push batched: >= 30,000 jobs/s", "push.batch/procession", "jobs_per_s", 30000)
-    check("HTTP long-poll drain: >= 2,000 jobs/s", "http.drain/procession", "jobs_per_s", 2000)
+    check(
+        "TCP drain, raw worker: >= 15,000 jobs/s",
+        "drain.raw/procession",
+        "jobs_per_s",
+        15000,
+    )
+    check(
+        "TCP push one at a time: >= 8,000 jobs/s",
+        "push.one/procession",
+        "jobs_per_s",
+        8000,
+    )
+    check(
+        "TCP push pipelined: >= 30,000 jobs/s",
+        "push.pipeline/procession",
+        "jobs_per_s",
+        30000,
+    )
+    check(
+        "TCP push batched: >= 30,000 jobs/s",
+        "push.batch/procession",
+        "jobs_per_s",
+        30000,
+    )
+    check(
+        "HTTP long-poll drain: >= 2,000 jobs/s",
+        "http.drain/procession",
+        "jobs_per_s",
+        2000,
+    )
     check("HTTP POST push: >= 3,000 jobs/s", "http.push/procession", "jobs_per_s", 3000)
     check(
         f"HTTP long-poll drain, {HTTP_BATCH} jobs a request: >= 2,000 jobs/s",
-        "http.drain-batch/procession", "jobs_per_s", 2000,
+        "http.drain-batch/procession",
+        "jobs_per_s",
+        2000,
     )
     check(
         f"HTTP POST push, {HTTP_BATCH} jobs a request: >= 3,000 jobs/s",
-        "http.push-batch/procession", "jobs_per_s", 3000,
+        "http.push-batch/procession",
+        "jobs_per_s",
+        3000,
     )
     check(
-        "Latency at 1,000/s: p50 <= 1 ms", "latency1000.raw/procession", "p50_ms", 1, higher=False
+        "Latency at 1,000/s: p50 <= 1 ms",
+        "latency1000.raw/procession",
+        "p50_ms",
+        1,
+        higher=False,
     )
     check(
-        "Latency at 1,000/s: p99 <= 5 ms", "latency1000.raw/procession", "p99_ms", 5, higher=False
+        "Latency at 1,000/s: p99 <= 5 ms",
+        "latency1000.raw/procession",
+        "p99_ms",
+        5,
+        higher=False,
     )
     check(
         "Idle, 100 workers: < 1% of a core",
@@ -1127,7 +1238,9 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     deep = by_id.get("deep/procession")
     if deep is not None:
         m = deep["median"]
-        growth = m["claim_usec_per_call_deep"] / max(m["claim_usec_per_call_shallow"], 1e-9)
+        growth = m["claim_usec_per_call_deep"] / max(
+            m["claim_usec_per_call_shallow"], 1e-9
+        )
         checks.append(
             {
                 "target": "Claim cost does not grow with queue length (deep/shallow claim time)",
@@ -1178,7 +1291,9 @@ def table(report: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:])
+        ]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -1297,13 +1412,19 @@ def parse(argv: list[str] | None) -> tuple[Settings, str | None, bool]:
         description="Benchmark procession beside RQ, Celery and Dramatiq (bench/README.rst).",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: small N, one repetition, procession only"
+        "--quick",
+        action="store_true",
+        help="a smoke run: small N, one repetition, procession only",
     )
-    parser.add_argument("--repeat", type=int, help="repetitions (default 3; medians are reported)")
+    parser.add_argument(
+        "--repeat", type=int, help="repetitions (default 3; medians are reported)"
+    )
     parser.add_argument(
         "--jobs", type=int, help="N, the jobs of each push and drain (default 20000)"
     )
-    parser.add_argument("--max-seconds", type=float, help="cap on each measured phase (default 8)")
+    parser.add_argument(
+        "--max-seconds", type=float, help="cap on each measured phase (default 8)"
+    )
     parser.add_argument(
         "--systems",
         help="comma-separated: procession,rq,celery,dramatiq (default all; --quick: procession)",
@@ -1314,30 +1435,44 @@ def parse(argv: list[str] | None) -> tuple[Settings, str | None, bool]:
         default=[],
         help="run only cases matching this glob (e.g. 'drain.*')",
     )
-    parser.add_argument("--skip", action="append", default=[], help="skip cases matching this glob")
     parser.add_argument(
-        "--deep", type=int, help="jobs waiting in the claim-cost case (default 1000000; 0 skips)"
+        "--skip", action="append", default=[], help="skip cases matching this glob"
+    )
+    parser.add_argument(
+        "--deep",
+        type=int,
+        help="jobs waiting in the claim-cost case (default 1000000; 0 skips)",
     )
     parser.add_argument(
         "--scale", help="connected workers for the scale cases (default 1,10,100,1000)"
     )
     parser.add_argument(
-        "--latency-seconds", type=float, help="seconds of pushing per latency case (default 3)"
+        "--latency-seconds",
+        type=float,
+        help="seconds of pushing per latency case (default 3)",
     )
     parser.add_argument(
-        "--runner-concurrency", type=int, help="procession.worker --concurrency (default 32)"
+        "--runner-concurrency",
+        type=int,
+        help="procession.worker --concurrency (default 32)",
     )
     parser.add_argument(
-        "--transport", choices=("unix", "tcp"), help="how everyone reaches Redis (default unix)"
+        "--transport",
+        choices=("unix", "tcp"),
+        help="how everyone reaches Redis (default unix)",
     )
     parser.add_argument(
-        "--profile", metavar="DIR", help="also record py-spy profiles of the server into DIR"
+        "--profile",
+        metavar="DIR",
+        help="also record py-spy profiles of the server into DIR",
     )
     parser.add_argument(
         "--profile-cases",
         help=f"which profiles to record (default {','.join(PROFILE_CASES)})",
     )
-    parser.add_argument("--output", help="the JSON file (default bench/results/<date>.json)")
+    parser.add_argument(
+        "--output", help="the JSON file (default bench/results/<date>.json)"
+    )
     parser.add_argument(
         "--live",
         action="store_true",

@@ -264,8 +264,10 @@ def main() -> None:
             runs.append(run)
     print(f"cores: {os.cpu_count()}; {settings.jobs} jobs, {settings.connections} "
           f"connections, window {settings.window}; medians of {settings.repeat}")  # fmt: skip
-    print("per phase: jobs/s, cores used by the servers and by Redis, "
-          "CPU microseconds per job of the servers and of Redis")
+    print(
+        "per phase: jobs/s, cores used by the servers and by Redis, "
+        "CPU microseconds per job of the servers and of Redis"
+    )
     print(f"{'processes':>9} {'push/s':>8} {'srv':>5} {'redis':>5} {'us':>5} {'us':>5} "
           f"{'drain/s':>8} {'srv':>5} {'redis':>5} {'us':>5} {'us':>5} {'load':>5}")  # fmt: skip
     for n in counts:

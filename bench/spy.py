@@ -77,15 +77,18 @@ def summarise(path: str, top: int = 25, expected: int | None = None) -> dict[str
             packages[package_of(frames[-1])] += n
             for name in set(frames):
                 inclusive[name] += n
-    share = lambda n: round(100.0 * n / total, 1) if total else 0.0
+
+    def share(n: float) -> float:
+        return round(100.0 * n / total, 1) if total else 0.0
+
     summary: dict[str, Any] = {
         "samples": total,
         "own": [[name, share(n)] for name, n in own.most_common(top)],
         "packages": [[name, share(n)] for name, n in packages.most_common(15)],
         # the frames every stack has (the reactor's loop) say nothing
-        "inclusive": [[name, share(n)] for name, n in inclusive.most_common(top + 15) if n < total][
-            :top
-        ],
+        "inclusive": [
+            [name, share(n)] for name, n in inclusive.most_common(top + 15) if n < total
+        ][:top],
     }
     if expected:
         summary["busy_percent"] = round(100.0 * total / expected, 1)

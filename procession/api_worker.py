@@ -179,7 +179,9 @@ def parse_wait(text: str | None, cap: float) -> float:
     except ValueError:
         wait = math.nan
     if math.isnan(wait) or wait < 0:
-        raise InvalidRequest("wait must be a number of seconds, 0 or more", field="wait")
+        raise InvalidRequest(
+            "wait must be a number of seconds, 0 or more", field="wait"
+        )
     return min(max(wait, MIN_WAIT), cap)
 
 
@@ -366,7 +368,9 @@ class WorkerRoutes:
                 )
                 if queue is not None
                 else defer.fail(
-                    LeaseLost(f"{lease[:64]!r} is not a lease on job {job_id!r}", id=job_id)
+                    LeaseLost(
+                        f"{lease[:64]!r} is not a lease on job {job_id!r}", id=job_id
+                    )
                 )
                 for job_id, lease, queue, result in acks
             ],

@@ -232,7 +232,9 @@ ERRORS: dict[str, type[ProcessionError]] = {
 CLOSING_ERRORS = frozenset({"frame_too_large", "unauthorized", "too_many_connections"})
 # Errors a push may be resent after (with the same id): the server or its
 # Redis is briefly unable, not the request wrong.
-RETRYABLE_ERRORS = frozenset({"store_unavailable", "shutting_down", "too_many_connections"})
+RETRYABLE_ERRORS = frozenset(
+    {"store_unavailable", "shutting_down", "too_many_connections"}
+)
 
 
 def error_from_body(body: Any) -> ProcessionError:
@@ -481,7 +483,9 @@ class Connection:
         if verb == "ERR":
             raise error_from_body(decode_body(body))
         if verb != "OK":
-            raise ProtocolViolation(message=f"expected a reply to HELLO, got {verb[:32]!r}")
+            raise ProtocolViolation(
+                message=f"expected a reply to HELLO, got {verb[:32]!r}"
+            )
         reply = decode_body(body) or {}
         self.name = str(reply.get("worker", worker))
 
@@ -583,7 +587,9 @@ class Client:
         tls: bool | _ssl.SSLContext | None = None,
         batch_size: int = 1000,
     ) -> None:
-        self.host, self.port, self.token, self._tls = resolve_address(host, port, url, token, tls)
+        self.host, self.port, self.token, self._tls = resolve_address(
+            host, port, url, token, tls
+        )
         self.worker = worker or default_worker_name("client")
         self.timeout = timeout
         self.retry_for = retry_for
@@ -738,13 +744,17 @@ class Client:
         size = 0
         start = 0
         for index, job in enumerate(jobs):
-            encoded = json.dumps(job, separators=(",", ":"), allow_nan=False).encode("ascii")
+            encoded = json.dumps(job, separators=(",", ":"), allow_nan=False).encode(
+                "ascii"
+            )
             if len(encoded) > limit:
                 raise FrameTooLarge(
                     message=f"job {index} is {len(encoded)} bytes, over the server's frame limit",
                     details={"index": index, "limit": limit},
                 )
-            if batch and (len(batch) >= self.batch_size or size + len(encoded) + 1 > limit):
+            if batch and (
+                len(batch) >= self.batch_size or size + len(encoded) + 1 > limit
+            ):
                 frames.append(b"PUSHB [" + b",".join(batch) + b"]\n")
                 starts.append(start)
                 batch, size, start = [], 0, index
@@ -824,7 +834,10 @@ class Client:
                 retry = [i for i in todo if results[i] is None]
                 for i in todo:
                     error = results[i]
-                    if isinstance(error, ProcessionError) and error.code in RETRYABLE_ERRORS:
+                    if (
+                        isinstance(error, ProcessionError)
+                        and error.code in RETRYABLE_ERRORS
+                    ):
                         failure = error
                         retry.append(i)
                         results[i] = None

@@ -192,7 +192,9 @@ class Coalescer:
         except BaseException:
             sent = defer.fail()
         sent.addCallbacks(
-            self._answer, self._fail, callbackArgs=(entries,),
+            self._answer,
+            self._fail,
+            callbackArgs=(entries,),
             errbackArgs=(entries,),
         )
         sent.addBoth(self._next, queue)
@@ -483,9 +485,7 @@ class Dispatcher:
         bound = {connection_bound(c) for c in eligible}
         if len(bound) > 1:
             state.bound_turn = not state.bound_turn
-            eligible = [
-                c for c in eligible if connection_bound(c) == state.bound_turn
-            ]
+            eligible = [c for c in eligible if connection_bound(c) == state.bound_turn]
         held = connection_bound(eligible[0])
         # Deal the slots round-robin so that a batch shared by many consumers
         # spreads over them.
@@ -628,15 +628,15 @@ class Dispatcher:
             self.wake(queue)
         return created
 
-    def ack(self, queue: str, job_id: str, lease: str, result: str) -> defer.Deferred[None]:
+    def ack(
+        self, queue: str, job_id: str, lease: str, result: str
+    ) -> defer.Deferred[None]:
         """
         Complete a job.
 
         @raise LeaseLost: when the lease is no longer the caller's.
         """
-        return self._ack(queue, (job_id, lease, result)).addCallback(
-            _checked, job_id
-        )
+        return self._ack(queue, (job_id, lease, result)).addCallback(_checked, job_id)
 
     def fail(
         self,
@@ -655,9 +655,9 @@ class Dispatcher:
             _checked(outcome[0], job_id)
             return outcome
 
-        return self._fail(
-            queue, (job_id, lease, error, retry_in, retry)
-        ).addCallback(checked)
+        return self._fail(queue, (job_id, lease, error, retry_in, retry)).addCallback(
+            checked
+        )
 
     def extend(
         self, queue: str, job_id: str, lease: str, seconds: float
@@ -684,9 +684,7 @@ class Dispatcher:
         not raised: a job that cannot be released now comes back when its
         lease expires.
         """
-        items = [
-            (j.id, j.lease) if isinstance(j, ClaimedJob) else j for j in jobs
-        ]
+        items = [(j.id, j.lease) if isinstance(j, ClaimedJob) else j for j in jobs]
         if not items:
             return defer.succeed([])
 
@@ -700,9 +698,7 @@ class Dispatcher:
             )
             return []
 
-        return self.store.release(queue, items, reason, delivered).addErrback(
-            failed
-        )
+        return self.store.release(queue, items, reason, delivered).addErrback(failed)
 
     # -- upkeep
 
@@ -731,7 +727,6 @@ class Dispatcher:
             log.failure("The sweep failed")
         finally:
             self._sweeping = False
-
 
     # -- the server registry
 
@@ -825,8 +820,7 @@ class Dispatcher:
                 left += still
             if taken:
                 log.warn(
-                    "Server {server} is lost: gave back {count} jobs its "
-                    "workers held",
+                    "Server {server} is lost: gave back {count} jobs its workers held",
                     server=server_id,
                     count=taken,
                 )

@@ -64,5 +64,7 @@ class HTTPServer(WorkerRoutes, AdminRoutes, UIRoutes):
         try:
             await self.dispatcher.store.ping()
         except ProcessionError as e:
-            return json_response(request, {"status": "unavailable", "error": e.as_dict()}, 503)
+            return json_response(
+                request, {"status": "unavailable", "error": e.as_dict()}, 503
+            )
         return json_response(request, {"status": "ok"})

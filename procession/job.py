@@ -222,9 +222,7 @@ def parse_submission(
 
     queue = obj.get("queue", DEFAULT_QUEUE)
     if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
-        raise InvalidJob(
-            "queue must match [A-Za-z0-9_.:-]{1,128}", field="queue"
-        )
+        raise InvalidJob("queue must match [A-Za-z0-9_.:-]{1,128}", field="queue")
 
     priority = obj.get("priority", 0)
     if not _is_int(priority) or abs(priority) > PRIORITY_LIMIT:
@@ -257,8 +255,7 @@ def parse_submission(
             run_at = parse_time(obj["run_at"])
         except (ValueError, OverflowError, OSError):
             raise InvalidJob(
-                "run_at must be an RFC 3339 time such as "
-                "2026-01-02T03:04:05Z",
+                "run_at must be an RFC 3339 time such as 2026-01-02T03:04:05Z",
                 field="run_at",
             )
     elif "delay" in obj:
@@ -322,9 +319,7 @@ def parse_batch(obj: object, now_ms: int, max_size: int) -> list[NewJob]:
     if not isinstance(obj, list) or not obj:
         raise InvalidRequest("a batch is a non-empty JSON array of jobs")
     if len(obj) > MAX_BATCH:
-        raise InvalidRequest(
-            f"a batch holds at most {MAX_BATCH} jobs", limit=MAX_BATCH
-        )
+        raise InvalidRequest(f"a batch holds at most {MAX_BATCH} jobs", limit=MAX_BATCH)
     jobs = []
     for index, item in enumerate(obj):
         try:
@@ -418,8 +413,7 @@ def parse_failure(body: dict[str, Any], worker: str, now_ms: int) -> FailureRepo
         not _is_number(retry_in) or not 0 <= retry_in <= MAX_RETRY_IN
     ):
         raise InvalidRequest(
-            "retry_in must be a number of seconds from 0 to "
-            f"{int(MAX_RETRY_IN)}",
+            f"retry_in must be a number of seconds from 0 to {int(MAX_RETRY_IN)}",
             field="retry_in",
         )
     retry = body.get("retry", True)

@@ -202,7 +202,9 @@ def raise_descriptor_limit(needed: int) -> DescriptorLimit:
     return DescriptorLimit(needed, soft, target, hard)
 
 
-def check_descriptor_limit(max_connections: int, max_http_connections: int) -> DescriptorLimit:
+def check_descriptor_limit(
+    max_connections: int, max_http_connections: int
+) -> DescriptorLimit:
     """
     At start-up: raise the descriptor limit to what the connection limits
     need, and log what was done; warn, naming the numbers, when it stays

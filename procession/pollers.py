@@ -185,9 +185,7 @@ class Pollers:
         or holding a job, by name.
         """
         self._prune(self._clock.seconds())
-        return [
-            self._records[name].as_dict() for name in sorted(self._records)
-        ]
+        return [self._records[name].as_dict() for name in sorted(self._records)]
 
     def _prune(self, now: float) -> None:
         for name, record in list(self._records.items()):

@@ -243,7 +243,13 @@ class Children(service.Service):
             "--parent-pid",
             str(os.getpid()),
         ]
-        fds = {0: 0, 1: 1, 2: 2, CHILD_TCP_FD: sockets[0][0], CHILD_HTTP_FD: sockets[1][0]}
+        fds = {
+            0: 0,
+            1: 1,
+            2: 2,
+            CHILD_TCP_FD: sockets[0][0],
+            CHILD_HTTP_FD: sockets[1][0],
+        }
         try:
             transport = self.reactor.spawnProcess(
                 child, sys.executable, args, env=self.env, childFDs=fds
@@ -296,9 +302,7 @@ class Children(service.Service):
                 transport.signalProcess("TERM")
             except Exception:
                 continue
-            kill = self.reactor.callLater(
-                self.stop_timeout, _kill, transport
-            )
+            kill = self.reactor.callLater(self.stop_timeout, _kill, transport)
             child.ended.addBoth(_cancel, kill)
         return defer.DeferredList(waiting).addCallback(lambda _: None)
 

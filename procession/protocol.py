@@ -62,8 +62,6 @@ MAX_PENDING_REPLIES = 1_000
 HANDSHAKE_MAX_FRAME = 16 * 1024
 
 
-
-
 class Held:
     """
     A job in a worker's hands: its queue, lease and timeout, whether its ack
@@ -148,9 +146,7 @@ class WorkerProtocol(protocol.Protocol):
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
         if not self.hello:
-            self._error_and_close(
-                OutOfOrder("no HELLO within the handshake timeout")
-            )
+            self._error_and_close(OutOfOrder("no HELLO within the handshake timeout"))
 
     def readConnectionLost(self) -> None:
         """
@@ -317,8 +313,10 @@ class WorkerProtocol(protocol.Protocol):
         slot = self._new_reply()
         if isinstance(result, defer.Deferred):
             result.addCallbacks(
-                self._settle_ok, self._settle_err,
-                callbackArgs=(slot,), errbackArgs=(slot,),
+                self._settle_ok,
+                self._settle_err,
+                callbackArgs=(slot,),
+                errbackArgs=(slot,),
             )
         elif isinstance(result, BaseException):
             self._settle(slot, _err(result))
@@ -410,9 +408,7 @@ class WorkerProtocol(protocol.Protocol):
     def do_PUSHB(self, body: Any, size: int) -> Any:
         if not self.dispatcher.accepting:
             raise ShuttingDown("the server is shutting down")
-        jobs = parse_batch(
-            body, self.factory.now_ms(), self.factory.max_job_size
-        )
+        jobs = parse_batch(body, self.factory.now_ms(), self.factory.max_job_size)
         return defer.Deferred.fromCoroutine(self.dispatcher.push(jobs)).addCallback(
             lambda created: {"ids": [j.id for j in jobs], "created": created}
         )
@@ -445,9 +441,7 @@ class WorkerProtocol(protocol.Protocol):
             raise InvalidRequest("id must be a string", field="id")
         held = self.held.get(job_id)
         if held is None or held.finishing:
-            raise NotHeld(
-                f"this connection does not hold job {job_id!r}", id=job_id
-            )
+            raise NotHeld(f"this connection does not hold job {job_id!r}", id=job_id)
         return body, job_id, held
 
     def _finish(self, job_id: str, held: Held, d: defer.Deferred[Any]) -> Any:
@@ -524,9 +518,9 @@ class WorkerProtocol(protocol.Protocol):
     def do_EXTEND(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "EXTEND")
         seconds = parse_extend_seconds(body)
-        return self.dispatcher.extend(held.queue, job_id, held.lease, seconds).addCallback(
-            lambda expiry: {"id": job_id, "expires_at": format_time(expiry)}
-        )
+        return self.dispatcher.extend(
+            held.queue, job_id, held.lease, seconds
+        ).addCallback(lambda expiry: {"id": job_id, "expires_at": format_time(expiry)})
 
     _handlers: dict[str, Callable[..., Any]] = {
         "HELLO": do_HELLO,
@@ -611,7 +605,9 @@ def _acked(_: None, job_id: str) -> _JSON:
 
 def _pushed(created: bool, job_id: str) -> _JSON:
     return _JSON(
-        '{"id":' + _compact(job_id) + (',"created":true}' if created else ',"created":false}')
+        '{"id":'
+        + _compact(job_id)
+        + (',"created":true}' if created else ',"created":false}')
     )
 
 

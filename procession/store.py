@@ -182,9 +182,7 @@ class RedisAddress:
             if not parsed.path:
                 raise ValueError("a unix:// Redis URL needs a socket path")
             db = parse_qs(parsed.query).get("db", ["0"])[0]
-            return cls(
-                path=parsed.path, db=_db(db), username=user, password=password
-            )
+            return cls(path=parsed.path, db=_db(db), username=user, password=password)
         if parsed.scheme not in ("redis", "rediss"):
             raise ValueError(
                 "the Redis URL must start with redis://, rediss:// or unix://"
@@ -202,7 +200,7 @@ class RedisAddress:
 
     @classmethod
     def _from_sentinel_url(cls, url: str) -> "RedisAddress":
-        rest, _, _ = url[len("sentinel://"):].partition("#")
+        rest, _, _ = url[len("sentinel://") :].partition("#")
         rest, _, query = rest.partition("?")
         credentials: dict[str, str] = {}
         for pair in query.split("&") if query else ():
@@ -528,10 +526,7 @@ class MasterWatch:
         def unknown(failure: Any) -> None:
             failure.trap(txredisapi.MasterNotFoundError)
 
-        return (
-            self._sentinel.discover_master(self._master)
-            .addCallbacks(named, unknown)
-        )
+        return self._sentinel.discover_master(self._master).addCallbacks(named, unknown)
 
 
 def _ip_and_port(host: str, port: Any) -> tuple[Any, int] | None:
@@ -683,15 +678,11 @@ class WakeListener:
         if address.path:
             endpoint = UNIXClientEndpoint(reactor, address.path, timeout=5)
         else:
-            endpoint = HostnameEndpoint(
-                reactor, address.host, address.port, timeout=5
-            )
+            endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=5)
             if address.tls:
                 from twisted.internet.ssl import optionsForClientTLS
 
-                endpoint = wrapClientTLS(
-                    optionsForClientTLS(address.host), endpoint
-                )
+                endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
         factory.startConnecting(endpoint)
         self._factory = factory
 
@@ -884,9 +875,9 @@ class Store:
     def _noscript_to_error(failure: Any) -> Any:
         import txredisapi
 
-        if failure.check(txredisapi.ResponseError) and str(
-            failure.value
-        ).startswith("NOSCRIPT"):
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith(
+            "NOSCRIPT"
+        ):
             raise txredisapi.ScriptDoesNotExist(str(failure.value))
         return failure
 
@@ -941,7 +932,12 @@ class Store:
             now = self.now_ms()
             calls = []
             for queue, indexes in by_queue.items():
-                args: list[Any] = [now, self.channel, queue, f"{queue} {self.server_id}"]
+                args: list[Any] = [
+                    now,
+                    self.channel,
+                    queue,
+                    f"{queue} {self.server_id}",
+                ]
                 for i in indexes:
                     args.extend(jobs[i].script_args(now))
                 call = self.run_replicated("push", queue, args)
@@ -1008,7 +1004,9 @@ class Store:
             return reply
         raise AssertionError("unreachable")
 
-    def push_queue(self, queue: str, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool]]:
+    def push_queue(
+        self, queue: str, jobs: Sequence[NewJob]
+    ) -> defer.Deferred[list[bool]]:
         """
         L{push} for jobs that all belong to C{queue}.
         """
@@ -1319,9 +1317,7 @@ class Store:
         """
         Remove a job entirely; returns its former state.
         """
-        return self.run("delete", queue, [job_id]).addCallback(
-            self._checked, job_id
-        )
+        return self.run("delete", queue, [job_id]).addCallback(self._checked, job_id)
 
     async def purge(self, queue: str, state: str, batch: int = 1000) -> int:
         """
@@ -1392,9 +1388,7 @@ class Store:
 
         async def go() -> bool:
             await self._register([queue])
-            changed = await self.run(
-                "pause", queue, [action, self.channel, queue]
-            )
+            changed = await self.run("pause", queue, [action, self.channel, queue])
             return bool(int(changed))
 
         return defer.Deferred.fromCoroutine(go())
@@ -1426,9 +1420,7 @@ class Store:
         @raise JobNotFound: when no queue has it.
         """
         for queue in await self.known_queues():
-            exists = await self.command(
-                "EXISTS", self.prefix(queue) + "job:" + job_id
-            )
+            exists = await self.command("EXISTS", self.prefix(queue) + "job:" + job_id)
             if int(exists):
                 return await self.get_job(queue, job_id)
         raise JobNotFound(f"no job {job_id!r}", id=job_id)
@@ -1441,10 +1433,7 @@ class Store:
         """
         queues = await self.known_queues()
         found = await defer.gatherResults(
-            [
-                self.command("EXISTS", self.prefix(q) + "job:" + job_id)
-                for q in queues
-            ],
+            [self.command("EXISTS", self.prefix(q) + "job:" + job_id) for q in queues],
             consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
         for queue, exists in zip(queues, found):
@@ -1574,9 +1563,7 @@ class Store:
         if STATE_SETS[state] == "done":
             states = []
             for m in members:
-                s = await self.command(
-                    "HGET", self.prefix(queue) + "job:" + m, "state"
-                )
+                s = await self.command("HGET", self.prefix(queue) + "job:" + m, "state")
                 if s == state:
                     states.append(m)
             return states

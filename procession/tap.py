@@ -51,7 +51,7 @@ def is_local(description: str) -> bool:
     interface = None
     for part in re.split(r"(?<!\\):", rest):
         if part.startswith("interface="):
-            interface = part[len("interface="):].replace("\\", "")
+            interface = part[len("interface=") :].replace("\\", "")
     if interface is None:
         return False
     if interface == "localhost":
@@ -178,7 +178,13 @@ class Options(usage.Options):
             "Seconds to wait on SIGTERM for workers to finish held jobs.",
             float,
         ],
-        ["max-frame", None, 1 << 20, "The longest protocol frame, in bytes.", _positive(int)],
+        [
+            "max-frame",
+            None,
+            1 << 20,
+            "The longest protocol frame, in bytes.",
+            _positive(int),
+        ],
         ["max-job-size", None, 1 << 20, "The largest job, in bytes.", _positive(int)],
         [
             "max-connections",
@@ -238,8 +244,7 @@ class Options(usage.Options):
             "redis-timeout",
             None,
             5.0,
-            "Seconds to wait for Redis before a request fails with "
-            "store_unavailable.",
+            "Seconds to wait for Redis before a request fails with store_unavailable.",
             _positive(float),
         ],
         [
@@ -280,8 +285,7 @@ class Options(usage.Options):
             "parent-pid",
             None,
             None,
-            "Internal, for --processes: stop when this parent process is "
-            "gone.",
+            "Internal, for --processes: stop when this parent process is gone.",
             int,
         ],
     ]
@@ -459,6 +463,7 @@ class ProcessionService(service.MultiService):
             log.failure("start-up", failure)
         self.started.errback(failure)
         if self.options.get("exit-on-failure", True):
+
             def exit_with_error() -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -73,9 +73,7 @@ def json_response(request: Any, body: Any, status: int = 200) -> bytes:
     """
     Encode C{body} as the response, with its status and content type.
     """
-    return json_text_response(
-        request, json.dumps(body, separators=(",", ":")), status
-    )
+    return json_text_response(request, json.dumps(body, separators=(",", ":")), status)
 
 
 def json_text_response(request: Any, text: str, status: int = 200) -> bytes:
@@ -151,7 +149,9 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
-def authorize(request: Any, kind: str, worker_token: str | None, admin_token: str | None) -> None:
+def authorize(
+    request: Any, kind: str, worker_token: str | None, admin_token: str | None
+) -> None:
     """
     Check the request's bearer token for a route of C{kind}.
 
@@ -215,5 +215,10 @@ def _bad_method(request: Any, failure: Any) -> bytes:
 @app.handle_errors(Exception)
 @_unbound
 def _unexpected(request: Any, failure: Any) -> bytes:
-    log.failure("Unexpected error in {method} {path}", failure, method=request.method, path=request.path)
+    log.failure(
+        "Unexpected error in {method} {path}",
+        failure,
+        method=request.method,
+        path=request.path,
+    )
     return error_response(request, ProcessionError("internal error"))

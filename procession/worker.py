@@ -189,7 +189,9 @@ class Registry:
     Handlers by job type.
     """
 
-    def __init__(self, handlers: Mapping[str, Callable[..., Any]] | None = None) -> None:
+    def __init__(
+        self, handlers: Mapping[str, Callable[..., Any]] | None = None
+    ) -> None:
         self._handlers: dict[str, Callable[..., Any]] = {}
         if handlers:
             self.update(handlers)
@@ -210,7 +212,9 @@ class Registry:
             and existing is not function
             and _where(existing) != _where(function)
         ):
-            raise ValueError(f"job type {type!r} has a handler already: {_where(existing)}")
+            raise ValueError(
+                f"job type {type!r} has a handler already: {_where(existing)}"
+            )
         self._handlers[type] = function
 
     def update(self, handlers: Mapping[str, Callable[..., Any]]) -> None:
@@ -292,7 +296,9 @@ def ack_frame(job: Job, result: Any, max_frame: int) -> bytes:
         try:
             frame = encode_frame("ACK", {"id": job.id, "result": result})
         except (TypeError, ValueError, RecursionError):
-            log.warning("Job %s (%s): its result is not JSON and is not kept", job.id, job.type)
+            log.warning(
+                "Job %s (%s): its result is not JSON and is not kept", job.id, job.type
+            )
         else:
             if len(frame) <= max_frame:
                 return frame
@@ -335,7 +341,11 @@ def fail_frame(job: Job, error: BaseException, max_frame: int) -> bytes:
     if isinstance(retry, bool):
         body["retry"] = retry
     retry_in = getattr(error, "retry_in", None)
-    if isinstance(retry_in, (int, float)) and not isinstance(retry_in, bool) and retry_in >= 0:
+    if (
+        isinstance(retry_in, (int, float))
+        and not isinstance(retry_in, bool)
+        and retry_in >= 0
+    ):
         body["retry_in"] = retry_in
     frame = encode_frame("FAIL", body)
     if len(frame) > max_frame:
@@ -391,7 +401,9 @@ class Worker:
     ) -> None:
         if handlers is None:
             handlers = registry
-        self.handlers = handlers if isinstance(handlers, Registry) else Registry(handlers)
+        self.handlers = (
+            handlers if isinstance(handlers, Registry) else Registry(handlers)
+        )
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
         self.queues = list(queues)
@@ -400,7 +412,9 @@ class Worker:
             or len(set(self.queues)) != len(self.queues)
             or not all(QUEUE_NAME.match(q) for q in self.queues)
         ):
-            raise ValueError("queues must be one or more distinct names of [A-Za-z0-9_.:-]{1,128}")
+            raise ValueError(
+                "queues must be one or more distinct names of [A-Za-z0-9_.:-]{1,128}"
+            )
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.concurrency = concurrency
@@ -409,7 +423,9 @@ class Worker:
         if prefetch < 0:
             raise ValueError("prefetch must be 0 or more")
         self.credit = min(concurrency + prefetch, 10_000)
-        self.host, self.port, self.token, self._tls = resolve_address(host, port, url, token, tls)
+        self.host, self.port, self.token, self._tls = resolve_address(
+            host, port, url, token, tls
+        )
         self.name = name or default_worker_name("worker")
         if on_quiet not in ("exit", "reconnect"):
             raise ValueError("on_quiet must be 'exit' or 'reconnect'")
@@ -421,7 +437,9 @@ class Worker:
         self.reply_timeout = reply_timeout
 
         self._work: queue.SimpleQueue[tuple[_Session, Job] | None] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[tuple[_Session, Job, str, bytes]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[_Session, Job, str, bytes]] = (
+            queue.SimpleQueue()
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -533,7 +551,9 @@ class Worker:
                     connection.close()
                     break
                 backoff.reset()
-                log.info("Connected to %s:%d as %s", self.host, self.port, connection.name)
+                log.info(
+                    "Connected to %s:%d as %s", self.host, self.port, connection.name
+                )
                 outcome = _Session(self, connection).run()
                 if outcome == "quiet":
                     if self.on_quiet == "exit":
@@ -576,7 +596,9 @@ class Worker:
         Wait for running handlers (until the stop deadline), then end the
         threads.
         """
-        timeout = max(0.0, self._stop_deadline - time.monotonic()) if self._stopping else 0.0
+        timeout = (
+            max(0.0, self._stop_deadline - time.monotonic()) if self._stopping else 0.0
+        )
         with self._busy_changed:
             if not self._busy_changed.wait_for(lambda: self._busy == 0, timeout):
                 log.warning("Exiting with %d handlers still running", self._busy)
@@ -602,12 +624,17 @@ class Worker:
                 verb, frame = self._perform(job, session.max_frame)
             except BaseException:
                 # a bug here must not cost a thread: fail the job plainly
-                log.exception("Job %s (%s): cannot report its outcome", job.id, job.type)
+                log.exception(
+                    "Job %s (%s): cannot report its outcome", job.id, job.type
+                )
                 verb, frame = (
                     "FAIL",
                     encode_frame(
                         "FAIL",
-                        {"id": job.id, "error": {"type": "procession.worker.ReportError"}},
+                        {
+                            "id": job.id,
+                            "error": {"type": "procession.worker.ReportError"},
+                        },
                     ),
                 )
             finally:
@@ -729,7 +756,9 @@ class _Session:
             selector.register(self.sock, selectors.EVENT_READ)
             self.request(
                 "READY",
-                encode_frame("READY", {"queues": worker.queues, "credit": worker.credit}),
+                encode_frame(
+                    "READY", {"queues": worker.queues, "credit": worker.credit}
+                ),
             )
             self._parse()
             while True:
@@ -744,7 +773,9 @@ class _Session:
                     self._flush()
                 if bool(self.out) != writing:
                     writing = bool(self.out)
-                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+                    events = selectors.EVENT_READ | (
+                        selectors.EVENT_WRITE if writing else 0
+                    )
                     selector.modify(self.sock, events)
                 for key, _ in selector.select(self._timeout(now)):
                     if key.fileobj is worker._wake_r:
@@ -822,9 +853,13 @@ class _Session:
             if job is None:
                 continue
             self.request(
-                "EXTEND", encode_frame("EXTEND", {"id": job_id, "seconds": job.timeout}), job_id
+                "EXTEND",
+                encode_frame("EXTEND", {"id": job_id, "seconds": job.timeout}),
+                job_id,
             )
-            heapq.heappush(extends, (now + _extend_interval(job), next(self.sequence), job_id))
+            heapq.heappush(
+                extends, (now + _extend_interval(job), next(self.sequence), job_id)
+            )
         if self.expected:
             waited = now - self.expected[0][2]
             if waited > self.worker.reply_timeout:
@@ -839,7 +874,10 @@ class _Session:
         if worker._stopping:
             if not self.credit_withdrawn and not self.quieted and not worker._stop_now:
                 self.credit_withdrawn = True
-                self.request("READY", encode_frame("READY", {"queues": worker.queues, "credit": 0}))
+                self.request(
+                    "READY",
+                    encode_frame("READY", {"queues": worker.queues, "credit": 0}),
+                )
             if self._in_hand() and now >= worker._stop_deadline:
                 log.warning("Giving back %d unfinished jobs", self._in_hand())
                 self._bye()
@@ -887,7 +925,12 @@ class _Session:
         """
         try:
             data = self.sock.recv(1 << 18)
-        except (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+        except (
+            BlockingIOError,
+            InterruptedError,
+            _ssl.SSLWantReadError,
+            _ssl.SSLWantWriteError,
+        ):
             return True
         if not data:
             return False
@@ -993,7 +1036,9 @@ class _Session:
         if verb == b"OK":
             self.leases.pop(job_id, None)
             if outcome is not None and outcome.tries > 1:
-                log.info("Job %s: its %s was stored at try %d", job_id, kind, outcome.tries)
+                log.info(
+                    "Job %s: its %s was stored at try %d", job_id, kind, outcome.tries
+                )
             return
         error = error_from_body(decode_body(body))
         now = time.monotonic()
@@ -1077,7 +1122,9 @@ def load_handlers(modules: Iterable[str]) -> Registry:
         extra = getattr(module, "HANDLERS", None)
         if extra is not None:
             if not isinstance(extra, Mapping):
-                raise TypeError(f"{name}.HANDLERS must be a dict of job type to function")
+                raise TypeError(
+                    f"{name}.HANDLERS must be a dict of job type to function"
+                )
             found.update(extra)
     for type in registry.types():
         function = registry.get(type)
@@ -1093,7 +1140,10 @@ def _parser() -> argparse.ArgumentParser:
         "(registered with procession.worker.handler, or in a HANDLERS dict).",
     )
     parser.add_argument(
-        "modules", nargs="+", metavar="MODULE", help="a module to import, e.g. myapp.jobs"
+        "modules",
+        nargs="+",
+        metavar="MODULE",
+        help="a module to import, e.g. myapp.jobs",
     )
     parser.add_argument(
         "--queues",
@@ -1101,7 +1151,10 @@ def _parser() -> argparse.ArgumentParser:
         help="queues to serve, most preferred first (default: default)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=8, help="jobs run at once, in threads (default: 8)"
+        "--concurrency",
+        type=int,
+        default=8,
+        help="jobs run at once, in threads (default: 8)",
     )
     parser.add_argument(
         "--prefetch",
@@ -1109,9 +1162,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="jobs held beyond those running (default: concurrency/4, at least 1)",
     )
-    parser.add_argument("--url", default=None, help="tcp://host:port or tls://host:port")
-    parser.add_argument("--host", default=None, help="default: PROCESSION_HOST, else 127.0.0.1")
-    parser.add_argument("--port", default=None, help="default: PROCESSION_PORT, else 7000")
+    parser.add_argument(
+        "--url", default=None, help="tcp://host:port or tls://host:port"
+    )
+    parser.add_argument(
+        "--host", default=None, help="default: PROCESSION_HOST, else 127.0.0.1"
+    )
+    parser.add_argument(
+        "--port", default=None, help="default: PROCESSION_PORT, else 7000"
+    )
     parser.add_argument(
         "--token",
         default=None,
@@ -1121,7 +1180,9 @@ def _parser() -> argparse.ArgumentParser:
         "--token-file", default=None, help="a file whose first line is the worker token"
     )
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--name", default=None, help="this worker's name, as the server shows it")
+    parser.add_argument(
+        "--name", default=None, help="this worker's name, as the server shows it"
+    )
     parser.add_argument(
         "--on-quiet",
         choices=("exit", "reconnect"),

@@ -55,12 +55,16 @@ class LineClient(Protocol):
         self.waiting = []
         self.closed.callback(None)
 
-    def send(self, verb: str, body: Any = None, raw: bytes | None = None) -> defer.Deferred[tuple[str, Any]]:
+    def send(
+        self, verb: str, body: Any = None, raw: bytes | None = None
+    ) -> defer.Deferred[tuple[str, Any]]:
         """
         Send one frame and return the Deferred of its reply (verb, body).
         """
         if raw is None:
-            raw = verb.encode() + (b"" if body is None else b" " + json.dumps(body).encode())
+            raw = verb.encode() + (
+                b"" if body is None else b" " + json.dumps(body).encode()
+            )
         d: defer.Deferred[tuple[str, Any]] = defer.Deferred()
         self.waiting.append(d)
         self.transport.write(raw + b"\n")
@@ -100,12 +104,18 @@ class ServerFixture:
         options = Options()
         options.parseOptions(
             [
-                "--tcp", "tcp:0:interface=127.0.0.1",
-                "--http", "tcp:0:interface=127.0.0.1",
-                "--redis", shared_redis().url,
-                "--namespace", self.namespace,
-                "--shutdown-grace", "0.5",
-                "--sweep-interval", "0.2",
+                "--tcp",
+                "tcp:0:interface=127.0.0.1",
+                "--http",
+                "tcp:0:interface=127.0.0.1",
+                "--redis",
+                shared_redis().url,
+                "--namespace",
+                self.namespace,
+                "--shutdown-grace",
+                "0.5",
+                "--sweep-interval",
+                "0.2",
             ]
             + self.args
         )
@@ -137,7 +147,9 @@ class ServerFixture:
     def http_port(self) -> int:
         return self.service.http_port.getHost().port
 
-    async def connect(self, worker: str | None = "tester", token: str | None = None) -> LineClient:
+    async def connect(
+        self, worker: str | None = "tester", token: str | None = None
+    ) -> LineClient:
         """
         A connected client, after HELLO unless C{worker} is None.
         """

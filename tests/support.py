@@ -31,9 +31,7 @@ class FakeClock:
         self.now += seconds
 
 
-async def connected_store(
-    test: TestCase, clock: Any = None, **kwargs: Any
-) -> Store:
+async def connected_store(test: TestCase, clock: Any = None, **kwargs: Any) -> Store:
     """
     A L{Store} in a fresh namespace of the test Redis, disconnected when
     the test ends.
@@ -43,9 +41,7 @@ async def connected_store(
         server.socket, poolsize=2, convertNumbers=False
     )
     test.addCleanup(redis.disconnect)
-    return Store(
-        redis, clock or FakeClock(), reactor, namespace=namespace(), **kwargs
-    )
+    return Store(redis, clock or FakeClock(), reactor, namespace=namespace(), **kwargs)
 
 
 def new_job(now_ms: int = 0, **fields: Any) -> NewJob:

@@ -75,7 +75,9 @@ class RedisReader:
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
-        self.sock = socket.create_connection(("127.0.0.1", shared_redis().port), timeout=5)
+        self.sock = socket.create_connection(
+            ("127.0.0.1", shared_redis().port), timeout=5
+        )
         self.file = self.sock.makefile("rb")
 
     def close(self) -> None:
@@ -129,13 +131,18 @@ class RedisReader:
         """
         The state of each job.
         """
-        return self.pipeline(*[("HGET", self.key(queue, f"job:{i}"), "state") for i in ids])
+        return self.pipeline(
+            *[("HGET", self.key(queue, f"job:{i}"), "state") for i in ids]
+        )
 
     def errors(self, queue: str, job_id: str) -> list[dict[str, Any]]:
         """
         A job's recorded failures, newest first.
         """
-        return [json.loads(e) for e in self("LRANGE", self.key(queue, f"errors:{job_id}"), 0, -1)]
+        return [
+            json.loads(e)
+            for e in self("LRANGE", self.key(queue, f"errors:{job_id}"), 0, -1)
+        ]
 
     def count(self, queue: str, state_set: str) -> int:
         return self("ZCARD", self.key(queue, state_set))
@@ -153,7 +160,9 @@ class ServerProcess:
         self.http_port = free_port()
         self.args = list(args)
         if test is None:
-            self.log_path = os.path.join(tempfile.mkdtemp(prefix="procession-test-"), "server.log")
+            self.log_path = os.path.join(
+                tempfile.mkdtemp(prefix="procession-test-"), "server.log"
+            )
         else:
             self.log_path = os.path.abspath(test.mktemp() + "-server.log")
             test.addCleanup(self.kill)
@@ -189,7 +198,11 @@ class ServerProcess:
                 cwd=os.path.dirname(self.log_path),
                 env=_environment(),
             )
-        wait_for(self._says_hi, 20, lambda: "the server did not start:\n" + _tail(self.log_path))
+        wait_for(
+            self._says_hi,
+            20,
+            lambda: "the server did not start:\n" + _tail(self.log_path),
+        )
         return self
 
     def _says_hi(self) -> bool:
@@ -211,7 +224,9 @@ class ServerProcess:
             self.process.wait(15)
 
 
-def client_of(test: SynchronousTestCase, server: ServerProcess, **kwargs: Any) -> Client:
+def client_of(
+    test: SynchronousTestCase, server: ServerProcess, **kwargs: Any
+) -> Client:
     """
     A client of a server, closed when the test ends.
     """
@@ -246,7 +261,9 @@ class WorkerProcess:
     recording what its handlers do in a file.
     """
 
-    def __init__(self, test: SynchronousTestCase, server: ServerProcess, *args: str) -> None:
+    def __init__(
+        self, test: SynchronousTestCase, server: ServerProcess, *args: str
+    ) -> None:
         base = os.path.abspath(test.mktemp())
         self.record_path = base + "-record.txt"
         self.log_path = base + "-worker.log"
@@ -394,7 +411,9 @@ class AddressTests(SynchronousTestCase):
 
     def test_environment(self) -> None:
         os.environ.update(
-            PROCESSION_HOST="jobs.internal", PROCESSION_PORT="7100", PROCESSION_TOKEN="s3"
+            PROCESSION_HOST="jobs.internal",
+            PROCESSION_PORT="7100",
+            PROCESSION_TOKEN="s3",
         )
         c = Client()
         self.assertEqual((c.host, c.port, c.token), ("jobs.internal", 7100, "s3"))
@@ -419,13 +438,19 @@ class AddressTests(SynchronousTestCase):
             {"type": "send", "args": ["a", 1], "queue": "mail", "meta": {"k": 1}},
         )
         self.assertNotEqual(make_job("send")["id"], make_job("send")["id"])
-        when = datetime(2030, 1, 2, 4, 4, 5, 678000, tzinfo=timezone(timedelta(hours=1)))
-        self.assertEqual(make_job("t", run_at=when)["run_at"], "2030-01-02T03:04:05.678Z")
+        when = datetime(
+            2030, 1, 2, 4, 4, 5, 678000, tzinfo=timezone(timedelta(hours=1))
+        )
+        self.assertEqual(
+            make_job("t", run_at=when)["run_at"], "2030-01-02T03:04:05.678Z"
+        )
         self.assertEqual(make_job("t", delay=timedelta(minutes=2))["delay"], 120.0)
         self.assertRaises(ValueError, make_job, "t", run_at=datetime(2030, 1, 1))
 
     def test_errors(self) -> None:
-        error = error_from_body({"code": "lease_lost", "message": "the lease is lost", "id": "j1"})
+        error = error_from_body(
+            {"code": "lease_lost", "message": "the lease is lost", "id": "j1"}
+        )
         self.assertIsInstance(error, LeaseLost)
         self.assertIsInstance(error, ProcessionError)
         self.assertEqual(
@@ -516,7 +541,9 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual((proxy.dropped, proxy.connections), (1, 2))
         self.assertEqual(self.redis.count(self.q, "queued"), 1)
         self.assertEqual(self.redis.job(self.q, job_id)["state"], "queued")
-        self.assertEqual(self.redis("HGET", self.redis.key(self.q, "stats"), "pushed"), "1")
+        self.assertEqual(
+            self.redis("HGET", self.redis.key(self.q, "stats"), "pushed"), "1"
+        )
 
     def test_push_many(self) -> None:
         """
@@ -533,7 +560,9 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(starts[:2], [0, 1000])
         self.assertTrue(all(len(f) <= c._max_frame() for f in frames))
         # ids given are kept
-        self.assertEqual(c.push_many([{"type": "t", "id": "mine", "queue": self.q}]), ["mine"])
+        self.assertEqual(
+            c.push_many([{"type": "t", "id": "mine", "queue": self.q}]), ["mine"]
+        )
         self.assertEqual(c.push_many([]), [])
 
     def test_push_many_frame_limit(self) -> None:
@@ -647,7 +676,9 @@ class WorkerTests(SynchronousTestCase):
             got = Counter(self.redis.states(queue, ids))
             return f"states {dict(got)}; worker log:\n{worker.log()}"
 
-        wait_for(lambda: set(self.redis.states(queue, ids)) <= states, timeout, describe)
+        wait_for(
+            lambda: set(self.redis.states(queue, ids)) <= states, timeout, describe
+        )
 
     def test_runs_jobs(self) -> None:
         """
@@ -663,7 +694,8 @@ class WorkerTests(SynchronousTestCase):
         self.wait_states("q1", [*ids, by_name], {"completed"}, worker)
         self.wait_states("q2", [added, opaque], {"completed"}, worker)
         self.assertEqual(
-            json.loads(self.redis.job("q1", ids[7])["result"]), {"args": [7, "x"], "kwargs": {}}
+            json.loads(self.redis.job("q1", ids[7])["result"]),
+            {"args": [7, "x"], "kwargs": {}},
         )
         self.assertEqual(
             json.loads(self.redis.job("q1", by_name)["result"]),
@@ -672,7 +704,9 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(self.redis.job("q2", added)["result"], "5")
         self.assertEqual(self.redis.job("q2", opaque)["result"], "")
         done = worker.records("done")
-        self.assertEqual(Counter(i for _, i, _ in done), Counter([*ids, by_name, added, opaque]))
+        self.assertEqual(
+            Counter(i for _, i, _ in done), Counter([*ids, by_name, added, opaque])
+        )
 
     def test_failures(self) -> None:
         """
@@ -692,7 +726,9 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(error["backtrace"][0], "Traceback (most recent call last):")
         self.assertEqual(error["backtrace"][-1], "ValueError: last try")
         self.assertIn("    raise ValueError(message)", error["backtrace"])
-        self.assertTrue(any("tests/worker_jobs.py" in line for line in error["backtrace"]))
+        self.assertTrue(
+            any("tests/worker_jobs.py" in line for line in error["backtrace"])
+        )
         [error] = self.redis.errors("f", fatal)
         self.assertEqual(
             (error["type"], error["message"]),
@@ -766,7 +802,10 @@ class WorkerTests(SynchronousTestCase):
         """
         queue = "restart"
         first = self.client.push_many(
-            [{"type": "step", "args": [0.02], "queue": queue, "timeout": 2} for _ in range(300)]
+            [
+                {"type": "step", "args": [0.02], "queue": queue, "timeout": 2}
+                for _ in range(300)
+            ]
         )
         worker = self.worker("--queues", queue, "--concurrency", "8")
         pushed: list[str] = []
@@ -800,7 +839,9 @@ class WorkerTests(SynchronousTestCase):
         ids = first + pushed
         self.wait_states(queue, ids, {"completed"}, worker, timeout=30)
         self.assertIsNone(worker.process.poll(), "the worker exited")
-        self.assertLess(done_at_kill, len(ids), "the kill came too late to test anything")
+        self.assertLess(
+            done_at_kill, len(ids), "the kill came too late to test anything"
+        )
         runs = worker.records("done")
         self.assertEqual({i for _, i, _ in runs}, set(ids))
         # at most one run per attempt: a second run only after an
@@ -810,7 +851,10 @@ class WorkerTests(SynchronousTestCase):
             zip(
                 ids,
                 self.redis.pipeline(
-                    *[("HGET", self.redis.key(queue, f"job:{i}"), "attempt") for i in ids]
+                    *[
+                        ("HGET", self.redis.key(queue, f"job:{i}"), "attempt")
+                        for i in ids
+                    ]
                 ),
             )
         )

@@ -360,7 +360,9 @@ class ClusterProcessTests(SynchronousTestCase):
         self.assertLessEqual(again, 16)
         # Each job completed once: an ack completes only a running job.
         final = queue()
-        self.assertEqual(final["totals"], {"pushed": total, "processed": total, "failed": 0})
+        self.assertEqual(
+            final["totals"], {"pushed": total, "processed": total, "failed": 0}
+        )
         self.assertEqual(
             final["sizes"],
             {"queued": 0, "scheduled": 0, "retrying": 0, "running": 0, "dead": 0},

@@ -23,7 +23,15 @@ from tests.client import LineClient, ServerFixture
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Values that differ from run to run; the docs show examples of them.
-VARYING = {"version", "created_at", "enqueued_at", "expires_at", "lease", "worker", "run_at"}
+VARYING = {
+    "version",
+    "created_at",
+    "enqueued_at",
+    "expires_at",
+    "lease",
+    "worker",
+    "run_at",
+}
 
 
 def session_lines(path: str, heading: str) -> list[str]:
@@ -58,14 +66,18 @@ def same_shape(documented: Any, actual: Any) -> bool:
 
 class ProtocolDocTests(TestCase):
     async def test_nc_session(self) -> None:
-        lines = session_lines(os.path.join(ROOT, "docs", "protocol.rst"), "A session with nc")
+        lines = session_lines(
+            os.path.join(ROOT, "docs", "protocol.rst"), "A session with nc"
+        )
         self.assertGreater(len(lines), 10)
         server = await ServerFixture(self).start()
         client = LineClient()
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.tcp_port), client)
+        await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", server.tcp_port), client
+        )
         self.addCleanup(server._close, client)
         await client.hi
         expected_index = 0
@@ -164,7 +176,5 @@ class ServerOptionsTests(SynchronousTestCase):
         internal = {"inherit", "parent-pid"}
         options = [o[0] for o in Options.optFlags + Options.optParameters]
         self.assertIn("max-http-connections", options)
-        missing = [
-            o for o in options if o not in internal and f"``--{o}" not in text
-        ]
+        missing = [o for o in options if o not in internal and f"``--{o}" not in text]
         self.assertEqual(missing, [])

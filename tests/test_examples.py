@@ -88,7 +88,9 @@ class NodeExampleTests(TestCase):
         self.assertEqual(code, 0, err)
         failing = out.decode().strip()
 
-        out, err, code = await self.node("worker.js", "--concurrency", "2", MAX_JOBS="5")
+        out, err, code = await self.node(
+            "worker.js", "--concurrency", "2", MAX_JOBS="5"
+        )
         self.assertEqual(code, 0, err)
         for job_id in ids:
             job = await self.server.store.get_job("default", job_id)

@@ -305,7 +305,6 @@ class ConnectionAbuseTests(SynchronousTestCase):
         self.assertTrue(lines[2].startswith(b'OK {"id"'), lines)
         self.check_canary()
 
-
     def test_max_http_connections(self) -> None:
         """
         At --max-http-connections, a new HTTP connection is answered 503
@@ -346,7 +345,9 @@ class ConnectionAbuseTests(SynchronousTestCase):
             late = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
             status, body = get(late, "/healthz")
             late.close()
-            self.assertEqual((status, body["error"]["code"]), (503, "too_many_connections"))
+            self.assertEqual(
+                (status, body["error"]["code"]), (503, "too_many_connections")
+            )
         # The clients already connected are served: a long poll gets the job
         # a TCP worker pushes, and acks it; the keep-alive client reads.
         pusher = WireClient("127.0.0.1", server.port)
@@ -395,11 +396,14 @@ class ConnectionAbuseTests(SynchronousTestCase):
             s.close()
 
         def served() -> bool:
-            fresh = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+            fresh = http.client.HTTPConnection(
+                "127.0.0.1", server.http_port, timeout=10
+            )
             try:
                 return get(fresh, "/healthz")[0] == 200
             finally:
                 fresh.close()
+
         wait_for(served, 10)
         self.assertEqual(get(client, "/healthz")[0], 200)
         self.check_canary()

@@ -579,7 +579,9 @@ class AckDuringOutageTests(SynchronousTestCase):
         self.assertEqual(
             (summary["totals"]["processed"], summary["totals"]["failed"]), (3, 1)
         )
-        self.assertEqual((summary["sizes"]["running"], summary["sizes"]["dead"]), (0, 1))
+        self.assertEqual(
+            (summary["sizes"]["running"], summary["sizes"]["dead"]), (0, 1)
+        )
 
     def test_connection_stops_waiting(self) -> None:
         """
@@ -640,10 +642,14 @@ class AckDuringOutageTests(SynchronousTestCase):
         time.sleep(max(0.0, 6 - (time.monotonic() - frozen_at)))
         self.thaw()
         thawed_at = time.monotonic()
-        wait_drained(self.server, self.server.store(), ids, timeout=20, describe=pool.all_logs)
+        wait_drained(
+            self.server, self.server.store(), ids, timeout=20, describe=pool.all_logs
+        )
         stored_s = time.monotonic() - thawed_at
         # Each job ran once, as its first attempt.
-        self.assertEqual(sorted((i, a) for i, a, _ in ledger.runs()), [(i, 1) for i in sorted(ids)])
+        self.assertEqual(
+            sorted((i, a) for i, a, _ in ledger.runs()), [(i, 1) for i in sorted(ids)]
+        )
         states = read_jobs(self.server.store(), self.server, ids)
         self.assertEqual(set(states.values()), {("completed", 1)})
         logs = "".join(tail(path, 400) for path in pool.logs.values())
@@ -657,8 +663,7 @@ class AckDuringOutageTests(SynchronousTestCase):
         # Settled at a later try: stored, or (a timed-out try stored late)
         # refused.
         tries = [
-            int(n)
-            for n in re.findall(r"its ACK (?:was stored )?at try (\d+)", logs)
+            int(n) for n in re.findall(r"its ACK (?:was stored )?at try (\d+)", logs)
         ]
         self.assertEqual(len(tries), len(ids), logs)
         report(

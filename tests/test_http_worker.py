@@ -167,52 +167,81 @@ class PushTests(WorkerAPITestCase):
         self.assertEqual((stored["state"], stored["args"]), ("queued", {"to": "a@b"}))
 
     async def test_push_generates_an_id(self) -> None:
-        response = await self.http.post("/api/v1/jobs", body={"type": "t", "queue": "q"})
+        response = await self.http.post(
+            "/api/v1/jobs", body={"type": "t", "queue": "q"}
+        )
         self.assertEqual(response.code, 201)
         stored = await self.server.store.get_job("q", response.json["id"])
         self.assertEqual(stored["type"], "t")
 
     async def test_push_is_idempotent(self) -> None:
         await self.push({"type": "t", "id": "same"})
-        response = await self.http.post("/api/v1/jobs", body={"type": "other", "id": "same"})
-        self.assertEqual((response.code, response.json), (200, {"id": "same", "created": False}))
+        response = await self.http.post(
+            "/api/v1/jobs", body={"type": "other", "id": "same"}
+        )
+        self.assertEqual(
+            (response.code, response.json), (200, {"id": "same", "created": False})
+        )
         stored = await self.server.store.get_job("default", "same")
         self.assertEqual(stored["type"], "t")
-        self.assertEqual((await self.server.store.queue_sizes("default"))["sizes"]["queued"], 1)
+        self.assertEqual(
+            (await self.server.store.queue_sizes("default"))["sizes"]["queued"], 1
+        )
 
     async def test_batch(self) -> None:
         await self.push({"type": "t", "id": "old"})
         response = await self.http.post(
             "/api/v1/jobs",
-            body=[{"type": "a", "id": "old"}, {"type": "b", "id": "new", "queue": "other"}, {"type": "c"}],
+            body=[
+                {"type": "a", "id": "old"},
+                {"type": "b", "id": "new", "queue": "other"},
+                {"type": "c"},
+            ],
         )
         self.assertEqual(response.code, 201)
         self.assertEqual(response.json["ids"][:2], ["old", "new"])
         self.assertEqual(response.json["created"], [False, True, True])
         await self.server.store.get_job("other", "new")
         again = await self.http.post("/api/v1/jobs", body=[{"type": "a", "id": "old"}])
-        self.assertEqual((again.code, again.json), (200, {"ids": ["old"], "created": [False]}))
+        self.assertEqual(
+            (again.code, again.json), (200, {"ids": ["old"], "created": [False]})
+        )
 
     async def test_batch_all_or_nothing(self) -> None:
-        response = await self.http.post("/api/v1/jobs", body=[{"type": "a"}, {"type": "b", "colour": 1}])
+        response = await self.http.post(
+            "/api/v1/jobs", body=[{"type": "a"}, {"type": "b", "colour": 1}]
+        )
         self.assertEqual(response.code, 400)
         error = response.json["error"]
-        self.assertEqual((error["code"], error["index"], error["field"]), ("invalid_job", 1, "colour"))
+        self.assertEqual(
+            (error["code"], error["index"], error["field"]),
+            ("invalid_job", 1, "colour"),
+        )
         self.assertEqual((await self.server.store.queue_sizes("default"))["pushed"], 0)
 
     async def test_empty_batch(self) -> None:
         response = await self.http.post("/api/v1/jobs", body=[])
-        self.assertEqual((response.code, response.json["error"]["code"]), (400, "invalid_request"))
+        self.assertEqual(
+            (response.code, response.json["error"]["code"]), (400, "invalid_request")
+        )
 
     async def test_invalid_jobs(self) -> None:
-        for body, field in (({"type": ""}, "type"), ({"type": "t", "queue": "a b"}, "queue"), ({"type": "t", "delay": -1}, "delay")):
+        for body, field in (
+            ({"type": ""}, "type"),
+            ({"type": "t", "queue": "a b"}, "queue"),
+            ({"type": "t", "delay": -1}, "delay"),
+        ):
             response = await self.http.post("/api/v1/jobs", body=body)
             self.assertEqual(response.code, 400, response)
             self.assertEqual(response.json["error"]["code"], "invalid_job")
             self.assertEqual(response.json["error"]["field"], field)
         for body in (b"5", b"null", b'"job"', b""):
             response = await raw_post(self.http, "/api/v1/jobs", body)
-            self.assertEqual((response.code, response.json["error"]["code"]), (400, "invalid_job"), body)
+            self.assertEqual(
+                (response.code, response.json["error"]["code"]),
+                (400, "invalid_job"),
+                body,
+            )
 
     async def test_malformed_json(self) -> None:
         for body in (b"{not json", b'{"type": "t"', b"\xff\xfe"):
@@ -222,8 +251,12 @@ class PushTests(WorkerAPITestCase):
             self.assertEqual(response.json["error"]["code"], "malformed_json")
 
     async def test_too_large(self) -> None:
-        response = await self.http.post("/api/v1/jobs", body={"type": "t", "args": "x" * 3000})
-        self.assertEqual((response.code, response.json["error"]["code"]), (413, "frame_too_large"))
+        response = await self.http.post(
+            "/api/v1/jobs", body={"type": "t", "args": "x" * 3000}
+        )
+        self.assertEqual(
+            (response.code, response.json["error"]["code"]), (413, "frame_too_large")
+        )
         batch = [{"type": "t", "args": "x" * 500} for _ in range(5)]
         response = await self.http.post("/api/v1/jobs", body=batch)
         self.assertEqual(response.code, 413)
@@ -236,10 +269,19 @@ class LongPollTests(WorkerAPITestCase):
         started = reactor.seconds()
         response = await self.http.get(NEXT, params={"worker": "w1"})
         self.assertLess(reactor.seconds() - started, 0.5)
-        self.assertEqual((response.code, response.content_type), (200, "application/json"))
+        self.assertEqual(
+            (response.code, response.content_type), (200, "application/json")
+        )
         job = response.json
         self.assertEqual(
-            (job["id"], job["type"], job["queue"], job["args"], job["meta"], job["attempt"]),
+            (
+                job["id"],
+                job["type"],
+                job["queue"],
+                job["args"],
+                job["meta"],
+                job["attempt"],
+            ),
             ("j", "email", "default", [1], {"k": 1}, 1),
         )
         self.assertTrue(job["lease"].endswith("@default"), job["lease"])
@@ -287,7 +329,9 @@ class LongPollTests(WorkerAPITestCase):
         self.assertLess(reactor.seconds() - pushed_at, 0.2)
 
     async def test_queue_preference(self) -> None:
-        await self.push([{"type": "t", "id": "d1"}, {"type": "t", "id": "h1", "queue": "high"}])
+        await self.push(
+            [{"type": "t", "id": "d1"}, {"type": "t", "id": "h1", "queue": "high"}]
+        )
         first = await self.next_job(queues="high,default")
         second = await self.next_job(queues="high,default")
         self.assertEqual([first["id"], second["id"]], ["h1", "d1"])
@@ -322,15 +366,34 @@ class LongPollTests(WorkerAPITestCase):
         self.assertEqual(stored["state"], "queued")
 
     async def test_recent_pollers(self) -> None:
-        poll = start(self.http.get(NEXT, params={"wait": "30", "worker": "rp", "queues": "q1,q2"}))
+        poll = start(
+            self.http.get(
+                NEXT, params={"wait": "30", "worker": "rp", "queues": "q1,q2"}
+            )
+        )
         await until(lambda: "rp" in self.pollers())
         waiting = self.pollers()["rp"]
         self.assertEqual(
             set(waiting),
-            {"kind", "name", "queues", "since", "last_seen", "waiting", "jobs_in_hand", "jobs"},
+            {
+                "kind",
+                "name",
+                "queues",
+                "since",
+                "last_seen",
+                "waiting",
+                "jobs_in_hand",
+                "jobs",
+            },
         )
         self.assertEqual(
-            (waiting["kind"], waiting["queues"], waiting["waiting"], waiting["jobs_in_hand"], waiting["jobs"]),
+            (
+                waiting["kind"],
+                waiting["queues"],
+                waiting["waiting"],
+                waiting["jobs_in_hand"],
+                waiting["jobs"],
+            ),
             ("http", ["q1", "q2"], 1, 0, []),
         )
         self.assertRegex(waiting["since"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -341,7 +404,9 @@ class LongPollTests(WorkerAPITestCase):
             (holding["waiting"], holding["jobs_in_hand"], holding["jobs"]),
             (0, 1, [{"id": "x", "queue": "q2"}]),
         )
-        response = await self.http.post("/api/v1/jobs/x/ack", body={"lease": job["lease"]})
+        response = await self.http.post(
+            "/api/v1/jobs/x/ack", body={"lease": job["lease"]}
+        )
         self.assertEqual(response.code, 200)
         self.assertEqual(self.pollers()["rp"]["jobs_in_hand"], 0)
 
@@ -350,7 +415,9 @@ class LongPollTests(WorkerAPITestCase):
         await until(lambda: len(self.polls()) == 1)
         self.dispatcher.quiet()
         response = await poll
-        self.assertEqual((response.code, response.json["error"]["code"]), (503, "shutting_down"))
+        self.assertEqual(
+            (response.code, response.json["error"]["code"]), (503, "shutting_down")
+        )
         response = await self.http.get(NEXT)
         self.assertEqual(response.code, 503)
 
@@ -396,12 +463,15 @@ class BatchTests(WorkerAPITestCase):
     async def test_acks(self) -> None:
         await self.push([{"type": "t", "id": f"a{i}"} for i in range(3)])
         jobs = (await self.http.get(NEXT, params={"count": "3"})).json
-        response = await self.http.post("/api/v1/acks", body=[
-            {"id": jobs[0]["id"], "lease": jobs[0]["lease"], "result": [1]},
-            {"id": jobs[1]["id"], "lease": "not-a-lease"},
-            {"id": jobs[2]["id"], "lease": jobs[2]["lease"]},
-            {"id": jobs[0]["id"], "lease": jobs[0]["lease"]},
-        ])
+        response = await self.http.post(
+            "/api/v1/acks",
+            body=[
+                {"id": jobs[0]["id"], "lease": jobs[0]["lease"], "result": [1]},
+                {"id": jobs[1]["id"], "lease": "not-a-lease"},
+                {"id": jobs[2]["id"], "lease": jobs[2]["lease"]},
+                {"id": jobs[0]["id"], "lease": jobs[0]["lease"]},
+            ],
+        )
         self.assertEqual(response.code, 200, response)
         results = response.json["results"]
         self.assertEqual(results[0], {"id": "a0"})
@@ -409,7 +479,13 @@ class BatchTests(WorkerAPITestCase):
         self.assertEqual(results[2], {"id": "a2"})
         # The same job twice in one batch: one of the two acks wins.
         self.assertEqual(
-            sorted([results[0].get("error", {}).get("code"), results[3].get("error", {}).get("code")], key=str),
+            sorted(
+                [
+                    results[0].get("error", {}).get("code"),
+                    results[3].get("error", {}).get("code"),
+                ],
+                key=str,
+            ),
             sorted([None, "lease_lost"], key=str),
         )
         stored = await self.server.store.get_job("default", "a0")
@@ -528,35 +604,52 @@ class FinishTests(WorkerAPITestCase):
     async def take(self, **job: Any) -> dict[str, Any]:
         job.setdefault("type", "t")
         await self.push(job)
-        return await self.next_job(worker="finisher", queues=job.get("queue", "default"))
+        return await self.next_job(
+            worker="finisher", queues=job.get("queue", "default")
+        )
 
     async def test_ack(self) -> None:
         job = await self.take(id="a")
-        response = await self.http.post("/api/v1/jobs/a/ack", body={"lease": job["lease"], "result": {"n": [42]}})
+        response = await self.http.post(
+            "/api/v1/jobs/a/ack", body={"lease": job["lease"], "result": {"n": [42]}}
+        )
         self.assertEqual((response.code, response.json), (200, {"id": "a"}))
         self.assertEqual(response.content_type, "application/json")
         stored = await self.server.store.get_job("default", "a")
-        self.assertEqual((stored["state"], stored["result"]), ("completed", {"n": [42]}))
+        self.assertEqual(
+            (stored["state"], stored["result"]), ("completed", {"n": [42]})
+        )
         again = await self.http.post("/api/v1/jobs/a/ack", body={"lease": job["lease"]})
         self.assertEqual(again.code, 409)
-        self.assertEqual(again.json["error"], {
-            "code": "lease_lost",
-            "message": "the lease on job 'a' expired or was revoked",
-            "id": "a",
-        })
+        self.assertEqual(
+            again.json["error"],
+            {
+                "code": "lease_lost",
+                "message": "the lease on job 'a' expired or was revoked",
+                "id": "a",
+            },
+        )
 
     async def test_ack_without_result(self) -> None:
         job = await self.take(id="a", queue="other")
-        response = await raw_post(self.http, "/api/v1/jobs/a/ack", json.dumps({"lease": job["lease"]}).encode())
+        response = await raw_post(
+            self.http,
+            "/api/v1/jobs/a/ack",
+            json.dumps({"lease": job["lease"]}).encode(),
+        )
         self.assertEqual(response.code, 200)
         stored = await self.server.store.get_job("other", "a")
         self.assertEqual((stored["state"], stored["result"]), ("completed", None))
 
     async def test_id_with_a_slash(self) -> None:
         job = await self.take(id="user/42")
-        response = await self.http.post("/api/v1/jobs/user%2F42/extend", body={"lease": job["lease"], "seconds": 10})
+        response = await self.http.post(
+            "/api/v1/jobs/user%2F42/extend", body={"lease": job["lease"], "seconds": 10}
+        )
         self.assertEqual((response.code, response.json["id"]), (200, "user/42"))
-        response = await self.http.post("/api/v1/jobs/user/42/ack", body={"lease": job["lease"]})
+        response = await self.http.post(
+            "/api/v1/jobs/user/42/ack", body={"lease": job["lease"]}
+        )
         self.assertEqual((response.code, response.json), (200, {"id": "user/42"}))
 
     async def test_bad_leases(self) -> None:
@@ -564,51 +657,92 @@ class FinishTests(WorkerAPITestCase):
         for body in ({}, {"lease": 5}, {"lease": ""}, {"result": 1}):
             response = await self.http.post("/api/v1/jobs/b/ack", body=body)
             self.assertEqual(response.code, 400, body)
-            self.assertEqual((response.json["error"]["code"], response.json["error"]["field"]), ("invalid_request", "lease"))
-        for lease in ("nonsense", "abc@", "@default", "abc@bad queue", "x" + job["lease"]):
+            self.assertEqual(
+                (response.json["error"]["code"], response.json["error"]["field"]),
+                ("invalid_request", "lease"),
+            )
+        for lease in (
+            "nonsense",
+            "abc@",
+            "@default",
+            "abc@bad queue",
+            "x" + job["lease"],
+        ):
             response = await self.http.post("/api/v1/jobs/b/ack", body={"lease": lease})
-            self.assertEqual((response.code, response.json["error"]["code"]), (409, "lease_lost"), lease)
+            self.assertEqual(
+                (response.code, response.json["error"]["code"]),
+                (409, "lease_lost"),
+                lease,
+            )
         # A lease naming another queue sends the ack there, where no such
         # job is.
         other = job["lease"].replace("@default", "@other")
         response = await self.http.post("/api/v1/jobs/b/ack", body={"lease": other})
-        self.assertEqual((response.code, response.json["error"]["code"]), (404, "not_found"))
+        self.assertEqual(
+            (response.code, response.json["error"]["code"]), (404, "not_found")
+        )
         for body in (b"[1]", b"5", b"{nope"):
             response = await raw_post(self.http, "/api/v1/jobs/b/ack", body)
             self.assertEqual(response.code, 400, body)
         # None of that touched the job.
-        response = await self.http.post("/api/v1/jobs/b/ack", body={"lease": job["lease"]})
+        response = await self.http.post(
+            "/api/v1/jobs/b/ack", body={"lease": job["lease"]}
+        )
         self.assertEqual(response.code, 200)
 
     async def test_unknown_job(self) -> None:
         job = await self.take(id="c")
         for action, body in (("ack", {}), ("fail", {}), ("extend", {"seconds": 5})):
-            response = await self.http.post(f"/api/v1/jobs/nope/{action}", body={"lease": job["lease"], **body})
-            self.assertEqual((response.code, response.json["error"]["code"]), (404, "not_found"), action)
+            response = await self.http.post(
+                f"/api/v1/jobs/nope/{action}", body={"lease": job["lease"], **body}
+            )
+            self.assertEqual(
+                (response.code, response.json["error"]["code"]),
+                (404, "not_found"),
+                action,
+            )
 
     async def test_fail_then_retry_then_dead(self) -> None:
         job = await self.take(id="f", max_attempts=2)
         response = await self.http.post(
             "/api/v1/jobs/f/fail",
-            body={"lease": job["lease"], "error": {"type": "Boom", "message": "no", "backtrace": ["x.py:1"]}, "retry_in": 0},
+            body={
+                "lease": job["lease"],
+                "error": {"type": "Boom", "message": "no", "backtrace": ["x.py:1"]},
+                "retry_in": 0,
+            },
         )
         self.assertEqual(response.code, 200)
-        self.assertEqual((response.json["id"], response.json["state"]), ("f", "retrying"))
+        self.assertEqual(
+            (response.json["id"], response.json["state"]), ("f", "retrying")
+        )
         self.assertRegex(response.json["run_at"], r"^\d{4}-\d\d-\d\dT")
         job = await self.next_job(wait="1", worker="finisher")
         self.assertEqual((job["id"], job["attempt"]), ("f", 2))
-        response = await self.http.post("/api/v1/jobs/f/fail", body={"lease": job["lease"], "error": {"message": "again"}})
-        self.assertEqual((response.code, response.json), (200, {"id": "f", "state": "dead"}))
+        response = await self.http.post(
+            "/api/v1/jobs/f/fail",
+            body={"lease": job["lease"], "error": {"message": "again"}},
+        )
+        self.assertEqual(
+            (response.code, response.json), (200, {"id": "f", "state": "dead"})
+        )
         stored = await self.server.store.get_job("default", "f")
         self.assertEqual(stored["state"], "dead")
         errors = stored["errors"]
         self.assertEqual([e["message"] for e in errors], ["again", "no"])
-        self.assertEqual((errors[1]["type"], errors[1]["backtrace"], errors[1]["worker"]), ("Boom", ["x.py:1"], "finisher"))
+        self.assertEqual(
+            (errors[1]["type"], errors[1]["backtrace"], errors[1]["worker"]),
+            ("Boom", ["x.py:1"], "finisher"),
+        )
 
     async def test_fail_without_retry(self) -> None:
         job = await self.take(id="g")
-        response = await self.http.post("/api/v1/jobs/g/fail", body={"lease": job["lease"], "retry": False})
-        self.assertEqual((response.code, response.json), (200, {"id": "g", "state": "dead"}))
+        response = await self.http.post(
+            "/api/v1/jobs/g/fail", body={"lease": job["lease"], "retry": False}
+        )
+        self.assertEqual(
+            (response.code, response.json), (200, {"id": "g", "state": "dead"})
+        )
 
     async def test_fail_checks_its_fields(self) -> None:
         job = await self.take(id="h")
@@ -619,22 +753,36 @@ class FinishTests(WorkerAPITestCase):
             ({"retry_in": True}, "retry_in"),
             ({"retry": "no"}, "retry"),
         ):
-            response = await self.http.post("/api/v1/jobs/h/fail", body={"lease": job["lease"], **body})
+            response = await self.http.post(
+                "/api/v1/jobs/h/fail", body={"lease": job["lease"], **body}
+            )
             self.assertEqual(response.code, 400, body)
-            self.assertEqual((response.json["error"]["code"], response.json["error"]["field"]), ("invalid_request", field))
+            self.assertEqual(
+                (response.json["error"]["code"], response.json["error"]["field"]),
+                ("invalid_request", field),
+            )
         stored = await self.server.store.get_job("default", "h")
         self.assertEqual(stored["state"], "running")
 
     async def test_extend(self) -> None:
         job = await self.take(id="e", timeout=0.5)
-        response = await self.http.post("/api/v1/jobs/e/extend", body={"lease": job["lease"], "seconds": 30})
+        response = await self.http.post(
+            "/api/v1/jobs/e/extend", body={"lease": job["lease"], "seconds": 30}
+        )
         self.assertEqual(response.code, 200)
         self.assertEqual(set(response.json), {"id", "expires_at"})
         for seconds in (0, -1, "5", None, 7 * 86400 + 1):
-            bad = await self.http.post("/api/v1/jobs/e/extend", body={"lease": job["lease"], "seconds": seconds})
-            self.assertEqual((bad.code, bad.json["error"]["field"]), (400, "seconds"), seconds)
+            bad = await self.http.post(
+                "/api/v1/jobs/e/extend",
+                body={"lease": job["lease"], "seconds": seconds},
+            )
+            self.assertEqual(
+                (bad.code, bad.json["error"]["field"]), (400, "seconds"), seconds
+            )
         await sleep(1.0)
-        response = await self.http.post("/api/v1/jobs/e/ack", body={"lease": job["lease"]})
+        response = await self.http.post(
+            "/api/v1/jobs/e/ack", body={"lease": job["lease"]}
+        )
         self.assertEqual(response.code, 200)
 
     async def test_expired_lease_is_lost(self) -> None:
@@ -642,10 +790,18 @@ class FinishTests(WorkerAPITestCase):
         # The sweep (every 0.2 s) takes the job back once its lease expires.
         await until(lambda: self.state_is("default", "x", "queued"))
         for action, body in (("extend", {"seconds": 5}), ("fail", {}), ("ack", {})):
-            response = await self.http.post(f"/api/v1/jobs/x/{action}", body={"lease": job["lease"], **body})
-            self.assertEqual((response.code, response.json["error"]["code"]), (409, "lease_lost"), action)
+            response = await self.http.post(
+                f"/api/v1/jobs/x/{action}", body={"lease": job["lease"], **body}
+            )
+            self.assertEqual(
+                (response.code, response.json["error"]["code"]),
+                (409, "lease_lost"),
+                action,
+            )
         stored = await self.server.store.get_job("default", "x")
-        self.assertEqual((stored["state"], stored["errors"][0]["type"]), ("queued", "LeaseExpired"))
+        self.assertEqual(
+            (stored["state"], stored["errors"][0]["type"]), ("queued", "LeaseExpired")
+        )
         self.assertEqual(self.pollers()["finisher"]["jobs_in_hand"], 0)
 
     async def test_unacked_job_comes_back(self) -> None:
@@ -655,20 +811,28 @@ class FinishTests(WorkerAPITestCase):
         self.assertLess(reactor.seconds() - started, 1.0)
         self.assertEqual((second["id"], second["attempt"]), ("u", 2))
         self.assertNotEqual(second["lease"], first["lease"])
-        late = await self.http.post("/api/v1/jobs/u/ack", body={"lease": first["lease"]})
+        late = await self.http.post(
+            "/api/v1/jobs/u/ack", body={"lease": first["lease"]}
+        )
         self.assertEqual(late.code, 409)
-        response = await self.http.post("/api/v1/jobs/u/ack", body={"lease": second["lease"], "result": 1})
+        response = await self.http.post(
+            "/api/v1/jobs/u/ack", body={"lease": second["lease"], "result": 1}
+        )
         self.assertEqual(response.code, 200)
 
 
 class AuthTests(TestCase):
     async def setUp(self) -> None:
-        self.server = await ServerFixture(self, "--token", "w", "--admin-token", "a", "--poll-timeout", "1").start()
+        self.server = await ServerFixture(
+            self, "--token", "w", "--admin-token", "a", "--poll-timeout", "1"
+        ).start()
         self.port = self.server.http_port
 
     async def test_tokens(self) -> None:
         for token, code in ((None, 401), ("wrong", 401), ("w", 201), ("a", 201)):
-            response = await HTTP(self.port, token).post("/api/v1/jobs", body={"type": "t", "id": f"job-{token}"})
+            response = await HTTP(self.port, token).post(
+                "/api/v1/jobs", body={"type": "t", "id": f"job-{token}"}
+            )
             self.assertEqual(response.code, code, token)
             if code == 401:
                 self.assertEqual(response.json["error"]["code"], "unauthorized")
@@ -678,9 +842,13 @@ class AuthTests(TestCase):
             if code == 200:
                 job = response.json
                 for bad in (None, "wrong"):
-                    refused = await HTTP(self.port, bad).post(f"/api/v1/jobs/{job['id']}/ack", body={"lease": job["lease"]})
+                    refused = await HTTP(self.port, bad).post(
+                        f"/api/v1/jobs/{job['id']}/ack", body={"lease": job["lease"]}
+                    )
                     self.assertEqual(refused.code, 401)
-                acked = await HTTP(self.port, token).post(f"/api/v1/jobs/{job['id']}/ack", body={"lease": job["lease"]})
+                acked = await HTTP(self.port, token).post(
+                    f"/api/v1/jobs/{job['id']}/ack", body={"lease": job["lease"]}
+                )
                 self.assertEqual(acked.code, 200)
         self.assertEqual(self.server.service.dispatcher.consumers(), [])
 
@@ -707,7 +875,9 @@ class ShellWorkerTests(TestCase):
         env = {
             # python3 first from this interpreter's folder: quicker than a
             # version manager's shim, and surely there.
-            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            "PATH": os.path.dirname(sys.executable)
+            + os.pathsep
+            + os.environ.get("PATH", ""),
             "PROCESSION_URL": f"http://127.0.0.1:{server.http_port}",
             "WAIT": "1",
             **settings,
@@ -720,7 +890,9 @@ class ShellWorkerTests(TestCase):
         return err.decode()
 
     async def test_three_jobs(self) -> None:
-        server = await ServerFixture(self, "--token", "w", "--poll-timeout", "1").start()
+        server = await ServerFixture(
+            self, "--token", "w", "--poll-timeout", "1"
+        ).start()
         jobs = [
             {"type": "greet", "args": ["world"], "id": "s1"},
             {"type": "resize", "args": {"w": 3, "h": "it's"}, "id": "odd/id?#%"},
@@ -740,15 +912,24 @@ class ShellWorkerTests(TestCase):
         log = await worker
         for job in jobs:
             stored = await server.store.get_job("default", job["id"])
-            self.assertEqual((stored["state"], stored["worker"]), ("completed", "shell"), log)
-            self.assertEqual(stored["result"], f"{job['type']} {json.dumps(job['args'])}")
+            self.assertEqual(
+                (stored["state"], stored["worker"]), ("completed", "shell"), log
+            )
+            self.assertEqual(
+                stored["result"], f"{job['type']} {json.dumps(job['args'])}"
+            )
 
     async def test_failing_handler(self) -> None:
         server = await ServerFixture(self, "--poll-timeout", "1").start()
-        await HTTP(server.http_port).post("/api/v1/jobs", body={"type": "t", "id": "bad"})
+        await HTTP(server.http_port).post(
+            "/api/v1/jobs", body={"type": "t", "id": "bad"}
+        )
         await self.run_worker(server, MAX_JOBS="1", HANDLER="false")
         stored = await server.store.get_job("default", "bad")
-        self.assertEqual((stored["state"], stored["errors"][0]["type"]), ("retrying", "HandlerFailed"))
+        self.assertEqual(
+            (stored["state"], stored["errors"][0]["type"]),
+            ("retrying", "HandlerFailed"),
+        )
 
 
 class DocsTests(TestCase):
@@ -762,7 +943,9 @@ class DocsTests(TestCase):
             text = section_text(f.read(), ["Worker API"])
         session = [e for e in examples(text) if not e.command.startswith("export ")]
         self.assertGreater(len(session), 10)
-        server = await ServerFixture(self, "--token", "s3cret", "--poll-timeout", "1").start()
+        server = await ServerFixture(
+            self, "--token", "s3cret", "--poll-timeout", "1"
+        ).start()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PROCESSION_URL": f"http://127.0.0.1:{server.http_port}",
@@ -772,7 +955,9 @@ class DocsTests(TestCase):
         for example in session:
             self.assertTrue(example.command.startswith("curl "), example.command)
             actual = await run(example, env, seen)
-            self.assertEqual(len(actual), len(example.output), (example.command, actual))
+            self.assertEqual(
+                len(actual), len(example.output), (example.command, actual)
+            )
             for documented, line in zip(example.output, actual):
                 self.assertTrue(
                     same_line(documented, line, seen),

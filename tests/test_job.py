@@ -29,8 +29,15 @@ NOW = 1_800_000_000_000
 MAX = 1 << 20
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -44,7 +51,15 @@ class SubmissionTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         job = parse_submission({"type": "t"}, NOW, 1 << 20)
         self.assertEqual(
-            (job.queue, job.args, job.priority, job.max_attempts, job.timeout, job.meta, job.run_at),
+            (
+                job.queue,
+                job.args,
+                job.priority,
+                job.max_attempts,
+                job.timeout,
+                job.meta,
+                job.run_at,
+            ),
             ("default", "[]", 0, 25, 300.0, "", NOW),
         )
         self.assertEqual(len(job.id), 24)
@@ -63,7 +78,9 @@ class SubmissionTests(SynchronousTestCase):
         self.assertEqual(self.field_error(run_at="tomorrow"), "run_at")
         self.assertEqual(self.field_error(run_at="2026-01-01T00:00:00"), "run_at")
         self.assertEqual(self.field_error(delay=-1), "delay")
-        self.assertEqual(self.field_error(delay=1, run_at="2026-01-01T00:00:00Z"), "run_at")
+        self.assertEqual(
+            self.field_error(delay=1, run_at="2026-01-01T00:00:00Z"), "run_at"
+        )
         self.assertEqual(self.field_error(meta=[1]), "meta")
         self.assertEqual(self.field_error(colour="red"), "colour")
 
@@ -77,10 +94,17 @@ class SubmissionTests(SynchronousTestCase):
         self.assertEqual(error.code, "job_too_large")
 
     def test_schedule(self) -> None:
-        self.assertEqual(parse_submission({"type": "t", "delay": 1.5}, NOW, 1 << 20).run_at, NOW + 1500)
-        job = parse_submission({"type": "t", "run_at": "2027-01-15T08:00:00Z"}, NOW, 1 << 20)
+        self.assertEqual(
+            parse_submission({"type": "t", "delay": 1.5}, NOW, 1 << 20).run_at,
+            NOW + 1500,
+        )
+        job = parse_submission(
+            {"type": "t", "run_at": "2027-01-15T08:00:00Z"}, NOW, 1 << 20
+        )
         self.assertEqual(format_time(job.run_at), "2027-01-15T08:00:00.000Z")
-        job = parse_submission({"type": "t", "run_at": "2027-01-15T09:00:00+01:00"}, NOW, 1 << 20)
+        job = parse_submission(
+            {"type": "t", "run_at": "2027-01-15T09:00:00+01:00"}, NOW, 1 << 20
+        )
         self.assertEqual(format_time(job.run_at), "2027-01-15T08:00:00.000Z")
 
     @given(json_values)
@@ -103,33 +127,46 @@ class SubmissionTests(SynchronousTestCase):
 class ClaimedJobTests(SynchronousTestCase):
     def test_payload_is_json(self) -> None:
         job = parse_submission(
-            {"type": 'ty"pé', "args": {"a": [1, 2]}, "priority": -3, "meta": {"m": 1}, "id": "i"},
+            {
+                "type": 'ty"pé',
+                "args": {"a": [1, 2]},
+                "priority": -3,
+                "meta": {"m": 1},
+                "id": "i",
+            },
             NOW,
             MAX,
         )
         row = ["i", job.wire(NOW - 5), "2", "300.0", str(NOW)]
         claimed = ClaimedJob.from_claim(row, "default", "tok@default")
         payload = json.loads(claimed.payload)
-        self.assertEqual(payload, {
-            "id": "i",
-            "type": 'ty"pé',
-            "queue": "default",
-            "args": {"a": [1, 2]},
-            "priority": -3,
-            "attempt": 2,
-            "max_attempts": 25,
-            "timeout": 300,
-            "created_at": format_time(NOW - 5),
-            "enqueued_at": format_time(NOW),
-            "lease": "tok@default",
-            "meta": {"m": 1},
-        })
-        self.assertEqual((claimed.id, claimed.queue, claimed.attempt), ("i", "default", 2))
+        self.assertEqual(
+            payload,
+            {
+                "id": "i",
+                "type": 'ty"pé',
+                "queue": "default",
+                "args": {"a": [1, 2]},
+                "priority": -3,
+                "attempt": 2,
+                "max_attempts": 25,
+                "timeout": 300,
+                "created_at": format_time(NOW - 5),
+                "enqueued_at": format_time(NOW),
+                "lease": "tok@default",
+                "meta": {"m": 1},
+            },
+        )
+        self.assertEqual(
+            (claimed.id, claimed.queue, claimed.attempt), ("i", "default", 2)
+        )
 
     @given(
         st.text(min_size=1, max_size=20),
         json_values,
-        st.one_of(st.none(), st.dictionaries(st.text(max_size=8), json_values, max_size=3)),
+        st.one_of(
+            st.none(), st.dictionaries(st.text(max_size=8), json_values, max_size=3)
+        ),
         st.floats(min_value=0.001, max_value=86400),
         st.integers(min_value=1, max_value=1000),
     )
@@ -145,9 +182,17 @@ class ClaimedJobTests(SynchronousTestCase):
         except InvalidJob:
             return
         row = [job.id, job.wire(NOW), str(attempt), repr(job.timeout), str(NOW + 1)]
-        payload = json.loads(ClaimedJob.from_claim(row, job.queue, "x@" + job.queue).payload)
+        payload = json.loads(
+            ClaimedJob.from_claim(row, job.queue, "x@" + job.queue).payload
+        )
         self.assertEqual(
-            (payload["type"], payload["args"], payload.get("meta"), payload["timeout"], payload["attempt"]),
+            (
+                payload["type"],
+                payload["args"],
+                payload.get("meta"),
+                payload["timeout"],
+                payload["attempt"],
+            ),
             (jtype, json.loads(job.args), meta, job.timeout, attempt),
         )
 
@@ -167,11 +212,17 @@ class BatchTests(SynchronousTestCase):
 
     def test_names_the_bad_job(self) -> None:
         error = self.assertRaises(
-            InvalidJob, parse_batch, [{"type": "a"}, {"type": "b", "queue": "no way"}], NOW, 1 << 20
+            InvalidJob,
+            parse_batch,
+            [{"type": "a"}, {"type": "b", "queue": "no way"}],
+            NOW,
+            1 << 20,
         )
         self.assertEqual((error.details["index"], error.details["field"]), (1, "queue"))
         self.assertTrue(error.message.startswith("job 1: "))
-        error = self.assertRaises(JobTooLarge, parse_batch, [{"type": "a", "args": "x" * 2000}], NOW, 1000)
+        error = self.assertRaises(
+            JobTooLarge, parse_batch, [{"type": "a", "args": "x" * 2000}], NOW, 1000
+        )
         self.assertEqual(error.details["index"], 0)
 
     def test_not_a_batch(self) -> None:
@@ -206,20 +257,43 @@ class WorkerRequestTests(SynchronousTestCase):
         self.assertEqual((report.retry_in, report.retry), (None, True))
         self.assertEqual(
             json.loads(report.error),
-            {"type": "Error", "message": "", "backtrace": [], "worker": "w#1", "at": NOW},
+            {
+                "type": "Error",
+                "message": "",
+                "backtrace": [],
+                "worker": "w#1",
+                "at": NOW,
+            },
         )
 
     def test_failure(self) -> None:
         report = parse_failure(
-            {"error": {"type": "Boom", "message": "m" * 5000, "backtrace": ["a", "b"], "extra": 1},
-             "retry_in": 2.5, "retry": False},
-            "w", NOW,
+            {
+                "error": {
+                    "type": "Boom",
+                    "message": "m" * 5000,
+                    "backtrace": ["a", "b"],
+                    "extra": 1,
+                },
+                "retry_in": 2.5,
+                "retry": False,
+            },
+            "w",
+            NOW,
         )
         self.assertEqual((report.retry_in, report.retry), (2.5, False))
         record = json.loads(report.error)
-        self.assertEqual((record["type"], len(record["message"]), record["backtrace"]), ("Boom", 4096, ["a", "b"]))
+        self.assertEqual(
+            (record["type"], len(record["message"]), record["backtrace"]),
+            ("Boom", 4096, ["a", "b"]),
+        )
         self.assertNotIn("extra", record)
-        self.assertEqual(json.loads(parse_failure({"error": {"backtrace": "x"}}, "w", NOW).error)["backtrace"], [])
+        self.assertEqual(
+            json.loads(parse_failure({"error": {"backtrace": "x"}}, "w", NOW).error)[
+                "backtrace"
+            ],
+            [],
+        )
 
     def test_failure_fields(self) -> None:
         for body, field in (
@@ -234,7 +308,13 @@ class WorkerRequestTests(SynchronousTestCase):
             error = self.assertRaises(InvalidRequest, parse_failure, body, "w", NOW)
             self.assertEqual(error.details["field"], field, body)
 
-    @given(st.dictionaries(st.sampled_from(["error", "retry_in", "retry", "x"]), json_values, max_size=4))
+    @given(
+        st.dictionaries(
+            st.sampled_from(["error", "retry_in", "retry", "x"]),
+            json_values,
+            max_size=4,
+        )
+    )
     def test_arbitrary_failures_never_crash(self, body) -> None:
         try:
             report = parse_failure(body, "w", NOW)
@@ -253,7 +333,14 @@ class WorkerRequestTests(SynchronousTestCase):
     def test_extend_seconds(self) -> None:
         self.assertEqual(parse_extend_seconds({"seconds": 30}), 30)
         self.assertEqual(parse_extend_seconds({"seconds": 0.5}), 0.5)
-        for body in ({}, {"seconds": 0}, {"seconds": -1}, {"seconds": "5"}, {"seconds": True},
-                     {"seconds": 7 * 86400 + 1}, {"seconds": float("nan")}):
+        for body in (
+            {},
+            {"seconds": 0},
+            {"seconds": -1},
+            {"seconds": "5"},
+            {"seconds": True},
+            {"seconds": 7 * 86400 + 1},
+            {"seconds": float("nan")},
+        ):
             error = self.assertRaises(InvalidRequest, parse_extend_seconds, body)
             self.assertEqual(error.details["field"], "seconds")

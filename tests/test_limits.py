@@ -95,9 +95,7 @@ class HTTPConnectionLimitTests(SynchronousTestCase):
         self.assertIn(b"\r\nConnection: close", head)
         self.assertIn(b"\r\nRetry-After: 1", head)
         self.assertIn(f"\r\nContent-Length: {len(body)}".encode(), head)
-        self.assertEqual(
-            json.loads(body)["error"]["code"], "too_many_connections"
-        )
+        self.assertEqual(json.loads(body)["error"]["code"], "too_many_connections")
         self.assertEqual(json.loads(body)["error"]["limit"], 2)
         refusal = self.limit.refusing.copy().pop()
         refusal.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -194,8 +192,12 @@ class RaiseDescriptorLimitTests(SynchronousTestCase):
         When the hard limit is below the need, the soft limit goes up to it,
         and the result says it is not enough.
         """
-        before, after, hard, enough, now = self.raise_in_child(5000, soft=256, hard=1000)
-        self.assertEqual((before, after, hard, enough, now), (256, 1000, 1000, False, 1000))
+        before, after, hard, enough, now = self.raise_in_child(
+            5000, soft=256, hard=1000
+        )
+        self.assertEqual(
+            (before, after, hard, enough, now), (256, 1000, 1000, False, 1000)
+        )
 
     def test_never_lowered(self) -> None:
         before, after, _, enough, now = self.raise_in_child(300, soft=900, hard=1000)

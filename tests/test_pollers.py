@@ -58,7 +58,10 @@ class PollersTests(SynchronousTestCase):
         self.pollers.poll_ended(poll)
         listed = self.listed()["w"]
         self.assertEqual((listed["waiting"], listed["jobs_in_hand"]), (0, 2))
-        self.assertEqual(listed["jobs"], [{"id": "j1", "queue": "default"}, {"id": "j2", "queue": "default"}])
+        self.assertEqual(
+            listed["jobs"],
+            [{"id": "j1", "queue": "default"}, {"id": "j2", "queue": "default"}],
+        )
         self.assertEqual(self.pollers.worker_of("l1@default"), "w")
         self.pollers.lease_ended("l1@default")
         self.assertEqual(self.listed()["w"]["jobs_in_hand"], 1)

@@ -43,7 +43,9 @@ class HandshakeTests(TestCase):
     async def test_hello_needs_a_name(self) -> None:
         client = await self.server.connect(worker=None)
         kind, body = await client.send("HELLO", {"worker": ""})
-        self.assertEqual((kind, body["code"], body["field"]), ("ERR", "invalid_request", "worker"))
+        self.assertEqual(
+            (kind, body["code"], body["field"]), ("ERR", "invalid_request", "worker")
+        )
 
 
 class TokenTests(TestCase):
@@ -95,7 +97,9 @@ class FramingTests(TestCase):
         ds = [self.client.send("", raw=b"PUSH " + f) for f in frames[:-1]]
         ds.append(self.client.send("PING"))
         replies = await defer.gatherResults(ds)
-        self.assertEqual([r[1]["id"] for r in replies[:-1]], [f"j{i}" for i in range(199)])
+        self.assertEqual(
+            [r[1]["id"] for r in replies[:-1]], [f"j{i}" for i in range(199)]
+        )
         self.assertEqual(replies[-1], ("OK", None))
 
 
@@ -105,28 +109,44 @@ class JobFlowTests(TestCase):
         self.client = await self.server.connect()
 
     async def test_push_consume_ack(self) -> None:
-        pushed = await self.client.ok("PUSH", {"type": "email", "args": {"to": "a@b"}, "meta": {"k": 1}})
+        pushed = await self.client.ok(
+            "PUSH", {"type": "email", "args": {"to": "a@b"}, "meta": {"k": 1}}
+        )
         self.assertTrue(pushed["created"])
         await self.client.ok("READY", {"queues": ["default"], "credit": 1})
         job = await self.client.next_job()
         self.assertEqual(job["id"], pushed["id"])
-        self.assertEqual((job["type"], job["args"], job["meta"], job["attempt"]), ("email", {"to": "a@b"}, {"k": 1}, 1))
-        self.assertEqual(await self.client.ok("ACK", {"id": job["id"], "result": [42]}), {"id": job["id"]})
+        self.assertEqual(
+            (job["type"], job["args"], job["meta"], job["attempt"]),
+            ("email", {"to": "a@b"}, {"k": 1}, 1),
+        )
+        self.assertEqual(
+            await self.client.ok("ACK", {"id": job["id"], "result": [42]}),
+            {"id": job["id"]},
+        )
         stored = await self.server.store.get_job("default", job["id"])
         self.assertEqual((stored["state"], stored["result"]), ("completed", [42]))
 
     async def test_duplicate_push(self) -> None:
         first = await self.client.ok("PUSH", {"type": "t", "id": "same"})
         second = await self.client.ok("PUSH", {"type": "other", "id": "same"})
-        self.assertEqual((first, second), ({"id": "same", "created": True}, {"id": "same", "created": False}))
+        self.assertEqual(
+            (first, second),
+            ({"id": "same", "created": True}, {"id": "same", "created": False}),
+        )
         sizes = await self.server.store.queue_sizes("default")
         self.assertEqual(sizes["sizes"]["queued"], 1)
 
     async def test_pushb_all_or_nothing(self) -> None:
         kind, body = await self.client.send("PUSHB", [{"type": "a"}, {"type": 5}])
-        self.assertEqual((kind, body["code"], body["index"], body["field"]), ("ERR", "invalid_job", 1, "type"))
+        self.assertEqual(
+            (kind, body["code"], body["index"], body["field"]),
+            ("ERR", "invalid_job", 1, "type"),
+        )
         self.assertEqual((await self.server.store.queue_sizes("default"))["pushed"], 0)
-        reply = await self.client.ok("PUSHB", [{"type": "a", "id": "x"}, {"type": "b", "queue": "other"}])
+        reply = await self.client.ok(
+            "PUSHB", [{"type": "a", "id": "x"}, {"type": "b", "queue": "other"}]
+        )
         self.assertEqual(len(reply["ids"]), 2)
         self.assertEqual(reply["ids"][0], "x")
 
@@ -190,11 +210,16 @@ class JobFlowTests(TestCase):
         await self.client.ok("PUSH", {"type": "t", "id": "f", "max_attempts": 2})
         await self.client.ok("READY", {"queues": ["default"], "credit": 1})
         await self.client.next_job()
-        reply = await self.client.ok("FAIL", {"id": "f", "error": {"type": "Boom", "message": "no"}, "retry_in": 0})
+        reply = await self.client.ok(
+            "FAIL",
+            {"id": "f", "error": {"type": "Boom", "message": "no"}, "retry_in": 0},
+        )
         self.assertEqual(reply["state"], "retrying")
         job = await self.client.next_job(timeout=3)
         self.assertEqual(job["attempt"], 2)
-        reply = await self.client.ok("FAIL", {"id": "f", "error": {"type": "Boom", "message": "again"}})
+        reply = await self.client.ok(
+            "FAIL", {"id": "f", "error": {"type": "Boom", "message": "again"}}
+        )
         self.assertEqual(reply, {"id": "f", "state": "dead"})
         stored = await self.server.store.get_job("default", "f")
         self.assertEqual([e["message"] for e in stored["errors"]], ["again", "no"])
@@ -203,7 +228,9 @@ class JobFlowTests(TestCase):
         await self.client.ok("PUSH", {"type": "t", "id": "f"})
         await self.client.ok("READY", {"queues": ["default"], "credit": 1})
         await self.client.next_job()
-        reply = await self.client.ok("FAIL", {"id": "f", "error": {"message": "fatal"}, "retry": False})
+        reply = await self.client.ok(
+            "FAIL", {"id": "f", "error": {"message": "fatal"}, "retry": False}
+        )
         self.assertEqual(reply["state"], "dead")
 
     async def test_extend(self) -> None:
@@ -291,7 +318,11 @@ class HalfCloseTests(TestCase):
         await client.ok("PUSH", {"type": "t", "id": "h"})
         await client.ok("READY", {"queues": ["default"], "credit": 1})
         await client.next_job()
-        replies = [client.send("ACK", {"id": "h"}), client.send("PING"), client.send("BYE")]
+        replies = [
+            client.send("ACK", {"id": "h"}),
+            client.send("PING"),
+            client.send("BYE"),
+        ]
         client.transport.loseWriteConnection()
         self.assertEqual(
             await defer.gatherResults(replies),

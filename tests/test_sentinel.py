@@ -144,7 +144,9 @@ class Node:
                     f"sentinel parallel-syncs {MASTER} 1\n"
                 )
                 if master_password is not None:
-                    f.write(f"sentinel auth-pass {MASTER} {json.dumps(master_password)}\n")
+                    f.write(
+                        f"sentinel auth-pass {MASTER} {json.dumps(master_password)}\n"
+                    )
                 if self.password is not None:
                     f.write(f"sentinel sentinel-pass {json.dumps(self.password)}\n")
             argv = [binary, conf, "--sentinel", *common]
@@ -323,7 +325,9 @@ class SentinelTests(SynchronousTestCase):
             producer.errors and time.monotonic() - producer.errors[-1][0] < 0.5
         ):
             self.assertIsNone(producer.failure)
-            self.assertLess(time.monotonic(), deadline, f"no recovery: {producer.errors[-3:]}")
+            self.assertLess(
+                time.monotonic(), deadline, f"no recovery: {producer.errors[-3:]}"
+            )
             time.sleep(0.01)
         recovered = max([e[0] for e in producer.errors] + [killed]) - killed
         producer.stop.set()
@@ -421,11 +425,15 @@ class SentinelTests(SynchronousTestCase):
         # replica (the sentinels reconfigure it within a few seconds).
         while True:
             self.assertIsNone(producer.failure)
-            self.assertLess(time.monotonic(), deadline, f"no recovery: {producer.errors[-3:]}")
+            self.assertLess(
+                time.monotonic(), deadline, f"no recovery: {producer.errors[-3:]}"
+            )
             if (
                 len(producer.acked) > acked_at_thaw + 500
                 and command(primary.port, "ROLE")[0] == "slave"
-                and not (producer.errors and time.monotonic() - producer.errors[-1][0] < 0.5)
+                and not (
+                    producer.errors and time.monotonic() - producer.errors[-1][0] < 0.5
+                )
             ):
                 break
             time.sleep(0.05)

@@ -78,9 +78,7 @@ def _environment() -> dict[str, str]:
     env = dict(os.environ)
     for name in ("PROCESSION_REDIS", "PROCESSION_TOKEN"):
         env.pop(name, None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (REPO, env.get("PYTHONPATH")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -458,14 +456,22 @@ class ServerProcessTests(SynchronousTestCase):
         for args, logged in (((), False), (("--http-access-log",), True)):
             namespace = "log" + uuid.uuid4().hex[:10]
             server = Server(
-                self, self.data_dir(), "--redis", redis.url, "--namespace", namespace, *args
+                self,
+                self.data_dir(),
+                "--redis",
+                redis.url,
+                "--namespace",
+                namespace,
+                *args,
             ).serving()
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{server.http_port}/healthz?probe=1", timeout=5
             ) as response:
                 self.assertEqual(response.status, 200)
             self.assertEqual(server.terminate()[0], 0)
-            self.assertEqual('"GET /healthz?probe=1 HTTP/1.1" 200' in server.output(), logged, args)
+            self.assertEqual(
+                '"GET /healthz?probe=1 HTTP/1.1" 200' in server.output(), logged, args
+            )
 
     def test_missing_redis_server_binary(self) -> None:
         """
@@ -485,8 +491,12 @@ class ServerProcessTests(SynchronousTestCase):
         """
         server = Server(self, self.data_dir(), "--sweep-interval", "0.2").serving()
         producer = server.client("producer")
-        self.assertEqual(producer.push(id="once", args=[1]), {"id": "once", "created": True})
-        self.assertEqual(producer.push(id="once", args=[2]), {"id": "once", "created": False})
+        self.assertEqual(
+            producer.push(id="once", args=[1]), {"id": "once", "created": True}
+        )
+        self.assertEqual(
+            producer.push(id="once", args=[2]), {"id": "once", "created": False}
+        )
         worker = server.client("worker")
         worker.ready(credit=5)
         job = worker.next_job(5)
@@ -533,9 +543,7 @@ def _redis_command(port: int, *words: str) -> list[str]:
             if lines[0].startswith(b"*"):
                 count = int(lines[0][1:])
                 if len(lines) >= 1 + 2 * max(count, 0) + 1:
-                    return [
-                        lines[2 + 2 * i].decode() for i in range(max(count, 0))
-                    ]
+                    return [lines[2 + 2 * i].decode() for i in range(max(count, 0))]
     raise AssertionError(f"bad Redis reply {data!r}")
 
 

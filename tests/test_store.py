@@ -52,9 +52,7 @@ class StoreTests(TestCase):
                 self.job(id="low2", priority=-1),
             ]
         )
-        claimed = await self.store.claim(
-            "default", [("w", f"l{i}") for i in range(10)]
-        )
+        claimed = await self.store.claim("default", [("w", f"l{i}") for i in range(10)])
         self.assertEqual(
             [j.id for j in claimed], ["high", "mid1", "mid2", "low1", "low2"]
         )
@@ -157,7 +155,9 @@ class StoreTests(TestCase):
         await self.store.push([self.job(id="a")])
         await self.store.claim("default", [("w", "l")])
         self.assertEqual(await self.store.cancel("default", "a"), "running")
-        self.assertEqual(await self.store.ack("default", [("a", "l", "")]), ["lease_lost"])
+        self.assertEqual(
+            await self.store.ack("default", [("a", "l", "")]), ["lease_lost"]
+        )
         with self.assertRaises(IllegalState):
             await self.store.cancel("default", "a")
         with self.assertRaises(JobNotFound):
@@ -195,9 +195,7 @@ class StoreTests(TestCase):
             [self.job(id=f"run{i}", timeout=5) for i in range(20)]
             + [self.job(id=f"done{i}") for i in range(20)]
         )
-        claimed = await self.store.claim(
-            "default", [("w", f"l{i}") for i in range(40)]
-        )
+        claimed = await self.store.claim("default", [("w", f"l{i}") for i in range(40)])
         done = [(j.id, j.lease, "") for j in claimed if j.id.startswith("done")]
         self.assertEqual(len(done), 20)
         await self.store.ack("default", done)
@@ -222,9 +220,7 @@ class StoreTests(TestCase):
         self.assertEqual(sizes["sizes"]["running"], 0)
         for i in range(20):
             job = await self.store.get_job("default", f"run{i}")
-            self.assertEqual(
-                [e["type"] for e in job["errors"]], ["LeaseExpired"], job
-            )
+            self.assertEqual([e["type"] for e in job["errors"]], ["LeaseExpired"], job)
             self.assertEqual(job["attempt"], 1)
         again = await self.store.claim("default", [("w", f"m{i}") for i in range(40)])
         self.assertEqual(
@@ -271,7 +267,9 @@ class ManagementReadTests(TestCase):
         await self.store.ack("default", [("x", "l1", "")])
         await self.store.fail("default", [("y", "l2", "{}", None, False)])
         self.clock.advance(3601)
-        self.assertEqual(await self.store.sweep("default", 100, 3600, 86400, 0), (0, 0, 2))
+        self.assertEqual(
+            await self.store.sweep("default", 100, 3600, 86400, 0), (0, 0, 2)
+        )
         self.assertEqual(await self.index(), [])
 
     async def test_listing_by_creation_then_id(self) -> None:
@@ -331,7 +329,9 @@ class ManagementReadTests(TestCase):
         self.assertEqual(await self.store.kill_all("default", "scheduled", batch=2), 5)
         self.assertEqual(await self.store.kill_all("default", "queued", batch=2), 3)
         sizes = (await self.store.summary("default")).sizes
-        self.assertEqual((sizes["dead"], sizes["queued"], sizes["scheduled"]), (8, 0, 0))
+        self.assertEqual(
+            (sizes["dead"], sizes["queued"], sizes["scheduled"]), (8, 0, 0)
+        )
         self.assertEqual(await self.store.retry_all("default", "dead", batch=3), 8)
         sizes = (await self.store.summary("default")).sizes
         self.assertEqual((sizes["dead"], sizes["queued"]), (0, 8))
@@ -342,7 +342,9 @@ class ManagementReadTests(TestCase):
             await self.store.kill_all("default", "running")
 
     async def test_locate(self) -> None:
-        await self.store.push([self.job(id="a", queue="q1"), self.job(id="b", queue="q2")])
+        await self.store.push(
+            [self.job(id="a", queue="q1"), self.job(id="b", queue="q2")]
+        )
         self.assertEqual(await self.store.locate("b"), "q2")
         with self.assertRaises(JobNotFound):
             await self.store.locate("c")
@@ -678,4 +680,6 @@ class FastConnectionTests(SynchronousTestCase):
         )
     )
     def test_replies(self, reply: Any) -> None:
-        self.assertEqual(self.fast.tryConvertData(reply), self.plain.tryConvertData(reply))
+        self.assertEqual(
+            self.fast.tryConvertData(reply), self.plain.tryConvertData(reply)
+        )

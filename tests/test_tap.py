@@ -59,7 +59,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, self.parse, "--fsync", "never")
         self.assertRaises(usage.UsageError, self.parse, "--max-frame", "0")
         options = Options()
-        self.assertRaises(usage.UsageError, options.parseOptions, ["--redis", "http://x"])
+        self.assertRaises(
+            usage.UsageError, options.parseOptions, ["--redis", "http://x"]
+        )
 
 
 class ScalingOptionsTests(SynchronousTestCase):
@@ -84,7 +86,11 @@ class ScalingOptionsTests(SynchronousTestCase):
         )
         defaults = self.parse()
         self.assertEqual(
-            (defaults["processes"], defaults["server-timeout"], defaults["replicas-ack"]),
+            (
+                defaults["processes"],
+                defaults["server-timeout"],
+                defaults["replicas-ack"],
+            ),
             (1, 10.0, 0),
         )
         for bad in (

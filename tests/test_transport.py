@@ -41,7 +41,9 @@ class WriteNowTests(TestCase):
     async def setUp(self) -> None:
         self.receiver = Collect()
         factory = protocol.Factory.forProtocol(lambda: self.receiver)
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            factory
+        )
         self.addCleanup(port.stopListening)
         self.sender = protocol.Protocol()
         await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(

@@ -25,7 +25,9 @@ def record(event: str) -> None:
     job = current_job()
     assert job is not None
     line = f"{event} {job.id} {job.attempt}\n".encode("ascii")
-    fd = os.open(os.environ["PROCESSION_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    fd = os.open(
+        os.environ["PROCESSION_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    )
     try:
         os.write(fd, line)
     finally:
