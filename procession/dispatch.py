@@ -152,10 +152,12 @@ class Coalescer:
     """
     Gathers calls into few calls, per queue: group commit.
 
-    A call made while no call of its queue is in flight goes at once, alone;
-    calls made while one is in flight wait for it and then go together, as
-    one.  So a lone push or ack costs no extra reactor turn, and under load
-    each queue has one script call in flight whose size follows the load.
+    A call made while fewer than C{in_flight} calls of its queue are on
+    their way goes at once, alone; calls made while that many are wait for
+    one to return and then go together, as one.  So a lone push or ack
+    costs no extra reactor turn, and under load each queue has a few script
+    calls in flight (Redis runs one while the server handles another's
+    answer) whose size follows the load.
 
     C{operation(queue, items)} must return a Deferred of one result per item.
     """
@@ -164,29 +166,31 @@ class Coalescer:
         self,
         reactor: IReactorTime,
         operation: Callable[[str, list[Any]], defer.Deferred[list[Any]]],
+        in_flight: int = 2,
     ) -> None:
         self._reactor = reactor
         self._operation = operation
-        # Per queue with a call in flight: the calls waiting for it.
+        self._limit = in_flight
+        # Per queue with calls in flight: how many, and the calls waiting.
+        self._sent: dict[str, int] = {}
         self._waiting: dict[str, list[tuple[Any, defer.Deferred[Any]]]] = {}
 
     def __call__(self, queue: str, item: Any) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
-        waiting = self._waiting.get(queue)
-        if waiting is None:
+        if self._sent.get(queue, 0) < self._limit:
             self._send(queue, [(item, d)])
         else:
-            waiting.append((item, d))
+            self._waiting.setdefault(queue, []).append((item, d))
         return d
 
     def idle(self, queue: str) -> bool:
         """
         Whether a call for C{queue} made now would go at once.
         """
-        return queue not in self._waiting
+        return self._sent.get(queue, 0) < self._limit
 
     def _send(self, queue: str, entries: list[tuple[Any, defer.Deferred[Any]]]) -> None:
-        self._waiting[queue] = []
+        self._sent[queue] = self._sent.get(queue, 0) + 1
         try:
             sent = self._operation(queue, [item for item, _ in entries])
         except BaseException:
@@ -200,7 +204,12 @@ class Coalescer:
         sent.addBoth(self._next, queue)
 
     def _next(self, _: None, queue: str) -> None:
-        waiting = self._waiting.pop(queue)
+        left = self._sent[queue] - 1
+        if left:
+            self._sent[queue] = left
+        else:
+            del self._sent[queue]
+        waiting = self._waiting.pop(queue, None)
         if waiting:
             self._send(queue, waiting)
 
@@ -269,10 +278,14 @@ class Dispatcher:
         self._sweeping = False
         self._sweeps = 0
         self._claims_in_flight: set[defer.Deferred[Any]] = set()
-        self._push = Coalescer(reactor, store.push_queue)
-        self._ack = Coalescer(reactor, store.ack)
-        self._fail = Coalescer(reactor, store.fail)
-        self._extend = Coalescer(reactor, store.extend)
+        # Calls of one queue on their way at once: a few when Redis runs
+        # them in the order sent; one when it may not (a pool of
+        # connections), so that a later call never overtakes an earlier.
+        in_flight = 2 if getattr(store, "in_order", True) else 1
+        self._push = Coalescer(reactor, store.push_queue, in_flight)
+        self._ack = Coalescer(reactor, store.ack, in_flight)
+        self._fail = Coalescer(reactor, store.fail, in_flight)
+        self._extend = Coalescer(reactor, store.extend, in_flight)
         self.pollers = Pollers(reactor)
 
     # -- life cycle
