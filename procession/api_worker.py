@@ -14,7 +14,8 @@ as the TCP protocol (L{procession.job}).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -340,7 +341,9 @@ class WorkerRoutes:
             raise InvalidRequest(
                 f"the body must be a JSON array of 1 to {MAX_ACK_BATCH} acks"
             )
-        acks = []
+        # Check every ack before any is made: a bad one refuses the batch.
+        # A lease this server cannot have issued is that ack's lease_lost.
+        acks: list[tuple[str, Callable[[], defer.Deferred[Any]]]] = []
         for index, item in enumerate(body):
             try:
                 if not isinstance(item, dict):
@@ -348,36 +351,22 @@ class WorkerRoutes:
                 job_id = item.get("id")
                 if not isinstance(job_id, str) or not job_id:
                     raise InvalidRequest("id must be the job's id", field="id")
-                lease = item.get("lease")
-                if not isinstance(lease, str) or not lease:
-                    raise InvalidRequest(
-                        "lease must be the job's lease token", field="lease"
-                    )
                 result = encode_result(item.get("result"))
+                try:
+                    lease, queue = lease_of(item, job_id)
+                except LeaseLost as e:
+                    acks.append((job_id, partial(defer.fail, e)))
+                    continue
             except InvalidRequest as e:
                 e.details["index"] = index
                 e.message = f"ack {index}: {e.message}"
                 raise
-            acks.append((job_id, lease, lease_queue(lease), result))
+            acks.append((job_id, partial(self._ack_one, job_id, lease, queue, result)))
         outcomes = await defer.DeferredList(
-            [
-                defer.Deferred.fromCoroutine(
-                    self._settled(
-                        lease, self.dispatcher.ack(queue, job_id, lease, result)
-                    )
-                )
-                if queue is not None
-                else defer.fail(
-                    LeaseLost(
-                        f"{lease[:64]!r} is not a lease on job {job_id!r}", id=job_id
-                    )
-                )
-                for job_id, lease, queue, result in acks
-            ],
-            consumeErrors=True,
+            [start() for _, start in acks], consumeErrors=True
         )
         results: list[dict[str, Any]] = []
-        for (job_id, _, _, _), (ok, outcome) in zip(acks, outcomes):
+        for (job_id, _), (ok, outcome) in zip(acks, outcomes):
             if ok:
                 results.append({"id": job_id})
                 continue
@@ -422,6 +411,13 @@ class WorkerRoutes:
             raise
         self.dispatcher.pollers.lease_extended(lease, expiry / 1000)
         return json_response(request, {"id": id, "expires_at": format_time(expiry)})
+
+    def _ack_one(
+        self, job_id: str, lease: str, queue: str, result: str
+    ) -> defer.Deferred[Any]:
+        return defer.Deferred.fromCoroutine(
+            self._settled(lease, self.dispatcher.ack(queue, job_id, lease, result))
+        )
 
     async def _settled(self, lease: str, d: defer.Deferred[Any]) -> Any:
         """

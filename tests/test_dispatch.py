@@ -239,7 +239,7 @@ class CoalescerTests(SynchronousTestCase):
             self.calls.append((queue, items, d))
             return d
 
-        self.coalescer = Coalescer(task.Clock(), operation, in_flight=2)
+        self.coalescer = Coalescer(operation, in_flight=2)
 
     def answer(self, index: int) -> None:
         _, items, d = self.calls[index]

@@ -277,6 +277,57 @@ class SentinelTests(SynchronousTestCase):
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
         return f"sentinel://{hosts}/{MASTER}/0"
 
+    def pushing(
+        self, sentinels: list[Node], redis_timeout: str, *args: str
+    ) -> tuple[str, Server, Producer]:
+        """
+        A server through the sentinels, under a new namespace, and a
+        producer pushing to it: (namespace, server, producer).
+        """
+        namespace = "s" + uuid.uuid4().hex[:10]
+        server = Server(
+            self,
+            "/nonexistent-data-dir",
+            "--redis", self.url(sentinels),
+            "--namespace", namespace,
+            "--redis-timeout", redis_timeout,
+            *args,
+        ).serving(30)  # fmt: skip
+        producer = Producer(server.port, "job")
+        producer.start()
+        self.addCleanup(producer.stop.set)
+        return namespace, server, producer
+
+    def promoted(self, sentinels: list[Node], replica: Node, deadline: float) -> float:
+        """
+        Wait until the sentinels name C{replica} the master; when they did.
+        """
+        while True:
+            address = command(
+                sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
+            )
+            if address and int(address[1]) == replica.port:
+                return time.monotonic()
+            self.assertLess(time.monotonic(), deadline, "no promotion")
+            time.sleep(0.05)
+
+    @staticmethod
+    def lost(replica: Node, namespace: str, acked: list[str]) -> int:
+        """
+        How many of the C{acked} jobs the new primary C{replica} lacks.
+        """
+        prefix = f"{namespace}:{{default}}:job:"
+        return sum(
+            1 for job_id in acked
+            if not command(replica.port, "EXISTS", prefix + job_id)
+        )  # fmt: skip
+
+    @staticmethod
+    def record(figures: dict[str, Any]) -> None:
+        if FIGURES:
+            with open(FIGURES, "a", encoding="utf-8") as f:
+                f.write(json.dumps(figures) + "\n")
+
     def failover_under_load(self, *args: str) -> dict[str, Any]:
         """
         Push under load, kill the primary, wait for the promotion and for
@@ -284,18 +335,7 @@ class SentinelTests(SynchronousTestCase):
         new primary does not have.
         """
         primary, replica, sentinels = self.cluster()
-        namespace = "s" + uuid.uuid4().hex[:10]
-        server = Server(
-            self,
-            "/nonexistent-data-dir",
-            "--redis", self.url(sentinels),
-            "--namespace", namespace,
-            "--redis-timeout", "2",
-            *args,
-        ).serving(30)  # fmt: skip
-        producer = Producer(server.port, "job")
-        producer.start()
-        self.addCleanup(producer.stop.set)
+        namespace, server, producer = self.pushing(sentinels, "2", *args)
         began = time.monotonic()
         deadline = began + 10
         while len(producer.acked) < 2000:
@@ -308,15 +348,7 @@ class SentinelTests(SynchronousTestCase):
         killed = time.monotonic()
         acked_at_kill = len(producer.acked)
         deadline = killed + 20
-        while True:
-            address = command(
-                sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
-            )
-            if address and int(address[1]) == replica.port:
-                promoted = time.monotonic() - killed
-                break
-            self.assertLess(time.monotonic(), deadline, "no promotion")
-            time.sleep(0.05)
+        promoted = self.promoted(sentinels, replica, deadline) - killed
         # The old primary comes back, and the sentinels make it a replica
         # of the new one (with --replicas-ack 1 pushes need it).
         primary.start()
@@ -341,11 +373,7 @@ class SentinelTests(SynchronousTestCase):
         self.assertLess(slowest, 5.0)
 
         # What the new primary lacks of what was acknowledged.
-        lost = 0
-        prefix = f"{namespace}:{{default}}:job:"
-        for job_id in producer.acked:
-            if not command(replica.port, "EXISTS", prefix + job_id):
-                lost += 1
+        lost = self.lost(replica, namespace, producer.acked)
         figures = {
             "args": list(args),
             "acknowledged": len(producer.acked),
@@ -356,9 +384,7 @@ class SentinelTests(SynchronousTestCase):
             "promoted_after_s": round(promoted, 2),
             "pushes_ok_again_after_s": round(recovered, 2),
         }
-        if FIGURES:
-            with open(FIGURES, "a", encoding="utf-8") as f:
-                f.write(json.dumps(figures) + "\n")
+        self.record(figures)
         self.assertEqual(server.terminate(20)[0], 0, server.output())
         return figures
 
@@ -387,18 +413,7 @@ class SentinelTests(SynchronousTestCase):
         acknowledged pushes the new primary lacks are counted.
         """
         primary, replica, sentinels = self.cluster()
-        namespace = "s" + uuid.uuid4().hex[:10]
-        server = Server(
-            self,
-            "/nonexistent-data-dir",
-            "--redis", self.url(sentinels),
-            "--namespace", namespace,
-            "--redis-timeout", "1",
-            *args,
-        ).serving(30)  # fmt: skip
-        producer = Producer(server.port, "job")
-        producer.start()
-        self.addCleanup(producer.stop.set)
+        namespace, server, producer = self.pushing(sentinels, "1", *args)
         deadline = time.monotonic() + 10
         while len(producer.acked) < 1000:
             self.assertLess(time.monotonic(), deadline, f"slow: {producer.errors[-3:]}")
@@ -409,15 +424,7 @@ class SentinelTests(SynchronousTestCase):
         self.addCleanup(primary.process.send_signal, signal.SIGCONT)
         frozen = time.monotonic()
         deadline = frozen + 20
-        while True:
-            address = command(
-                sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
-            )
-            if address and int(address[1]) == replica.port:
-                break
-            self.assertLess(time.monotonic(), deadline, "no promotion")
-            time.sleep(0.05)
-        promoted = time.monotonic() - frozen
+        promoted = self.promoted(sentinels, replica, deadline) - frozen
         time.sleep(thaw_after)
         primary.process.send_signal(signal.SIGCONT)
         acked_at_thaw = len(producer.acked)
@@ -447,10 +454,7 @@ class SentinelTests(SynchronousTestCase):
         client.push(id="probe")
         prefix = f"{namespace}:{{default}}:job:"
         self.assertEqual(command(replica.port, "EXISTS", prefix + "probe"), 1)
-        lost = sum(
-            1 for job_id in producer.acked
-            if not command(replica.port, "EXISTS", prefix + job_id)
-        )  # fmt: skip
+        lost = self.lost(replica, namespace, producer.acked)
         figures = {
             "args": list(args),
             "thawed_after_promotion_s": thaw_after,
@@ -462,9 +466,7 @@ class SentinelTests(SynchronousTestCase):
                 max([e[0] for e in producer.errors] + [frozen]) - frozen, 2
             ),
         }
-        if FIGURES:
-            with open(FIGURES, "a", encoding="utf-8") as f:
-                f.write(json.dumps(figures) + "\n")
+        self.record(figures)
         self.assertEqual(server.terminate(20)[0], 0, server.output())
         return figures
 
