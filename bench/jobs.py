@@ -1,7 +1,7 @@
 """
 The benchmark's handlers for procession's worker runner:
 
-    python -m procession.worker bench.jobs --concurrency 8
+    python -m procession.client.worker bench.jobs --concurrency 8
 
 ``noop`` does nothing (or, in the steady-latency workload, notes when it
 ran: L{bench.record}).
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.record import received
-from procession.worker import handler
+from procession.client.worker import handler
 
 
 @handler("noop")

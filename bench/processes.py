@@ -245,7 +245,7 @@ class ProcessionServer(Child):
 
     def key(self, queue: str, name: str) -> str:
         """
-        A Redis key of one queue (procession.store's layout).
+        A Redis key of one queue (procession.store.jobs's layout).
         """
         return f"{self.namespace}:{{{queue}}}:{name}"
 

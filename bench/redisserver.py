@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from procession.embedded import find_redis_server
+from procession.redis.embedded import find_redis_server
 
 
 class RedisServer:

@@ -447,7 +447,7 @@ class Bench:
         if variant == "runner":
             assert env.server is not None
             return [
-                sys.executable, "-m", "procession.worker", "bench.jobs",
+                sys.executable, "-m", "procession.client.worker", "bench.jobs",
                 "--port", str(env.server.port),
                 "--concurrency", str(s.runner_concurrency),
                 "--log-level", "WARNING",
@@ -1454,7 +1454,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, str | None, bool]:
     parser.add_argument(
         "--runner-concurrency",
         type=int,
-        help="procession.worker --concurrency (default 32)",
+        help="procession.client.worker --concurrency (default 32)",
     )
     parser.add_argument(
         "--transport",

@@ -147,7 +147,7 @@ def run_case(processes: int, settings: argparse.Namespace) -> dict[str, Any]:
     folder = tempfile.mkdtemp(prefix="procession-scaling-")
     redis_socket = os.path.join(folder, "redis.sock")
     sys.path.insert(0, REPO)
-    from procession.embedded import find_redis_server
+    from procession.redis.embedded import find_redis_server
 
     redis = subprocess.Popen(
         [find_redis_server(), "--port", "0", "--unixsocket", redis_socket,

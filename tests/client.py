@@ -13,7 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
-from procession.tap import Options, ProcessionService
+from procession.server.tap import Options, ProcessionService
 from tests.redis import namespace, shared_redis
 
 

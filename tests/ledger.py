@@ -5,7 +5,7 @@ record, kept by the test, of what the system promised and what it did.
 - L{Procession} runs C{twist procession} as a child process (restartable on
   the same ports and data directory), with the embedded Redis or an
   external one.
-- L{WorkerPool} runs C{python -m procession.worker tests.ledger_jobs}
+- L{WorkerPool} runs C{python -m procession.client.worker tests.ledger_jobs}
   processes; each finished run appends C{<job id> <attempt> <pid>} to the
   ledger file (L{Ledger}).
 - L{Producer} pushes jobs with ids it chose, in a thread, and notes the
@@ -44,7 +44,7 @@ from attrs import define, field
 from twisted.trial.unittest import SkipTest
 
 from procession.client import Client, ProcessionError
-from procession.embedded import LOCK_FILE, SOCKET_FILE
+from procession.redis.embedded import LOCK_FILE, SOCKET_FILE
 from tests.redis import RedisProcess, free_port
 from tests.wire import WireClient
 
@@ -506,7 +506,7 @@ class Ledger:
 
 class WorkerPool:
     """
-    Worker runner processes (C{python -m procession.worker
+    Worker runner processes (C{python -m procession.client.worker
     tests.ledger_jobs}) recording their runs in a L{Ledger}.  They reconnect
     by themselves, also after the server's C{QUIET}.
     """
@@ -538,7 +538,7 @@ class WorkerPool:
         """
         log_path = os.path.abspath(self.test.mktemp() + "-worker.log")
         command = [
-            sys.executable, "-m", "procession.worker", "tests.ledger_jobs",
+            sys.executable, "-m", "procession.client.worker", "tests.ledger_jobs",
             "--port", str(self.server.port),
             "--queues", self.queues,
             "--concurrency", str(self.concurrency),

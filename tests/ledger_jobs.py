@@ -1,6 +1,6 @@
 """
 The job handler of the fault tests' workers (L{tests.ledger}): run as
-C{python -m procession.worker tests.ledger_jobs}.
+C{python -m procession.client.worker tests.ledger_jobs}.
 
 Every run that finishes appends one line, C{<job id> <attempt> <pid>}, to
 the ledger file named by C{PROCESSION_LEDGER}, just before the runner acks
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from procession.worker import current_job, handler
+from procession.client.worker import current_job, handler
 
 
 @handler("work")

@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 
-from procession.embedded import find_redis_server
+from procession.redis.embedded import find_redis_server
 
 _server: "RedisProcess | None" = None
 

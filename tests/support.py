@@ -10,8 +10,8 @@ import txredisapi
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from procession.job import NewJob, parse_submission
-from procession.store import Store
+from procession.core.job import NewJob, parse_submission
+from procession.store.jobs import Store
 from tests.redis import namespace, shared_redis
 
 

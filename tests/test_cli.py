@@ -1,6 +1,6 @@
 """
-Tests of L{procession.cli}: every command run as a child process
-(C{python -m procession.cli}) against a real server in this process, its
+Tests of L{procession.client.cli}: every command run as a child process
+(C{python -m procession.client.cli}) against a real server in this process, its
 output (tables and C{--json}) and exit status checked; and the formatting
 helpers on their own.
 """
@@ -62,7 +62,7 @@ async def run_cli(*args: str, env: dict[str, str]) -> Result:
     """
     out, err, code = await getProcessOutputAndValue(
         sys.executable,
-        ["-m", "procession.cli", *args],
+        ["-m", "procession.client.cli", *args],
         env=env,
         path=ROOT,
         reactor=reactor,
@@ -686,7 +686,7 @@ class ConnectionTests(CLITestCase):
         """
         The CLI imports no Twisted, so it starts fast.
         """
-        code = "import sys, procession.cli; print(sorted(m for m in sys.modules if m.startswith('twisted')))"
+        code = "import sys, procession.client.cli; print(sorted(m for m in sys.modules if m.startswith('twisted')))"
         out, err, status = await getProcessOutputAndValue(
             sys.executable, ["-c", code], env=self.env, path=ROOT, reactor=reactor
         )

@@ -1,5 +1,5 @@
 """
-Tests of L{procession.client} and L{procession.worker} against a real
+Tests of L{procession.client} and L{procession.client.worker} against a real
 server: each test starts C{twist procession} as a child process on free
 loopback ports, against the test Redis in a namespace of its own, and uses
 the blocking client and the worker runner (as another child process) the
@@ -257,7 +257,7 @@ def shared_server() -> ServerProcess:
 
 class WorkerProcess:
     """
-    C{python -m procession.worker tests.worker_jobs} as a child process,
+    C{python -m procession.client.worker tests.worker_jobs} as a child process,
     recording what its handlers do in a file.
     """
 
@@ -272,7 +272,7 @@ class WorkerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "procession.worker",
+                    "procession.client.worker",
                     "tests.worker_jobs",
                     "--port",
                     str(server.port),
@@ -652,7 +652,7 @@ class ClientTests(SynchronousTestCase):
 
 class WorkerTests(SynchronousTestCase):
     """
-    The worker runner, C{python -m procession.worker}, against a server.
+    The worker runner, C{python -m procession.client.worker}, against a server.
     """
 
     def setUp(self) -> None:
@@ -732,11 +732,11 @@ class WorkerTests(SynchronousTestCase):
         [error] = self.redis.errors("f", fatal)
         self.assertEqual(
             (error["type"], error["message"]),
-            ("procession.worker.JobError", "no point in retrying"),
+            ("procession.client.worker.JobError", "no point in retrying"),
         )
         self.assertEqual(self.redis.job("f", fatal)["attempt"], "1")
         [error] = self.redis.errors("f", unknown)
-        self.assertEqual(error["type"], "procession.worker.UnknownJobType")
+        self.assertEqual(error["type"], "procession.client.worker.UnknownJobType")
         self.assertIn("no_such_type", error["message"])
         self.assertEqual(self.redis.errors("f", retried)[0]["message"], "first try")
 

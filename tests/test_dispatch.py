@@ -1,5 +1,5 @@
 """
-Tests for L{procession.dispatch}'s part in a cluster of servers: the
+Tests for L{procession.service.dispatcher}'s part in a cluster of servers: the
 heartbeat, when a server may declare others lost, giving back what a lost
 server held, the heartbeat's description, and claims that serve TCP workers
 and HTTP polls in turns.  Synchronous, against a fake store and a
@@ -13,13 +13,13 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.dispatch import MAX_DESCRIBED_JOBS, Coalescer, Dispatcher
-from procession.errors import StoreUnavailable
+from procession.service.dispatcher import MAX_DESCRIBED_JOBS, Coalescer, Dispatcher
+from procession.core.errors import StoreUnavailable
 
 
 class FakeStore:
     """
-    The parts of L{procession.store.Store} the dispatcher's upkeep uses,
+    The parts of L{procession.store.jobs.Store} the dispatcher's upkeep uses,
     in memory.
     """
 

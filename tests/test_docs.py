@@ -167,7 +167,7 @@ class ServerOptionsTests(SynchronousTestCase):
         Every option of C{twist procession} (but the internal ones of
         --processes) is described in the README or a page of docs/.
         """
-        from procession.tap import Options
+        from procession.server.tap import Options
 
         text = ""
         for name in ["README.rst", *glob.glob(os.path.join(ROOT, "docs", "*.rst"))]:

@@ -1,5 +1,5 @@
 """
-Tests for L{procession.embedded}: real redis-server processes, no fakes.
+Tests for L{procession.redis.embedded}: real redis-server processes, no fakes.
 
 The binary is the one L{find_redis_server} picks, or the one named by the
 PROCESSION_TEST_REDIS_SERVER environment variable (to test another Redis
@@ -16,7 +16,7 @@ import tempfile
 import txredisapi  # type: ignore[import-untyped]
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from procession.embedded import (
+from procession.redis.embedded import (
     AOF_FILE,
     DataDirInUse,
     EmbeddedRedis,

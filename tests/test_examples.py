@@ -126,7 +126,7 @@ class NodeExampleTests(TestCase):
             sys.executable,
             [
                 "-m",
-                "procession.worker",
+                "procession.client.worker",
                 "tests.worker_jobs",
                 "--concurrency",
                 "4",

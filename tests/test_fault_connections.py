@@ -39,8 +39,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.limits import MAX_REFUSING
-from procession.protocol import HANDSHAKE_MAX_FRAME, WorkerFactory
+from procession.http.limits import MAX_REFUSING
+from procession.tcp.protocol import HANDSHAKE_MAX_FRAME, WorkerFactory
 from tests.ledger import Canary, Procession, open_fds, wait_for
 from tests.redis import shared_redis
 from tests.wire import WireClient

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from procession import protocol, web
 from procession.client import Client, Unauthorized
-from procession.protocol import WorkerFactory
+from procession.tcp.protocol import WorkerFactory
 from tests.ledger import REPO, Ledger, Procession, environment, tail, wait_for
 from tests.redis import shared_redis
 from tests.wire import WireClient
@@ -251,7 +251,7 @@ class TLSTests(SynchronousTestCase):
         ledger = Ledger(self)
         log_path = os.path.abspath(self.mktemp() + "-worker.log")
         command = [
-            sys.executable, "-m", "procession.worker", "tests.ledger_jobs",
+            sys.executable, "-m", "procession.client.worker", "tests.ledger_jobs",
             "--url", f"tls://127.0.0.1:{server.port}",
         ]  # fmt: skip
         with open(log_path, "wb") as log:

@@ -30,7 +30,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from procession.client import Client
-from procession.embedded import LOCK_FILE, DataDirInUse, _lock_data_dir
+from procession.redis.embedded import LOCK_FILE, DataDirInUse, _lock_data_dir
 from tests.ledger import (
     LONG,
     REPO,
@@ -788,8 +788,8 @@ class TransientRedisErrorTests(SynchronousTestCase):
         from twisted.internet import defer
         from twisted.internet.task import Clock
 
-        from procession.errors import StoreUnavailable
-        from procession.store import Store
+        from procession.core.errors import StoreUnavailable
+        from procession.store.jobs import Store
 
         class Busy:
             def __init__(self, reply: str) -> None:

@@ -1,6 +1,6 @@
 """
 End-to-end tests of the management and statistics API
-(L{procession.api_admin}): a real server in this process, real sockets, a
+(L{procession.http.admin_api}): a real server in this process, real sockets, a
 real Redis; jobs are pushed and worked on by TCP clients, as in production.
 """
 
@@ -18,8 +18,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from procession.listing import encode_cursor
-from procession.web import app
+from procession.core.listing import encode_cursor
+from procession.http.web import app
 from tests.client import LineClient, ServerFixture
 from tests.http import HTTP
 
@@ -586,7 +586,7 @@ def app_routes() -> set[tuple[str, str]]:
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("ui_"):
-            continue  # the operator UI's HTML pages (procession.ui): not API
+            continue  # the operator UI's HTML pages (procession.http.ui.routes): not API
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
@@ -596,7 +596,7 @@ def app_routes() -> set[tuple[str, str]]:
 
 class OpenAPITests(SynchronousTestCase):
     def test_every_route_is_documented_and_exists(self) -> None:
-        import procession.http  # noqa: F401  (registers every route)
+        import procession.http.site  # noqa: F401  (registers every route)
 
         document = openapi_document()
         self.assertEqual(document["openapi"], "3.1.0")

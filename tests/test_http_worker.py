@@ -1,5 +1,5 @@
 """
-Tests of the HTTP worker API (L{procession.api_worker}): a real server in
+Tests of the HTTP worker API (L{procession.http.worker_api}): a real server in
 this process on loopback ports, spoken to over HTTP as a worker would, plus
 the shell worker of examples/shell and the curl session of
 docs/http-api.rst run against it.
@@ -20,10 +20,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from procession.api_worker import Poll, lease_of, parse_wait
-from procession.dispatch import lease_queue, new_lease
-from procession.errors import InvalidRequest, LeaseLost
-from procession.job import ClaimedJob
+from procession.http.worker_api import Poll, lease_of, parse_wait
+from procession.service.dispatcher import lease_queue, new_lease
+from procession.core.errors import InvalidRequest, LeaseLost
+from procession.core.job import ClaimedJob
 from tests.client import ServerFixture
 from tests.docs import examples, run, same_line, section_text
 from tests.http import HTTP, Response

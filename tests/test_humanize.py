@@ -1,5 +1,5 @@
 """
-Tests of L{procession.humanize}: examples of each form, and properties
+Tests of L{procession.http.ui.humanize}: examples of each form, and properties
 (hypothesis) that hold for every number: what is shown reads back close to
 the value, in a bounded width, and in order.
 """
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession import humanize
+from procession.http.ui import humanize
 
 SUFFIX = {"": 1, "k": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 UNIT_SECONDS = {"ms": 0.001, "s": 1, "min": 60, "h": 3600, "d": 86400}
@@ -190,7 +190,7 @@ class PropertyTests(SynchronousTestCase):
 
     @given(st.integers(min_value=0, max_value=253_402_300_799_999))
     def test_utc_is_exact(self, ms: int) -> None:
-        from procession.job import format_time, parse_time
+        from procession.core.job import format_time, parse_time
 
         text = humanize.utc(ms)
         self.assertEqual(parse_time(text.replace(" UTC", "Z").replace(" ", "T")), ms)

@@ -1,5 +1,5 @@
 """
-Tests for L{procession.job}: validation of submissions and the job's forms.
+Tests for L{procession.core.job}: validation of submissions and the job's forms.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.errors import InvalidJob, InvalidRequest, JobTooLarge
-from procession.job import (
+from procession.core.errors import InvalidJob, InvalidRequest, JobTooLarge
+from procession.core.job import (
     MAX_BATCH,
     ClaimedJob,
     encode_result,

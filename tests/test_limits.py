@@ -1,5 +1,5 @@
 """
-Tests for L{procession.limits}: the HTTP connection limit (in memory here;
+Tests for L{procession.http.limits}: the HTTP connection limit (in memory here;
 over real sockets in tests/test_fault_connections.py) and the descriptor
 limit, raised in real processes whose limit the test lowers first.
 """
@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from procession.limits import (
+from procession.http.limits import (
     MAX_REFUSING,
     OWN_DESCRIPTORS,
     REFUSAL_LINGER,
@@ -158,14 +158,14 @@ class DescriptorsNeededTests(SynchronousTestCase):
 
 class RaiseDescriptorLimitTests(SynchronousTestCase):
     """
-    L{procession.limits.raise_descriptor_limit} in a child process whose
+    L{procession.http.limits.raise_descriptor_limit} in a child process whose
     limit the test lowered first.
     """
 
     def raise_in_child(self, needed: int, soft: int, hard: int | None = None) -> Any:
         code = (
             "import json, resource\n"
-            "from procession.limits import raise_descriptor_limit\n"
+            "from procession.http.limits import raise_descriptor_limit\n"
             f"found = raise_descriptor_limit({needed})\n"
             "print(json.dumps([found.before, found.after, found.hard, found.enough,"
             " resource.getrlimit(resource.RLIMIT_NOFILE)[0]]))\n"

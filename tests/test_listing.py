@@ -1,5 +1,5 @@
 """
-Tests for L{procession.listing}: cursors, and a property test of the merge
+Tests for L{procession.core.listing}: cursors, and a property test of the merge
 of several queues' pages against a model of list.lua's walk.
 """
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.errors import InvalidRequest
-from procession.listing import (
+from procession.core.errors import InvalidRequest
+from procession.core.listing import (
     DEFAULT_LIMIT,
     QueuePage,
     decode_cursor,

@@ -1,5 +1,5 @@
 """
-Tests for L{procession.pollers}: the registry of recent HTTP pollers.
+Tests for L{procession.service.pollers}: the registry of recent HTTP pollers.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.pollers import MAX_POLLERS, RECENT, Pollers
+from procession.service.pollers import MAX_POLLERS, RECENT, Pollers
 
 
 class FakePoll:

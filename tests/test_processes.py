@@ -1,5 +1,5 @@
 """
-C{twist procession --processes N} (L{procession.processes}): N server
+C{twist procession --processes N} (L{procession.server.processes}): N server
 processes on one host sharing the TCP and HTTP listeners and the embedded
 Redis of the first, started as a child process by each test.
 """

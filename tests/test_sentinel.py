@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from procession.embedded import find_redis_server
-from procession.store import RedisAddress, Store, connect
+from procession.redis.embedded import find_redis_server
+from procession.store.jobs import RedisAddress, Store, connect
 from tests.support import FakeClock, new_job
 from tests.redis import free_port
 from tests.test_server_process import Server
@@ -570,7 +570,7 @@ class SentinelTests(SynchronousTestCase):
         from twisted.internet import defer
         from twisted.logger import globalLogPublisher
 
-        from procession.store import _sentinel
+        from procession.store.jobs import _sentinel
 
         class Refusing:
             reply = "NOAUTH Authentication required."
@@ -602,7 +602,7 @@ class SentinelTests(SynchronousTestCase):
         said = [
             e["reason"] + e["hint"]
             for e in events
-            if e.get("log_namespace") == "procession.store" and "sentinel" in e
+            if e.get("log_namespace") == "procession.store.jobs" and "sentinel" in e
         ]
         self.assertEqual(
             said,
@@ -624,7 +624,7 @@ class SentinelTests(SynchronousTestCase):
         from twisted.internet import defer
         from twisted.internet.address import IPv4Address, IPv6Address
 
-        from procession.store import MasterWatch
+        from procession.store.jobs import MasterWatch
 
         class Transport:
             def __init__(self, peer: Any) -> None:

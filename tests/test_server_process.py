@@ -25,7 +25,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.embedded import LOCK_FILE, SOCKET_FILE
+from procession.redis.embedded import LOCK_FILE, SOCKET_FILE
 from tests.redis import free_port, shared_redis
 from tests.wire import WireClient, WireClosed, WireTimeout
 

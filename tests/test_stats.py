@@ -1,5 +1,5 @@
 """
-Tests for L{procession.stats}: the sliding-window throughput and the JSON
+Tests for L{procession.core.stats}: the sliding-window throughput and the JSON
 forms of queue summaries and totals.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.stats import QueueSummary, Throughput, Totals
+from procession.core.stats import QueueSummary, Throughput, Totals
 
 MINUTE = 60_000
 

@@ -1,5 +1,5 @@
 """
-Tests for L{procession.store}: the Lua scripts against a real Redis.
+Tests for L{procession.store.jobs}: the Lua scripts against a real Redis.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from procession.errors import (
+from procession.core.errors import (
     IllegalState,
     InvalidRequest,
     JobNotFound,
     StoreUnavailable,
 )
-from procession.store import Store, _fast_connections
+from procession.store.jobs import Store, _fast_connections
 from tests.support import FakeClock, connected_store, new_job
 
 
@@ -635,7 +635,7 @@ class ReplicasAckTests(TestCase):
 class FastConnectionTests(SynchronousTestCase):
     """
     The Redis connections' own command encoding and reply decoding
-    (L{procession.store._fast_connections}) give what txredisapi's give.
+    (L{procession.store.jobs._fast_connections}) give what txredisapi's give.
     """
 
     def setUp(self) -> None:

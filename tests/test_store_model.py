@@ -1,5 +1,5 @@
 """
-A stateful property test of L{procession.store}: random sequences of
+A stateful property test of L{procession.store.jobs}: random sequences of
 pushes, claims, acks, fails, extensions, releases, sweeps and management
 actions run against the real test Redis and against a small in-memory
 model of the job state machine, and after every step the two must agree.
@@ -41,10 +41,10 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from procession.errors import IllegalState, JobNotFound
-from procession.job import STATES, format_time
-from procession.stats import QueueSummary, Throughput
-from procession.store import KILLABLE, PURGEABLE, RETRYABLE, Store
+from procession.core.errors import IllegalState, JobNotFound
+from procession.core.job import STATES, format_time
+from procession.core.stats import QueueSummary, Throughput
+from procession.store.jobs import KILLABLE, PURGEABLE, RETRYABLE, Store
 from tests.redis import namespace
 from tests.support import FakeClock, connected_store, new_job
 
@@ -63,7 +63,7 @@ IDS = ["a", "b", "c", "d", "e", "f", "g", "x{y}", "k:1", "z*"]
 MISSING = "never-pushed"
 WORKERS = ["w1", "w2", "w3"]
 
-# Where each state's jobs live, as procession.store.STATE_SETS says.
+# Where each state's jobs live, as procession.store.jobs.STATE_SETS says.
 SET_OF = {
     "queued": "queued",
     "scheduled": "scheduled",

@@ -1,5 +1,5 @@
 """
-Tests for L{procession.tap}: options and listener descriptions.
+Tests for L{procession.server.tap}: options and listener descriptions.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.tap import Options, endpoint_description, is_local
+from procession.server.tap import Options, endpoint_description, is_local
 
 
 class ListenerTests(SynchronousTestCase):
@@ -116,7 +116,7 @@ class ScalingOptionsTests(SynchronousTestCase):
         A child gets the parent's options but not its listeners' sockets,
         Redis or secrets, which travel in its environment.
         """
-        from procession.tap import child_arguments, child_environment
+        from procession.server.tap import child_arguments, child_environment
 
         self.patch(os, "environ", {"HOME": "/h"})
         options = self.parse(

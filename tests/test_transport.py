@@ -1,5 +1,5 @@
 """
-Tests of L{procession.transport}: writing at once, over real loopback
+Tests of L{procession.net.transport}: writing at once, over real loopback
 sockets.
 """
 
@@ -11,7 +11,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
-from procession.transport import corked, immediate_writes, write_now
+from procession.net.transport import corked, immediate_writes, write_now
 
 
 class Collect(protocol.Protocol):

@@ -1,5 +1,5 @@
 """
-Tests of the operator UI (L{procession.ui}): every page and action against
+Tests of the operator UI (L{procession.http.ui.routes}): every page and action against
 a real server in this process (real sockets, a real Redis, workers on the
 TCP protocol), logins, CSRF refusals and escaping; and the UI's pure parts
 (charts, the history cache, Redis status, packaging of the templates).
@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from procession import ui
-from procession.ui_session import Signer
+from procession.http.ui.session import Signer
 from tests.client import LineClient, ServerFixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -437,7 +437,7 @@ class SecureCookieTests(SynchronousTestCase):
         from twisted.web.http import Request
         from twisted.web.test.requesthelper import DummyChannel
 
-        from procession.http import HTTPServer
+        from procession.http.site import HTTPServer
 
         server = HTTPServer(dispatcher=None, admin_token=ADMIN)  # type: ignore[arg-type]
         for secure in (True, False):
@@ -907,7 +907,7 @@ class HistoryTests(TestCase):
     """
 
     async def test_minutes_and_hours(self) -> None:
-        from procession.job import encode_result
+        from procession.core.job import encode_result
         from tests.support import FakeClock, connected_store, new_job
 
         # 30 s into a clock hour: that hour holds one minute so far.

@@ -1,5 +1,5 @@
 """
-Tests of L{procession.ui_render}: charts, Redis's status, links and
+Tests of L{procession.http.ui.render}: charts, Redis's status, links and
 values as pages show them, and the templates' packaging.
 """
 

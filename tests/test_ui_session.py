@@ -1,5 +1,5 @@
 """
-Tests of L{procession.ui_session}: sessions and CSRF tokens are signed,
+Tests of L{procession.http.ui.session}: sessions and CSRF tokens are signed,
 expire, and are refused when changed in any way.
 """
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.ui_session import SESSION_LIFETIME, Signer, same_token
+from procession.http.ui.session import SESSION_LIFETIME, Signer, same_token
 
 NOW = 1_800_000_000.0
 

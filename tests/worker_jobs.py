@@ -1,6 +1,6 @@
 """
 Job handlers for the worker runs of L{tests.test_client}: run as
-C{python -m procession.worker tests.worker_jobs}.
+C{python -m procession.client.worker tests.worker_jobs}.
 
 Each handler appends what it did to the file named by
 C{PROCESSION_TEST_RECORD}, one line per event: C{<event> <job id>
@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from procession.worker import JobError, current_job, handler
+from procession.client.worker import JobError, current_job, handler
 
 
 def record(event: str) -> None:

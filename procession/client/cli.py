@@ -45,7 +45,7 @@ JOB_STATES = (
     "dead",
     "cancelled",
 )
-# The states each bulk change of a queue accepts (procession.store).
+# The states each bulk change of a queue accepts (procession.store.jobs).
 RETRYABLE = ("dead", "retrying", "scheduled")
 KILLABLE = ("queued", "scheduled", "retrying")
 PURGEABLE = ("queued", "scheduled", "retrying", "dead")

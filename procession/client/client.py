@@ -23,7 +23,7 @@ code of docs/protocol.rst (L{InvalidJob}, L{Unauthorized}, ...).
 A L{Client} may be shared by threads (a lock serializes its requests) and
 survives C{fork}: a child process opens its own connection.
 
-This module also holds the pieces that L{procession.worker} builds on: the
+This module also holds the pieces that L{procession.client.worker} builds on: the
 connection handshake (L{Connection}), frame encoding and the error classes.
 It must not import Twisted, nor any of the server's modules: it runs inside
 applications that have neither.
@@ -45,10 +45,10 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-# The job's rules live with the server's; procession.job is pure (no
+# The job's rules live with the server's; procession.core.job is pure (no
 # Twisted), so the client shares them instead of copying them.
-from procession.job import SUBMISSION_FIELDS as JOB_FIELDS
-from procession.job import new_job_id
+from procession.core.job import SUBMISSION_FIELDS as JOB_FIELDS
+from procession.core.job import new_job_id
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ L{handler} decorator, or listed in a module-level C{HANDLERS} dict (or
 both)::
 
     # myapp/jobs.py
-    from procession.worker import handler
+    from procession.client.worker import handler
 
     @handler("send_email")
     def send_email(to, subject, body=""):
@@ -22,7 +22,7 @@ both)::
 
 and the runner imports that module and serves the queues you name::
 
-    python -m procession.worker myapp.jobs --queues high,default --concurrency 8
+    python -m procession.client.worker myapp.jobs --queues high,default --concurrency 8
 
 A job whose ``args`` is a list calls its handler with them as positional
 arguments, an object as keyword arguments, anything else as the one
@@ -81,7 +81,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar, overload
 
 from attrs import define, field, frozen
 
-from procession.client import (
+from procession.client.client import (
     Backoff,
     Connection,
     ProcessionError,
@@ -268,7 +268,7 @@ def _where(function: Callable[..., Any]) -> str:
     return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)!s}"
 
 
-# The registry the module-level decorator fills; `python -m procession.worker`
+# The registry the module-level decorator fills; `python -m procession.client.worker`
 # serves it.
 registry = Registry()
 handler = registry.handler
@@ -633,7 +633,7 @@ class Worker:
                         "FAIL",
                         {
                             "id": job.id,
-                            "error": {"type": "procession.worker.ReportError"},
+                            "error": {"type": "procession.client.worker.ReportError"},
                         },
                     ),
                 )
@@ -1108,7 +1108,7 @@ def _extend_interval(job: Job) -> float:
     return max(job.timeout / 2, MIN_EXTEND_INTERVAL)
 
 
-# -- python -m procession.worker
+# -- python -m procession.client.worker
 
 
 def load_handlers(modules: Iterable[str]) -> Registry:
@@ -1135,9 +1135,9 @@ def load_handlers(modules: Iterable[str]) -> Registry:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m procession.worker",
+        prog="python -m procession.client.worker",
         description="Run procession jobs with the handlers of the given modules "
-        "(registered with procession.worker.handler, or in a HANDLERS dict).",
+        "(registered with procession.client.worker.handler, or in a HANDLERS dict).",
     )
     parser.add_argument(
         "modules",
@@ -1260,8 +1260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the main() of the importable module, not of __main__: handler
-    # modules register with procession.worker.registry, which would be
+    # modules register with procession.client.worker.registry, which would be
     # another object than this copy's.
-    from procession.worker import main as _main
+    from procession.client.worker import main as _main
 
     sys.exit(_main())

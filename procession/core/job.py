@@ -20,7 +20,12 @@ from typing import Any
 
 from attrs import frozen
 
-from procession.errors import InvalidJob, InvalidRequest, JobTooLarge, ProcessionError
+from procession.core.errors import (
+    InvalidJob,
+    InvalidRequest,
+    JobTooLarge,
+    ProcessionError,
+)
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 JOB_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")

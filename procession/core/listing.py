@@ -17,7 +17,7 @@ from typing import Sequence
 
 from attrs import frozen
 
-from procession.errors import InvalidRequest
+from procession.core.errors import InvalidRequest
 
 _POSITION = re.compile(r"[0-9]{15}[\x21-\x7e]{1,128}\Z")
 

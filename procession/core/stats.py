@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from attrs import frozen
 
-from procession.job import format_time
+from procession.core.job import format_time
 
 # The states whose jobs a queue summary counts, in the order of summary.lua.
 SIZED_STATES = ("queued", "scheduled", "retrying", "running", "dead")

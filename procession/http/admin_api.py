@@ -2,8 +2,8 @@
 The management and statistics half of the HTTP API: queues, jobs and
 workers as JSON, Prometheus metrics and the OpenAPI description.
 
-Routes register on the one Klein app of L{procession.web}; L{AdminRoutes}
-is a base of L{procession.http.HTTPServer}, whose C{dispatcher} and tokens
+Routes register on the one Klein app of L{procession.http.web}; L{AdminRoutes}
+is a base of L{procession.http.site.HTTPServer}, whose C{dispatcher} and tokens
 the routes use.  Like every front end, they speak to the queue service and
 its store only: every state change is one of the store's scripts.
 """
@@ -13,30 +13,30 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-from procession.errors import (
+from procession.core.errors import (
     InvalidRequest,
     JobNotFound,
     QueueNotFound,
     WorkerNotFound,
 )
-from procession.job import JOB_ID, QUEUE_NAME, format_time
-from procession.listing import decode_cursor, encode_cursor, parse_limit
-from procession.metrics import CONTENT_TYPE, Metrics, Snapshot
-from procession.protocol import WorkerProtocol
-from procession.stats import Totals
-from procession.store import KILLABLE, PURGEABLE, RETRYABLE
-from procession.web import ADMIN, app, authorize, json_response, query
+from procession.core.job import JOB_ID, QUEUE_NAME, format_time
+from procession.core.listing import decode_cursor, encode_cursor, parse_limit
+from procession.http.metrics import CONTENT_TYPE, Metrics, Snapshot
+from procession.tcp.protocol import WorkerProtocol
+from procession.core.stats import Totals
+from procession.store.jobs import KILLABLE, PURGEABLE, RETRYABLE
+from procession.http.web import ADMIN, app, authorize, json_response, query
 
 _OPENAPI: bytes | None = None
 
 
 def openapi_document() -> bytes:
     """
-    The OpenAPI description shipped with the package (procession/openapi.json).
+    The OpenAPI description shipped with the package (procession/http/openapi.json).
     """
     global _OPENAPI
     if _OPENAPI is None:
-        _OPENAPI = files("procession").joinpath("openapi.json").read_bytes()
+        _OPENAPI = files("procession.http").joinpath("openapi.json").read_bytes()
     return _OPENAPI
 
 
@@ -65,7 +65,7 @@ def required_state(request: Any, allowed: tuple[str, ...]) -> str:
 
 class AdminRoutes:
     """
-    Management, statistics and metrics routes of L{procession.http.HTTPServer}.
+    Management, statistics and metrics routes of L{procession.http.site.HTTPServer}.
 
     @ivar worker_factory: the TCP listener's factory, when start-up wiring
         gives it: its connections include workers that take no jobs at the

@@ -1,7 +1,7 @@
 """
 Limits on what clients can make one server process hold: the HTTP
 listener's connection limit (C{--max-http-connections}; the TCP listener's
-C{--max-connections} lives in L{procession.protocol}), and the file
+C{--max-connections} lives in L{procession.tcp.protocol}), and the file
 descriptors that every listener's limit together needs.
 
 Nothing here knows about jobs or routes: it counts connections and
@@ -19,7 +19,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
 
-from procession.errors import TooManyConnections
+from procession.core.errors import TooManyConnections
 
 log = Logger()
 

@@ -1,5 +1,5 @@
 """
-The HTTP front end: one Klein app (L{procession.web.app}) serving the
+The HTTP front end: one Klein app (L{procession.http.web.app}) serving the
 health probes here, the worker API and the management API.
 
 Routes speak only to the dispatcher (and through it the store).
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from procession.api_admin import AdminRoutes
-from procession.api_worker import WorkerRoutes
-from procession.dispatch import Dispatcher
-from procession.errors import ProcessionError
-from procession.ui import UIRoutes
-from procession.web import app, json_response
+from procession.http.admin_api import AdminRoutes
+from procession.http.worker_api import WorkerRoutes
+from procession.service.dispatcher import Dispatcher
+from procession.core.errors import ProcessionError
+from procession.http.ui.routes import UIRoutes
+from procession.http.web import app, json_response
 
 
 class HTTPServer(WorkerRoutes, AdminRoutes, UIRoutes):

@@ -2,7 +2,7 @@
 What every HTTP route shares: the one Klein app, JSON in and out, bearer
 token checks and the mapping of domain errors to HTTP statuses.
 
-Routes live in the classes that L{procession.http.HTTPServer} combines
+Routes live in the classes that L{procession.http.site.HTTPServer} combines
 (the worker API, the management API); they register on L{app} here, and
 take C{self} as that server.
 """
@@ -19,7 +19,7 @@ from twisted.web import server
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from procession.errors import (
+from procession.core.errors import (
     Forbidden,
     FrameTooLarge,
     InvalidRequest,
@@ -183,7 +183,7 @@ def _unbound(handler: Any) -> Any:
     """
     Let an error handler serve the bare app and an app bound to a server
     instance alike: Klein passes the instance first when routes are methods
-    (L{procession.http.HTTPServer}), and only C{(request, failure)} otherwise.
+    (L{procession.http.site.HTTPServer}), and only C{(request, failure)} otherwise.
     """
 
     def handle(*args: Any) -> Any:

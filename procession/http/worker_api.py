@@ -5,10 +5,10 @@ or extend it by its lease, for workers that cannot keep a TCP connection
 
 A waiting long-poll is a dispatcher consumer with room for one job, woken
 by pushes exactly like a TCP worker; it never polls Redis.  The lease token
-names the job's queue (L{procession.dispatch.new_lease}), so an ack needs
+names the job's queue (L{procession.service.dispatcher.new_lease}), so an ack needs
 nothing but the job's id and lease.  Like every front end, these routes
 speak only to the dispatcher; they check requests with the same functions
-as the TCP protocol (L{procession.job}).
+as the TCP protocol (L{procession.core.job}).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from procession.dispatch import Dispatcher, lease_queue
-from procession.errors import (
+from procession.service.dispatcher import Dispatcher, lease_queue
+from procession.core.errors import (
     InvalidRequest,
     ProcessionError,
     JobNotFound,
@@ -29,7 +29,7 @@ from procession.errors import (
     MethodNotAllowed,
     ShuttingDown,
 )
-from procession.job import (
+from procession.core.job import (
     ClaimedJob,
     encode_result,
     failure_reply,
@@ -41,7 +41,7 @@ from procession.job import (
     parse_submission,
     parse_worker_name,
 )
-from procession.web import (
+from procession.http.web import (
     WORKER,
     app,
     authorize,
@@ -215,7 +215,7 @@ def request_object(request: Any, limit: int) -> dict[str, Any]:
 
 class WorkerRoutes:
     """
-    The worker routes of L{procession.http.HTTPServer}: C{self} is that
+    The worker routes of L{procession.http.site.HTTPServer}: C{self} is that
     server (its dispatcher, tokens, C{max_body} and C{poll_timeout}).
     """
 

@@ -348,7 +348,7 @@ class Options(usage.Options):
                     "PROCESSION_ADMIN_TOKEN), or --insecure to run open anyway"
                 )
 
-        from procession.store import RedisAddress
+        from procession.store.jobs import RedisAddress
 
         if self["redis"]:
             try:
@@ -357,7 +357,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--redis: {e}")
             self["redis-binary"] = None
         else:
-            from procession.embedded import RedisServerNotFound, find_redis_server
+            from procession.redis.embedded import RedisServerNotFound, find_redis_server
 
             try:
                 self["redis-binary"] = find_redis_server(self["redis-server"])
@@ -475,24 +475,24 @@ class ProcessionService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _start(self) -> None:
-        from procession.dispatch import Dispatcher
-        from procession.http import HTTPServer
-        from procession.limits import HTTPConnectionLimit, check_descriptor_limit
-        from procession.protocol import WorkerFactory
-        from procession.web import Site
-        from procession.store import RedisAddress, Store, WakeListener, connect
+        from procession.service.dispatcher import Dispatcher
+        from procession.http.site import HTTPServer
+        from procession.http.limits import HTTPConnectionLimit, check_descriptor_limit
+        from procession.tcp.protocol import WorkerFactory
+        from procession.http.web import Site
+        from procession.store.jobs import RedisAddress, Store, WakeListener, connect
 
         options = self.options
         check_descriptor_limit(
             options["max-connections"], options["max-http-connections"]
         )
         if options["parent-pid"] is not None:
-            from procession.processes import watch_parent
+            from procession.server.processes import watch_parent
 
             self.parent_watch = watch_parent(self.reactor, options["parent-pid"])
         address = options["redis-address"]
         if address is None:
-            from procession.embedded import EmbeddedRedis
+            from procession.redis.embedded import EmbeddedRedis
 
             self.embedded = EmbeddedRedis(
                 options["redis-binary"],
@@ -592,7 +592,7 @@ class ProcessionService(service.MultiService):
         the parent of C{--processes}, so that children can share it; in a
         child, by adopting the socket the parent handed down.
         """
-        from procession import processes
+        from procession.server import processes
 
         description = self.options[name]
         inherited = self.options["inherit"]
@@ -609,7 +609,7 @@ class ProcessionService(service.MultiService):
         Start the other processes of C{--processes}, on this process's
         Redis and listeners.
         """
-        from procession.processes import Children, twist_arguments
+        from procession.server.processes import Children, twist_arguments
 
         options = self.options
         if options["redis"]:

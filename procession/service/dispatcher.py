@@ -33,16 +33,16 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from procession.errors import (
+from procession.core.errors import (
     JobNotFound,
     LeaseLost,
     ProcessionError,
     ShuttingDown,
 )
-from procession.job import QUEUE_NAME, ClaimedJob, NewJob, format_time
-from procession.pollers import Pollers
-from procession.store import Store
-from procession.transport import corked
+from procession.core.job import QUEUE_NAME, ClaimedJob, NewJob, format_time
+from procession.service.pollers import Pollers
+from procession.store.jobs import Store
+from procession.net.transport import corked
 
 log = Logger()
 
@@ -396,7 +396,7 @@ class Dispatcher:
         """
         The HTTP workers of this process: every one seen in the last minute,
         waiting now or holding a job, sorted by name (see
-        L{procession.pollers.PollerRecord.as_dict} for the fields).
+        L{procession.service.pollers.PollerRecord.as_dict} for the fields).
         """
         return self.pollers.recent()
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol, Sequence
 from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from procession.job import format_time
+from procession.core.job import format_time
 
 # A poller stays listed this long after its last poll ends (when it holds
 # no job); a live one polls at least every --poll-timeout seconds.
@@ -34,7 +34,7 @@ MAX_POLLERS = 10_000
 
 class OpenPoll(Protocol):
     """
-    A long-poll waiting for a job (see L{procession.api_worker.Poll}).
+    A long-poll waiting for a job (see L{procession.http.worker_api.Poll}).
     """
 
     name: str

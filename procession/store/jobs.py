@@ -30,23 +30,23 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from procession.errors import (
+from procession.core.errors import (
     IllegalState,
     InvalidRequest,
     JobNotFound,
     LeaseLost,
     StoreUnavailable,
 )
-from procession.job import (
+from procession.core.job import (
     STATES,
     ClaimedJob,
     NewJob,
     backoff_jitter,
     job_from_hash,
 )
-from procession.listing import SCAN_BUDGET, QueuePage, merge
-from procession.stats import QueueSummary
-from procession.transport import immediate_writes
+from procession.core.listing import SCAN_BUDGET, QueuePage, merge
+from procession.core.stats import QueueSummary
+from procession.net.transport import immediate_writes
 
 log = Logger()
 
@@ -113,7 +113,7 @@ def load_scripts() -> dict[str, Script]:
     """
     Read the Lua scripts shipped with the package.
     """
-    folder = files("procession").joinpath("lua")
+    folder = files("procession.store").joinpath("lua")
     common = folder.joinpath("common.lua").read_text("utf-8")
     scripts = {}
     for name in SCRIPT_NAMES + REGISTRY_SCRIPT_NAMES:
@@ -307,7 +307,7 @@ def _fast_connections(factory: Any) -> None:
     """
     Make the connections C{factory} builds cheaper per command: they send
     each command at once rather than on the reactor's next turn (see
-    L{procession.transport}), and encode commands and decode replies with
+    L{procession.net.transport}), and encode commands and decode replies with
     less work per value than txredisapi's general code (a claim's reply or
     an ack's command has thousands of values).  Same bytes, same values.
     """
@@ -1475,7 +1475,7 @@ class Store:
         One page of jobs, newest first (by creation time, then id), of one
         queue or of every known queue.
 
-        @param after: the position (see L{procession.listing}) to continue
+        @param after: the position (see L{procession.core.listing}) to continue
             after; None starts with the newest job.
         @param budget: the most index entries to examine in all.
         @return: the jobs (without their error histories) and the position

@@ -24,8 +24,8 @@ from zope.interface import implementer
 from twisted.python.failure import Failure
 
 from procession import __version__
-from procession.dispatch import Dispatcher
-from procession.errors import (
+from procession.service.dispatcher import Dispatcher
+from procession.core.errors import (
     BadFrame,
     FrameTooLarge,
     InvalidRequest,
@@ -37,8 +37,8 @@ from procession.errors import (
     StoreUnavailable,
     UnknownVerb,
 )
-from procession.transport import corked, write_now
-from procession.job import (
+from procession.net.transport import corked, write_now
+from procession.core.job import (
     ClaimedJob,
     encode_result,
     failure_reply,

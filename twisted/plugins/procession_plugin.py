@@ -10,7 +10,7 @@ from twisted.application.service import ServiceMaker
 
 procession = ServiceMaker(
     "procession",
-    "procession.tap",
+    "procession.server.tap",
     "A fault-tolerant, fast, language-agnostic background job server.",
     "procession",
 )

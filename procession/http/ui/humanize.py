@@ -3,7 +3,7 @@ Numbers, rates, durations and times as an operator reads them: C{12,345},
 C{1.2M}, C{840/s}, C{3.1k/min}, C{450 ms}, C{3 min 12 s}, C{4 minutes ago}.
 
 Pure: no I/O, no clock (the current time is passed in).  The operator UI
-(L{procession.ui}) is its only user; the APIs keep exact numbers.
+(L{procession.http.ui.routes}) is its only user; the APIs keep exact numbers.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """
 What the operator UI's pages show, and how: the Jinja2 environment of the
-templates (autoescaped, with the L{procession.humanize} filters), links,
+templates (autoescaped, with the L{procession.http.ui.humanize} filters), links,
 charts drawn as SVG shapes, Redis's status, and which actions fit which
 state.
 
-Pure: no I/O.  L{procession.ui} gathers the data and serves the pages.
+Pure: no I/O.  L{procession.http.ui.routes} gathers the data and serves the pages.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from attrs import frozen
 from markupsafe import Markup
 
 import procession
-from procession import humanize
-from procession.job import STATES, parse_time
+from procession.http.ui import humanize
+from procession.core.job import STATES, parse_time
 
 # The pages that list jobs by state (/queued, /scheduled, ...).
 LISTS = ("queued", "scheduled", "retrying", "dead")

@@ -1,21 +1,21 @@
 """
 The operator UI: HTML pages at the root of the HTTP server, rendered on
 the server from the Jinja2 templates of the top-level C{templates/} folder
-(shipped in the package as C{procession/templates}); L{procession.ui_render}
+(shipped in the package as C{procession/templates}); L{procession.http.ui.render}
 holds what the pages show and how.
 
 Pages read through the same store functions as the management API
 (summaries, listings, jobs) and change state through the same scripts;
 this module only adds what a human needs on top: sessions and CSRF
-tokens (L{procession.ui_session}), readable numbers
-(L{procession.humanize}), charts of the store's per-minute counters and
+tokens (L{procession.http.ui.session}), readable numbers
+(L{procession.http.ui.humanize}), charts of the store's per-minute counters and
 confirmation steps.  Every GET is read-only; every change is a POST that
 carries a CSRF token.
 
-L{UIRoutes} is a base of L{procession.http.HTTPServer}; it uses the
+L{UIRoutes} is a base of L{procession.http.site.HTTPServer}; it uses the
 server's C{dispatcher}, C{admin_token} and the worker listing of
-L{procession.api_admin.AdminRoutes}.  Its handlers are named C{ui_*}: they
-are HTML pages, not API, and C{procession/openapi.json} leaves them out.
+L{procession.http.admin_api.AdminRoutes}.  Its handlers are named C{ui_*}: they
+are HTML pages, not API, and C{procession/http/openapi.json} leaves them out.
 docs/ui.rst describes the pages, the login and the CSRF protection.
 """
 
@@ -32,9 +32,9 @@ from attrs import define, field, frozen
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from procession import humanize
-from procession.api_admin import queue_name
-from procession.errors import (
+from procession.http.ui import humanize
+from procession.http.admin_api import queue_name
+from procession.core.errors import (
     IllegalState,
     InvalidRequest,
     JobNotFound,
@@ -42,11 +42,11 @@ from procession.errors import (
     QueueNotFound,
     WorkerNotFound,
 )
-from procession.job import JOB_ID
-from procession.listing import decode_cursor, encode_cursor
-from procession.stats import SIZED_STATES, Totals
-from procession.store import PURGEABLE
-from procession.ui_render import (
+from procession.core.job import JOB_ID
+from procession.core.listing import decode_cursor, encode_cursor
+from procession.core.stats import SIZED_STATES, Totals
+from procession.store.jobs import PURGEABLE
+from procession.http.ui.render import (
     JOB_ACTIONS,
     LISTS,
     Chart,
@@ -60,8 +60,8 @@ from procession.ui_render import (
     template_folder,
     to_ms,
 )
-from procession.ui_session import SESSION_LIFETIME, Signer, same_token
-from procession.web import app, bearer, query
+from procession.http.ui.session import SESSION_LIFETIME, Signer, same_token
+from procession.http.web import app, bearer, query
 
 log = Logger()
 
@@ -305,7 +305,7 @@ def action(handler: Handler) -> Handler:
 
 class UIRoutes:
     """
-    The operator UI's routes of L{procession.http.HTTPServer}.
+    The operator UI's routes of L{procession.http.site.HTTPServer}.
     """
 
     dispatcher: Any
@@ -1009,7 +1009,7 @@ class UIRoutes:
     async def _workers(self) -> list[dict[str, Any]]:
         """
         The workers of every live server, as C{GET /api/v1/workers} lists
-        them (L{procession.api_admin.AdminRoutes.local_workers}).
+        them (L{procession.http.admin_api.AdminRoutes.local_workers}).
         """
         local = self.local_workers()  # type: ignore[attr-defined]
         return await self.dispatcher.cluster_workers(local)

@@ -1,0 +1,5 @@
+"""
+The job store: every read and write of procession's state in Redis, each
+change of a job's state one Lua script (C{lua/}).  Only
+L{procession.service} calls it.
+"""
