@@ -717,7 +717,7 @@ class Bench:
         """
         assert env.server is not None
         # the server's own script text (store.load_scripts: common.lua first)
-        lua = os.path.join(code_root(), "procession", "lua")
+        lua = os.path.join(code_root(), "procession", "store", "lua")
         with open(os.path.join(lua, "common.lua"), encoding="utf-8") as f:
             text = f.read() + "\n"
         with open(os.path.join(lua, "claim.lua"), encoding="utf-8") as f:

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from procession import cli
+from procession.client import cli
 from tests.client import ServerFixture
 from tests.redis import free_port
 

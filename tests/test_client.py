@@ -32,7 +32,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession import client as client_module
+from procession.client import client as client_module
 from procession.client import (
     Client,
     ConnectionFailed,

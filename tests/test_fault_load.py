@@ -6,7 +6,7 @@ no job, connection or poll is dropped.
 The full test (1,000 TCP workers and 200 long-polls for a minute) runs with
 C{PROCESSION_LONG_TESTS=1}, as .ci/run sets; a small one always runs.  The
 server needs a file descriptor per connection: it raises its own soft limit
-(C{ulimit -n}) to what its connection limits need (procession/limits.py);
+(C{ulimit -n}) to what its connection limits need (procession/http/limits.py);
 the test raises its own for its side of the connections.
 """
 

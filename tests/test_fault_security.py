@@ -23,7 +23,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession import protocol, web
+from procession.http import web
+from procession.tcp import protocol
 from procession.client import Client, Unauthorized
 from procession.tcp.protocol import WorkerFactory
 from tests.ledger import REPO, Ledger, Procession, environment, tail, wait_for

@@ -26,7 +26,9 @@ from urllib.parse import quote
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from procession.redis.embedded import find_redis_server
-from procession.store.jobs import RedisAddress, Store, connect
+from procession.redis.address import RedisAddress
+from procession.redis.connection import connect
+from procession.store.jobs import Store
 from tests.support import FakeClock, new_job
 from tests.redis import free_port
 from tests.test_server_process import Server
@@ -570,7 +572,7 @@ class SentinelTests(SynchronousTestCase):
         from twisted.internet import defer
         from twisted.logger import globalLogPublisher
 
-        from procession.store.jobs import _sentinel
+        from procession.redis.sentinel import _sentinel
 
         class Refusing:
             reply = "NOAUTH Authentication required."
@@ -624,7 +626,7 @@ class SentinelTests(SynchronousTestCase):
         from twisted.internet import defer
         from twisted.internet.address import IPv4Address, IPv6Address
 
-        from procession.store.jobs import MasterWatch
+        from procession.redis.sentinel import MasterWatch
 
         class Transport:
             def __init__(self, peer: Any) -> None:

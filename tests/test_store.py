@@ -19,7 +19,8 @@ from procession.core.errors import (
     JobNotFound,
     StoreUnavailable,
 )
-from procession.store.jobs import Store, _fast_connections
+from procession.redis.connection import _fast_connections
+from procession.store.jobs import Store
 from tests.support import FakeClock, connected_store, new_job
 
 

@@ -21,7 +21,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from procession import ui
+from procession.http.ui import routes as ui
 from procession.http.ui.session import Signer
 from tests.client import LineClient, ServerFixture
 

@@ -11,7 +11,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession import ui_render
+from procession.http.ui import render as ui_render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -348,7 +348,7 @@ class Options(usage.Options):
                     "PROCESSION_ADMIN_TOKEN), or --insecure to run open anyway"
                 )
 
-        from procession.store.jobs import RedisAddress
+        from procession.redis.address import RedisAddress
 
         if self["redis"]:
             try:
@@ -480,7 +480,10 @@ class ProcessionService(service.MultiService):
         from procession.http.limits import HTTPConnectionLimit, check_descriptor_limit
         from procession.tcp.protocol import WorkerFactory
         from procession.http.web import Site
-        from procession.store.jobs import RedisAddress, Store, WakeListener, connect
+        from procession.redis.address import RedisAddress
+        from procession.redis.connection import connect
+        from procession.redis.wake import WakeListener
+        from procession.store.jobs import Store
 
         options = self.options
         check_descriptor_limit(
