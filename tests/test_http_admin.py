@@ -575,7 +575,9 @@ class MetricsTests(AdminTestCase):
 
 
 def openapi_document() -> dict:
-    with open(os.path.join(ROOT, "procession", "openapi.json"), encoding="utf-8") as f:
+    with open(
+        os.path.join(ROOT, "procession", "http", "openapi.json"), encoding="utf-8"
+    ) as f:
         return json.load(f)
 
 
