@@ -604,7 +604,7 @@ class SentinelTests(SynchronousTestCase):
         said = [
             e["reason"] + e["hint"]
             for e in events
-            if e.get("log_namespace") == "procession.store.jobs" and "sentinel" in e
+            if e.get("log_namespace") == "procession.redis.sentinel" and "sentinel" in e
         ]
         self.assertEqual(
             said,
