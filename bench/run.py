@@ -51,6 +51,7 @@ from bench.processes import (
     load_average,
     memory_kb,
 )
+from bench import nodeload
 from bench.record import read_samples
 from bench.redisserver import (
     RedisServer,
@@ -64,7 +65,9 @@ from bench.redisserver import (
 )
 from bench.spy import render, summarise
 
-SYSTEMS = ("procession", "rq", "celery", "dramatiq")
+SYSTEMS = ("procession", "rq", "celery", "dramatiq", "bullmq")
+# The Python libraries; BullMQ is measured against procession's Node.js
+# client side (bench/nodeload.py).
 COMPETITORS = ("rq", "celery", "dramatiq")
 NAMESPACE = "bench1"
 BIN = os.path.dirname(sys.executable)
@@ -107,6 +110,11 @@ class Settings:
     profile_seconds: float = 10.0
     profile_cases: tuple[str, ...] = PROFILE_CASES
     quick: bool = False
+    # why the Node.js cases (BullMQ's, procession's Node.js client side)
+    # cannot run, or None
+    node_missing: str | None = None
+    node_producers: int = 16
+    bullmq_concurrency: int = 50
 
 
 @frozen
@@ -155,6 +163,17 @@ class Env:
         if self.server is not None:
             return str(self.server.port)
         return self.redis.url(kombu=self.system == "celery")
+
+    def node_target(self) -> str:
+        """
+        What ``bench/node/load.mjs`` connects to: procession's port, or
+        Redis's unix socket path (or host:port).
+        """
+        if self.server is not None:
+            return str(self.server.port)
+        if self.redis.transport == "unix":
+            return self.redis.socket
+        return f"127.0.0.1:{self.redis.port}"
 
     def child(self, args: list[str], name: str, **env: str) -> Child:
         """
@@ -360,7 +379,10 @@ class Bench:
         if key not in self.snapshots:
             scratch = Env(self.settings, env.system)
             try:
-                self.produce(scratch, "batch", jobs)
+                if env.system == "bullmq":
+                    self.node(scratch, "fill", jobs)
+                else:
+                    self.produce(scratch, "batch", jobs)
                 # procession: the queue's keys (not the scratch server's
                 # entry in the registry of live servers)
                 pattern = NAMESPACE + ":{*" if env.system == "procession" else "*"
@@ -398,6 +420,11 @@ class Bench:
                 ("HLEN", "dramatiq:default.msgs"), ("LLEN", "dramatiq:default")
             )
             return total - int(unfinished), int(waiting)
+        if system == "bullmq":
+            done, waiting = r.pipeline(
+                ("ZCARD", "bull:default:completed"), ("LLEN", "bull:default:wait")
+            )
+            return int(done), int(waiting)
         raise ValueError(system)
 
     def wait_drained(
@@ -509,6 +536,8 @@ class Bench:
             stored = int(env.resp.call("LLEN", "rq:queue:default"))
         elif env.system == "celery":
             stored = int(env.resp.call("LLEN", "celery"))
+        elif env.system == "bullmq":
+            stored = int(env.resp.call("LLEN", "bull:default:wait"))
         else:
             stored = int(env.resp.call("LLEN", "dramatiq:default"))
         if stored != jobs:
@@ -539,6 +568,72 @@ class Bench:
             return metrics
 
         return run
+
+    def node(self, env: Env, mode: str, jobs: int, **options: Any) -> dict[str, Any]:
+        """
+        Run ``bench/node/load.mjs`` (push or fill) for the env's system to
+        the end; its JSON.
+        """
+        args = nodeload.command(
+            code_root(), mode, env.system, env.node_target(), jobs, **options
+        )
+        process = subprocess.run(
+            args,
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=code_root(),
+            timeout=self.settings.max_seconds + 600,
+        )
+        if process.returncode != 0:
+            raise RuntimeError(f"load.mjs {mode} failed:\n{process.stderr[-3000:]}")
+        return json.loads(process.stdout.strip().splitlines()[-1])
+
+    def node_push(self, connections: int) -> Callable[[Env], dict[str, Any]]:
+        """
+        One job at a time on each of C{connections} connections, from
+        Node.js (procession's protocol, or BullMQ's Queue.add).
+        """
+
+        def run(env: Env) -> dict[str, Any]:
+            meter = Meter(env)
+            out = self.node(
+                env,
+                "push",
+                self.settings.jobs,
+                connections=connections,
+                max_seconds=self.settings.max_seconds,
+            )
+            metrics = meter.finish(out["jobs"], out["seconds"])
+            self.check_stored(env, out["jobs"])
+            return metrics
+
+        return run
+
+    def node_drain(self, env: Env) -> dict[str, Any]:
+        """
+        One Node.js consumer drains N queued jobs: procession's protocol
+        with credit C{raw_credit}, or a BullMQ Worker with concurrency
+        C{bullmq_concurrency}.
+        """
+        s = self.settings
+        self.fill(env, s.jobs)
+        meter = Meter(env)
+        args = nodeload.command(
+            code_root(),
+            "drain",
+            env.system,
+            env.node_target(),
+            s.jobs,
+            credit=s.raw_credit,
+            concurrency=s.bullmq_concurrency,
+        )
+        worker = env.child(args, "node-drain")
+        meter.watch(worker)
+        first, last, done = self.wait_drained(env, worker, meter, s.jobs, s.jobs)
+        metrics = meter.finish(done, last - first)
+        worker.wait(30)
+        return metrics
 
     def latency(self, variant: str, rate: int) -> Callable[[Env], dict[str, Any]]:
         def run(env: Env) -> dict[str, Any]:
@@ -877,6 +972,13 @@ class Bench:
                 self.drain("raw", connections=n, credit=credit),
                 once=n >= 1000,
             )
+        # BullMQ's cases and procession's Node.js side of them
+        if s.node_missing is None and "bullmq" in s.systems:
+            n = s.node_producers
+            for system in ("procession", "bullmq"):
+                add("push", "node1", system, "node.push1", self.node_push(1))
+                add("push", f"node{n}", system, f"node.push{n}", self.node_push(n))
+                add("drain", "node", system, "node.drain", self.node_drain)
         if s.deep:
             add("deep", "", "procession", "", self.deep, once=True)
         if s.idle_seconds:
@@ -1235,6 +1337,43 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         5,
         higher=False,
     )
+    # issue 13: against BullMQ, both sides with Node.js clients
+    check(
+        "Push, 16 producers, one at a time each: >= 1.5x BullMQ",
+        "push.node16/procession",
+        "jobs_per_s",
+        1.5,
+        ratio=True,
+    )
+    check(
+        "Push, one at a time: >= 0.5x BullMQ",
+        "push.node1/procession",
+        "jobs_per_s",
+        0.5,
+        ratio=True,
+    )
+    check(
+        "Drain, one consumer: >= 1.5x BullMQ",
+        "drain.node/procession",
+        "jobs_per_s",
+        1.5,
+        ratio=True,
+    )
+    for case in ("push.node1/procession", "push.node16/procession"):
+        check(
+            f"Server CPU per push ({case}): <= 120 us (1.2 s/10k)",
+            case,
+            "server_cpu_s_per_10k",
+            1.2,
+            higher=False,
+        )
+        check(
+            f"Redis CPU per push ({case}): <= 60 us (0.6 s/10k)",
+            case,
+            "redis_cpu_s_per_10k",
+            0.6,
+            higher=False,
+        )
     deep = by_id.get("deep/procession")
     if deep is not None:
         m = deep["median"]
@@ -1320,7 +1459,7 @@ def table(report: dict[str, Any]) -> str:
         )
     lines += [""] + extra if extra else []
     if report["targets"]:
-        lines += ["", "targets (issue 6):"]
+        lines += ["", "targets (issues 6 and 13):"]
         for t in report["targets"]:
             mark = "met   " if t["met"] else "MISSED"
             lines.append(f"  {mark} {t['target']}: {t['value']}")
@@ -1372,6 +1511,8 @@ def machine() -> dict[str, Any]:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
+    versions["bullmq"] = nodeload.bullmq_version()
+    versions["node"] = nodeload.node_version()
     try:
         commit = subprocess.run(
             ["git", "-C", REPO, "describe", "--always", "--dirty"],
@@ -1409,7 +1550,7 @@ def _interrupt(*_: Any) -> None:
 def parse(argv: list[str] | None) -> tuple[Settings, str | None, bool]:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark procession beside RQ, Celery and Dramatiq (bench/README.rst).",
+        description="Benchmark procession beside RQ, Celery, Dramatiq and BullMQ (bench/README.rst).",
     )
     parser.add_argument(
         "--quick",
@@ -1427,7 +1568,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, str | None, bool]:
     )
     parser.add_argument(
         "--systems",
-        help="comma-separated: procession,rq,celery,dramatiq (default all; --quick: procession)",
+        help="comma-separated: procession,rq,celery,dramatiq,bullmq (default all; --quick: procession)",
     )
     parser.add_argument(
         "--only",
@@ -1530,6 +1671,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(table(json.load(f)))
         return 0
     settings, output, live = parse(argv)
+    if "bullmq" in settings.systems:
+        # before the code is frozen: the copy takes bench/node/node_modules
+        settings.node_missing = nodeload.ensure_installed()
+        if settings.node_missing is not None:
+            print(
+                f"skipping BullMQ and procession's Node.js cases: {settings.node_missing}",
+                file=sys.stderr,
+                flush=True,
+            )
     code = "live" if live else freeze_code()
     # SIGTERM stops a run as ^C does: each run's processes are stopped
     signal.signal(signal.SIGTERM, _interrupt)

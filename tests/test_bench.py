@@ -15,7 +15,7 @@ import sys
 import tempfile
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,3 +158,65 @@ class QuickRunTests(SynchronousTestCase):
             self.assertIsInstance(target["met"], bool)
         self.assertIn("push.one/procession", self.stdout)
         self.assertIn("jobs/s", self.stdout)
+
+
+class NodeRunTests(SynchronousTestCase):
+    """
+    The BullMQ cases and procession's Node.js side of them run (a tiny
+    case each), when Node.js is installed.
+    """
+
+    def test_bullmq_cases(self) -> None:
+        """
+        ``python -m bench --systems procession,bullmq --only '*node*'``
+        measures both sides of the push and drain cases, with Redis's CPU
+        for both and the server's for procession, and compares them.
+        """
+        if shutil.which("node") is None:
+            raise SkipTest("Node.js is not installed")
+        folder = tempfile.mkdtemp(prefix="procession-test-bench-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        output = os.path.join(folder, "node.json")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (ROOT, env.get("PYTHONPATH")) if p
+        )
+        # fmt: off
+        command = [
+            sys.executable, "-m", "bench", "--systems", "procession,bullmq",
+            "--only", "*node*", "--jobs", "300", "--repeat", "1",
+            "--max-seconds", "5", "--output", output,
+        ]
+        # fmt: on
+        process = subprocess.run(
+            command,
+            check=False,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if "skipping BullMQ" in process.stderr:
+            raise SkipTest(process.stderr.strip().splitlines()[0])
+        self.assertEqual(process.returncode, 0, process.stderr[-4000:])
+        with open(output, encoding="utf-8") as f:
+            report = json.load(f)
+        self.assertEqual(report["errors"], {})
+        self.assertTrue(report["machine"]["packages"]["bullmq"])
+        results = {r["id"]: r for r in report["results"]}
+        for system in ("procession", "bullmq"):
+            for variant in ("push.node1", "push.node16", "drain.node"):
+                median = results[f"{variant}/{system}"]["median"]
+                self.assertEqual(median["jobs"], 300)
+                self.assertGreater(median["jobs_per_s"], 0)
+                self.assertGreater(median["redis_cmds_per_job"], 0)
+                # CPU is counted in clock ticks: a tiny case may take none
+                self.assertGreaterEqual(median["redis_cpu_s_per_10k"], 0)
+                if system == "procession":
+                    self.assertGreaterEqual(median["server_cpu_s_per_10k"], 0)
+                    ratio = results[f"{variant}/{system}"]["ratio"]
+                    self.assertEqual(ratio["best"], f"{variant}/bullmq")
+                    self.assertGreater(ratio["jobs_per_s"], 0)
+        names = [t["target"] for t in report["targets"]]
+        self.assertTrue(any("BullMQ" in n for n in names))
