@@ -827,7 +827,7 @@ class Bench:
         for n in range(rounds):
             r.call("CONFIG", "RESETSTAT")
             for i in range(calls):
-                argv = [now] + [
+                argv = [now, "bench-server"] + [
                     x
                     for j in range(batch)
                     for x in ("bench-claim", f"lease{n}.{i}.{j}@default")

@@ -5,6 +5,7 @@ Tests for L{procession.store.jobs}: the Lua scripts against a real Redis.
 from __future__ import annotations
 
 import json
+import re
 
 from hypothesis import given, strategies as st
 from typing import Any
@@ -453,6 +454,65 @@ class ServerRegistryTests(TestCase):
         )
         [again] = await self.store.claim("default", [("w", "l4")])
         self.assertEqual((again.id, again.attempt), ("a", 2))
+
+    async def published(self) -> int:
+        """
+        How many PUBLISH commands the test Redis has run.
+        """
+        text = await self.store.command("INFO", "commandstats")
+        found = re.search(r"cmdstat_publish:calls=(\d+)", text)
+        return int(found.group(1)) if found else 0
+
+    async def test_a_push_wakes_only_when_another_server_waits(self) -> None:
+        """
+        A push publishes its wake-up only while a server other than the
+        pushing one may have consumers waiting on the queue: one whose last
+        claim came back short (the queue ran dry), until one of its claims
+        fills every slot or it is lost.  Each server has its own entry, so
+        one leaving never stops the wake-ups of another.
+        """
+        other = await connected_store(self, self.clock, server_id="srv-b")
+        other.namespace = self.store.namespace
+        other.channel = self.store.channel
+
+        async def wakes(store: Store, job_id: str) -> int:
+            before = await self.published()
+            await store.push([self.job(id=job_id)])
+            return await self.published() - before
+
+        self.assertEqual(await wakes(self.store, "1"), 0)
+        # srv-b's claim finds one job of two: its consumers wait
+        self.assertEqual(
+            len(await other.claim("default", [("w", "l1"), ("w", "l2")])), 1
+        )
+        self.assertEqual(await wakes(self.store, "2"), 1)
+        # srv-b wakes its own consumers itself
+        self.assertEqual(await wakes(other, "3"), 0)
+        # srv-a's claim runs dry too (a TCP worker's or an HTTP poll's alike)
+        self.assertEqual(
+            len(
+                await self.store.claim(
+                    "default", [("w", f"a{i}") for i in range(3)], held=True
+                )
+            ),
+            2,
+        )
+        self.assertEqual(await wakes(other, "4"), 1)
+        # srv-b fills every slot: it claims again unwoken; srv-a still waits
+        self.assertEqual(len(await other.claim("default", [("w", "l3")])), 1)
+        self.assertEqual(await wakes(self.store, "5"), 0)
+        self.assertEqual(await wakes(other, "6"), 1)
+        # srv-b runs dry again, then srv-a is lost: its entry goes, srv-b's stays
+        await other.claim("default", [("w", f"b{i}") for i in range(4)])
+        await other.server_lost("default", "srv-a", "gone", limit=1000)
+        self.assertEqual(await wakes(self.store, "7"), 1)
+        self.assertEqual(await wakes(other, "8"), 0)
+        # jobs due later, or pushed to a paused queue, wake nobody
+        before = await self.published()
+        await self.store.push([self.job(id="later", delay=60)])
+        self.assertEqual(await self.published() - before, 0)
+        await self.store.set_paused("default", True)
+        self.assertEqual(await wakes(self.store, "9"), 0)
 
     async def test_server_lost_leaves_jobs_of_other_servers(self) -> None:
         """

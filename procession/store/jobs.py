@@ -453,7 +453,7 @@ class Store:
             and come back soon after this server dies (L{server_lost}).
         @return: the jobs leased, the i-th under the i-th slot's lease.
         """
-        args: list[Any] = [self.now_ms()]
+        args: list[Any] = [self.now_ms(), self.server_id]
         for worker, lease in slots:
             args.append(worker)
             args.append(lease)

@@ -5,7 +5,7 @@
 --          server, given when the leases live and die with the workers'
 --          connections to that server (TCP workers); left out when the
 --          worker may ack through any server (HTTP polls)
--- ARGV[1]  now (ms)
+-- ARGV[1]  now (ms)           ARGV[2]  the claiming server's id
 -- then 2 values per wanted job: the worker's name, the new lease token
 --
 -- Returns one row per job leased (fewer than asked when the queue ran
@@ -14,9 +14,16 @@
 -- pair.  Each claim counts as an attempt.  With KEYS[2], each job leased
 -- goes into that held set and names the server in its hash ('server'), so
 -- that it comes back soon after the server dies (server_lost.lua).
+-- A claim that comes back short puts the server in the queue's waiting
+-- set (its consumers now wait for a wake-up, which pushes then publish);
+-- one that fills every slot takes it out (see common.lua).
 local now = tonumber(ARGV[1])
-local wanted = (#ARGV - 1) / 2
-if wanted < 1 or redis.call('EXISTS', prefix .. 'paused') == 1 then
+local wanted = (#ARGV - 2) / 2
+if wanted < 1 then
+  return {}
+end
+if redis.call('EXISTS', prefix .. 'paused') == 1 then
+  redis.call('SADD', prefix .. 'waiting', ARGV[2])
   return {}
 end
 local held = KEYS[2]
@@ -29,7 +36,7 @@ local rows = {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 17)
   local key = jobkey(id)
-  local slot = 2 + 2 * #rows
+  local slot = 3 + 2 * #rows
   local fields = redis.call('HMGET', key, 'wire', 'attempt', 'timeout',
     'enqueued_at')
   local attempt = tostring(tonumber(fields[2]) + 1)
@@ -45,5 +52,10 @@ for i = 1, #popped, 2 do
   redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(fields[3]) * 1000), id)
   local row = {id, fields[1], attempt, fields[3], fields[4]}
   rows[#rows + 1] = row
+end
+if #rows < wanted then
+  redis.call('SADD', prefix .. 'waiting', ARGV[2])
+else
+  redis.call('SREM', prefix .. 'waiting', ARGV[2])
 end
 return rows

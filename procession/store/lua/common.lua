@@ -24,6 +24,14 @@
 --   paused       string: present while the queue is paused
 --   stats        hash: pushed, processed, failed (since the queue began)
 --   minute:<m>   hash: processed, failed in minute m (expires after 2 days)
+--   waiting      set: ids of the servers whose consumers may wait for a
+--                wake-up on this queue: claim.lua adds the claiming server
+--                when a claim comes back short (the queue ran dry, or is
+--                paused) and removes it when one fills every slot (that
+--                server claims again without being woken); server_lost.lua
+--                removes a lost or departing server.  A push publishes
+--                only when a server other than its own is in it, so one
+--                server's entry never stops wake-ups to another.
 --   held:<srv>   set: ids of running jobs whose lease lives and dies with a
 --                connection to server <srv> (TCP workers; not HTTP polls),
 --                which the job's hash names in 'server'.  When that server
@@ -151,6 +159,16 @@ end
 local function wake(channel, queue)
   if redis.call('EXISTS', prefix .. 'paused') == 0 then
     redis.call('PUBLISH', channel, queue)
+  end
+end
+
+-- wake() for a push by server <self>: only when a server other than
+-- <self> may have consumers waiting on the queue (the waiting set).
+local function wake_waiting(channel, message, self)
+  local waiting = redis.call('SCARD', prefix .. 'waiting')
+  if waiting > 1 or (waiting == 1
+      and redis.call('SISMEMBER', prefix .. 'waiting', self) == 0) then
+    wake(channel, message)
   end
 end
 

@@ -12,7 +12,10 @@
 -- Returns, per job, 1 when it was created and 0 when a job with that id
 -- already existed (which is left exactly as it was: pushes are idempotent).
 -- A job due now is queued; one due later is scheduled.  Every new job goes
--- into the created index.
+-- into the created index.  A new job's hash is written once, with its
+-- state: nothing has to be read back or removed.  The wake-up is published
+-- only when another server's consumers may wait on the queue (the waiting
+-- set, see common.lua): the pushing server wakes its own.
 local now = tonumber(ARGV[1])
 local queue = ARGV[3]
 local created = {}
@@ -25,19 +28,27 @@ for i = 5, #ARGV, 9 do
     created[#created + 1] = 0
   else
     local run_at = tonumber(ARGV[i + 7])
-    redis.call('HSET', key,
-      'id', id, 'type', ARGV[i + 1], 'queue', queue, 'args', ARGV[i + 2],
-      'priority', ARGV[i + 3], 'max_attempts', ARGV[i + 4],
-      'timeout', ARGV[i + 5], 'meta', ARGV[i + 6], 'attempt', 0,
-      'created_at', now, 'wire', ARGV[i + 8])
-    redis.call('ZADD', prefix .. 'created', 0, created_member(id, now))
     if run_at > now then
-      redis.call('HSET', key, 'state', 'scheduled', 'run_at', run_at)
+      redis.call('HSET', key,
+        'id', id, 'type', ARGV[i + 1], 'queue', queue, 'args', ARGV[i + 2],
+        'priority', ARGV[i + 3], 'max_attempts', ARGV[i + 4],
+        'timeout', ARGV[i + 5], 'meta', ARGV[i + 6], 'attempt', 0,
+        'created_at', now, 'wire', ARGV[i + 8],
+        'state', 'scheduled', 'run_at', run_at)
       redis.call('ZADD', prefix .. 'scheduled', run_at, id)
     else
-      enqueue(id, now, false)
+      -- as enqueue() does, without reading back what is known here
+      local member = string.format('%016d', redis.call('INCR', prefix .. 'seq')) .. id
+      redis.call('HSET', key,
+        'id', id, 'type', ARGV[i + 1], 'queue', queue, 'args', ARGV[i + 2],
+        'priority', ARGV[i + 3], 'max_attempts', ARGV[i + 4],
+        'timeout', ARGV[i + 5], 'meta', ARGV[i + 6], 'attempt', 0,
+        'created_at', now, 'wire', ARGV[i + 8],
+        'state', 'queued', 'enqueued_at', now, 'qm', member)
+      redis.call('ZADD', prefix .. 'queued', -tonumber(ARGV[i + 3]), member)
       queued = queued + 1
     end
+    redis.call('ZADD', prefix .. 'created', 0, created_member(id, now))
     n = n + 1
     created[#created + 1] = 1
   end
@@ -46,6 +57,6 @@ if n > 0 then
   count('pushed', now, n)
 end
 if queued > 0 then
-  wake(ARGV[2], ARGV[4])
+  wake_waiting(ARGV[2], ARGV[4], string.sub(ARGV[4], #queue + 2))
 end
 return created

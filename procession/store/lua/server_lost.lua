@@ -12,11 +12,13 @@
 -- counted (a job out of attempts is dead).  A job in the held set that
 -- has since left 'running' or gone to another server is only dropped from
 -- the set.  Safe when many servers do it at once: the second finds
--- nothing left.  Callers repeat while jobs are left.
+-- nothing left.  Callers repeat while jobs are left.  The server leaves
+-- the queue's waiting set (common.lua): its consumers are gone.
 -- Returns {given back, left in the held set}.
 local now = tonumber(ARGV[1])
 local held = KEYS[2]
 local server = string.sub(held, #prefix + 6)
+redis.call('SREM', prefix .. 'waiting', server)
 local ids = redis.call('SRANDMEMBER', held, tonumber(ARGV[5]))
 local taken = 0
 local queued = 0
