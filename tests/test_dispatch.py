@@ -1,6 +1,6 @@
 """
-Tests for L{procession.service.dispatcher}'s part in a cluster of servers: the
-heartbeat, when a server may declare others lost, giving back what a lost
+Tests for L{procession.service.dispatcher} and L{procession.service.cluster}'s
+part in a cluster of servers: the heartbeat, when a server may declare others lost, giving back what a lost
 server held, the heartbeat's description, and claims that serve TCP workers
 and HTTP polls in turns.  Synchronous, against a fake store and a
 L{task.Clock}.
@@ -13,7 +13,8 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.service.dispatcher import MAX_DESCRIBED_JOBS, Dispatcher
+from procession.service.cluster import MAX_DESCRIBED_JOBS
+from procession.service.dispatcher import Dispatcher
 from procession.core.errors import StoreUnavailable
 
 
@@ -98,7 +99,7 @@ class HeartbeatTests(SynchronousTestCase):
         )  # type: ignore[arg-type]
 
     def beat(self) -> None:
-        self.successResultOf(defer.ensureDeferred(self.dispatcher.heartbeat()))
+        self.successResultOf(defer.ensureDeferred(self.dispatcher.cluster.heartbeat()))
 
     def sweep(self) -> None:
         self.successResultOf(defer.ensureDeferred(self.dispatcher.sweep()))
@@ -109,31 +110,31 @@ class HeartbeatTests(SynchronousTestCase):
         gone through for a whole server timeout: after an outage of Redis,
         the others need that long to beat again.
         """
-        self.assertFalse(self.dispatcher.judges_servers())
+        self.assertFalse(self.dispatcher.cluster.judges_servers())
         for _ in range(4):
             self.beat()
-            self.assertFalse(self.dispatcher.judges_servers())
+            self.assertFalse(self.dispatcher.cluster.judges_servers())
             self.clock.advance(1)
         self.beat()
-        self.assertTrue(self.dispatcher.judges_servers())
+        self.assertTrue(self.dispatcher.cluster.judges_servers())
         # Redis goes away: judging stops, and starts again only a whole
         # timeout after the heartbeats come back.
         self.store.down = True
         self.beat()
-        self.assertFalse(self.dispatcher.judges_servers())
+        self.assertFalse(self.dispatcher.cluster.judges_servers())
         self.store.down = False
         for _ in range(4):
             self.clock.advance(1)
             self.beat()
-            self.assertFalse(self.dispatcher.judges_servers())
+            self.assertFalse(self.dispatcher.cluster.judges_servers())
         self.clock.advance(1)
         self.beat()
-        self.assertTrue(self.dispatcher.judges_servers())
+        self.assertTrue(self.dispatcher.cluster.judges_servers())
         # A long gap between heartbeats (a stalled process) counts as a
         # break too.
         self.clock.advance(3)
         self.beat()
-        self.assertFalse(self.dispatcher.judges_servers())
+        self.assertFalse(self.dispatcher.cluster.judges_servers())
 
     def test_lost_servers_jobs_come_back(self) -> None:
         """
@@ -160,7 +161,7 @@ class HeartbeatTests(SynchronousTestCase):
         """
         self.store.held = {("q1", "me"): 2}
         self.dispatcher.start()
-        self.successResultOf(defer.ensureDeferred(self.dispatcher.leave()))
+        self.successResultOf(defer.ensureDeferred(self.dispatcher.cluster.leave()))
         self.dispatcher.stop_sweeping()
         self.assertEqual(self.store.held, {})
         self.assertTrue(self.store.deregistered)
@@ -174,11 +175,11 @@ class HeartbeatTests(SynchronousTestCase):
         each worker's jobs cut short.
         """
         jobs = [{"id": str(i), "queue": "q1"} for i in range(MAX_DESCRIBED_JOBS + 5)]
-        self.dispatcher.describe = lambda: {
+        self.dispatcher.cluster.describe = lambda: {
             "listening": {"tcp": "127.0.0.1:7000"},
             "workers": [{"kind": "tcp", "name": "w#1", "jobs": jobs}],
         }
-        described = self.dispatcher.description()
+        described = self.dispatcher.cluster.description()
         self.assertEqual(described["listening"], {"tcp": "127.0.0.1:7000"})
         self.assertEqual(len(described["workers"][0]["jobs"]), MAX_DESCRIBED_JOBS)
         self.assertEqual(

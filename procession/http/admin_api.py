@@ -109,7 +109,7 @@ class AdminRoutes:
         """
         self._admin(request)
         summaries = await self.dispatcher.store.summaries()
-        workers = await self.dispatcher.cluster_workers(self.local_workers())
+        workers = await self.dispatcher.cluster.workers(self.local_workers())
         tcp = sum(1 for w in workers if w.get("kind") == "tcp")
         # An HTTP worker behind a load balancer polls several servers: count
         # it once.
@@ -298,7 +298,7 @@ class AdminRoutes:
         their recent HTTP pollers, each with its C{server}.
         """
         self._admin(request)
-        workers = await self.dispatcher.cluster_workers(self.local_workers())
+        workers = await self.dispatcher.cluster.workers(self.local_workers())
         return json_response(request, {"workers": workers})
 
     def local_workers(self) -> list[dict[str, Any]]:

@@ -553,11 +553,11 @@ class ProcessionService(service.MultiService):
             max_connections=options["max-connections"],
             handshake_timeout=options["handshake-timeout"],
         )
-        self.dispatcher.describe = self._describe
+        self.dispatcher.cluster.describe = self._describe
         # In the registry before any worker can take a job here: jobs held
         # by a server that is not in it would only come back when their
         # leases expire.
-        await self.dispatcher.heartbeat()
+        await self.dispatcher.cluster.heartbeat()
         self.dispatcher.start()
         self.tcp_port = await self._listen("tcp", 0, self.worker_factory)
         self.listening["tcp"] = _describe(self.tcp_port)
@@ -742,7 +742,7 @@ class ProcessionService(service.MultiService):
                 log.info("Shutting down: giving {left} jobs back", left=left)
             await self.worker_factory.release_all("the server shut down")
         if self.dispatcher is not None:
-            await self.dispatcher.leave()
+            await self.dispatcher.cluster.leave()
         await children_stopped
         if self.wake_listener is not None:
             await self.wake_listener.stop()

@@ -1012,7 +1012,7 @@ class UIRoutes:
         them (L{procession.http.admin_api.AdminRoutes.local_workers}).
         """
         local = self.local_workers()  # type: ignore[attr-defined]
-        return await self.dispatcher.cluster_workers(local)
+        return await self.dispatcher.cluster.workers(local)
 
     @app.route("/workers", methods=["GET"])
     @page
