@@ -42,9 +42,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from procession.core.errors import IllegalState, JobNotFound
-from procession.core.job import STATES, format_time
+from procession.core.job import format_time
+from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES, UNFINISHED
 from procession.core.stats import QueueSummary, Throughput
-from procession.store.jobs import KILLABLE, PURGEABLE, RETRYABLE, Store
+from procession.store.jobs import Store
 from tests.redis import namespace
 from tests.support import FakeClock, connected_store, new_job
 
@@ -74,7 +75,6 @@ SET_OF = {
     "cancelled": "done",
 }
 SETS = ("queued", "scheduled", "retrying", "running", "dead", "done")
-UNFINISHED = ("queued", "scheduled", "retrying", "running")
 
 # The invariant's read of one queue's raw state, as one JSON text: every
 # state set with its scores, the created index, every job hash, every error

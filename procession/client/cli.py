@@ -28,6 +28,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from procession.core.states import (
+    KILLABLE,
+    PURGEABLE,
+    RETRYABLE,
+    SIZED_STATES,
+    STATES,
+)
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 
@@ -36,20 +44,7 @@ API_ERROR = 1
 USAGE_ERROR = 2
 UNREACHABLE = 3
 
-JOB_STATES = (
-    "scheduled",
-    "queued",
-    "running",
-    "retrying",
-    "completed",
-    "dead",
-    "cancelled",
-)
-# The states each bulk change of a queue accepts (procession.store.jobs).
-RETRYABLE = ("dead", "retrying", "scheduled")
-KILLABLE = ("queued", "scheduled", "retrying")
-PURGEABLE = ("queued", "scheduled", "retrying", "dead")
-SIZES = ("queued", "scheduled", "retrying", "running", "dead")
+
 # The largest page the API serves.
 MAX_PAGE = 500
 
@@ -372,7 +367,7 @@ def cmd_stats(api: Api, args: argparse.Namespace, out: Output) -> None:
             ("processed", totals["processed"]),
             ("failed", totals["failed"]),
         ]
-        pairs += [(state, totals[state]) for state in SIZES if state in totals]
+        pairs += [(state, totals[state]) for state in SIZED_STATES if state in totals]
         for kind in ("processed", "failed"):
             t = throughput[kind]
             pairs.append(
@@ -391,7 +386,7 @@ def _queue_row(q: dict[str, Any]) -> list[str]:
     return [
         cell(q["name"]),
         "paused" if q["paused"] else "active",
-        *(str(sizes[s]) for s in SIZES),
+        *(str(sizes[s]) for s in SIZED_STATES),
         duration(q["latency"]),
         str(totals["processed"]),
         str(totals["failed"]),
@@ -401,7 +396,7 @@ def _queue_row(q: dict[str, Any]) -> list[str]:
 QUEUE_HEADERS = (
     "QUEUE",
     "STATE",
-    *(s.upper() for s in SIZES),
+    *(s.upper() for s in SIZED_STATES),
     "LATENCY",
     "PROCESSED",
     "FAILED",
@@ -421,7 +416,7 @@ def cmd_queues(api: Api, args: argparse.Namespace, out: Output) -> None:
                 ("queue", q["name"]),
                 ("state", "paused" if q["paused"] else "active"),
             ]
-            pairs += [(s, q["sizes"][s]) for s in SIZES]
+            pairs += [(s, q["sizes"][s]) for s in SIZED_STATES]
             pairs += [
                 ("latency", duration(q["latency"])),
                 ("oldest queued", moment(q.get("oldest_enqueued_at"))),
@@ -836,7 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("jobs", cmd_jobs, "list jobs, newest first")
     sub.add_argument("--queue", help="only this queue's jobs")
-    sub.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    sub.add_argument("--state", choices=STATES, help="only jobs in this state")
     sub.add_argument("--type", help="only jobs of this type")
     sub.add_argument(
         "--limit",

@@ -44,15 +44,6 @@ WORKER_NAME_LIMIT = 128
 MAX_QUEUES = 100
 MAX_RETRY_IN = 365 * 86400.0
 
-STATES = (
-    "scheduled",
-    "queued",
-    "running",
-    "retrying",
-    "completed",
-    "dead",
-    "cancelled",
-)
 
 SUBMISSION_FIELDS = frozenset(
     {

@@ -13,9 +13,8 @@ from typing import Any, Sequence
 from attrs import frozen
 
 from procession.core.job import format_time
+from procession.core.states import SIZED_STATES
 
-# The states whose jobs a queue summary counts, in the order of summary.lua.
-SIZED_STATES = ("queued", "scheduled", "retrying", "running", "dead")
 
 MINUTE_MS = 60_000
 

@@ -24,7 +24,7 @@ from procession.core.listing import decode_cursor, encode_cursor, parse_limit
 from procession.http.metrics import CONTENT_TYPE, Metrics, Snapshot
 from procession.tcp.protocol import WorkerProtocol
 from procession.core.stats import Totals
-from procession.store.jobs import KILLABLE, PURGEABLE, RETRYABLE
+from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE
 from procession.http.web import ADMIN, app, authorize, json_response, query
 
 _OPENAPI: bytes | None = None

@@ -19,7 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from procession.core.stats import SIZED_STATES, QueueSummary
+from procession.core.states import SIZED_STATES
+from procession.core.stats import QueueSummary
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 

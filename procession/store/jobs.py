@@ -35,7 +35,6 @@ from procession.core.errors import (
     StoreUnavailable,
 )
 from procession.core.job import (
-    STATES,
     ClaimedJob,
     NewJob,
     backoff_jitter,
@@ -43,6 +42,7 @@ from procession.core.job import (
 )
 from procession.core.listing import SCAN_BUDGET, QueuePage, merge
 from procession.core.stats import QueueSummary
+from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
 
 log = Logger()
 
@@ -72,10 +72,6 @@ SCRIPT_NAMES = (
 # the keys they are given.
 REGISTRY_SCRIPT_NAMES = ("servers",)
 
-PURGEABLE = ("queued", "scheduled", "retrying", "dead")
-# The states a bulk retry or kill over a queue applies to.
-RETRYABLE = ("scheduled", "retrying", "dead")
-KILLABLE = ("queued", "scheduled", "retrying")
 
 # How far summary.lua looks for the oldest queued job: the first jobs of the
 # first priority levels (see the script).

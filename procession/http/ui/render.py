@@ -22,7 +22,8 @@ from markupsafe import Markup
 
 import procession
 from procession.http.ui import humanize
-from procession.core.job import STATES, parse_time
+from procession.core.job import parse_time
+from procession.core.states import JOB_ACTIONS
 
 # The pages that list jobs by state (/queued, /scheduled, ...).
 LISTS = ("queued", "scheduled", "retrying", "dead")
@@ -36,16 +37,6 @@ def section_of(state: str) -> str:
     if state == "queued":
         return "queues"
     return state if state in ("running", "scheduled", "retrying", "dead") else ""
-
-
-# What each job action may be applied to (the store's scripts decide; this
-# only chooses which buttons to show).
-JOB_ACTIONS = {
-    "retry": ("scheduled", "retrying", "dead"),
-    "kill": ("queued", "scheduled", "retrying", "running"),
-    "cancel": ("queued", "scheduled", "retrying", "running"),
-    "delete": STATES,
-}
 
 
 def template_folder() -> Path:

@@ -44,8 +44,9 @@ from procession.core.errors import (
 )
 from procession.core.job import JOB_ID
 from procession.core.listing import decode_cursor, encode_cursor
-from procession.core.stats import SIZED_STATES, Totals
-from procession.store.jobs import PURGEABLE
+from procession.core.states import SIZED_STATES
+from procession.core.stats import Totals
+from procession.core.states import PURGEABLE
 from procession.http.ui.render import (
     JOB_ACTIONS,
     LISTS,
