@@ -41,7 +41,8 @@ async def connected_store(test: TestCase, clock: Any = None, **kwargs: Any) -> S
         server.socket, poolsize=2, convertNumbers=False
     )
     test.addCleanup(redis.disconnect)
-    return Store(redis, clock or FakeClock(), reactor, namespace=namespace(), **kwargs)
+    kwargs.setdefault("namespace", namespace())
+    return Store(redis, clock or FakeClock(), reactor, **kwargs)
 
 
 def new_job(now_ms: int = 0, **fields: Any) -> NewJob:

@@ -37,7 +37,12 @@ class FakeStore:
         self.claim_results: list[defer.Deferred[Any]] = []
 
     # Coalesced operations the dispatcher binds at start; unused here.
-    push_queue = ack = fail = extend = None
+    push = ack = fail = extend = None
+
+    @property
+    def registry(self) -> "FakeStore":
+        # The server registry's part (L{procession.store.registry}).
+        return self
 
     def heartbeat(self, description: str, ttl: float) -> defer.Deferred[int]:
         if self.down:

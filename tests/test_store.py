@@ -253,9 +253,7 @@ class ManagementReadTests(TestCase):
         return new_job(self.store.now_ms(), **fields)
 
     async def index(self, queue: str = "default") -> list[str]:
-        return await self.store.command(
-            "ZRANGE", self.store.prefix(queue) + "created", 0, -1
-        )
+        return await self.store.command("ZRANGE", self.store.keys.created(queue), 0, -1)
 
     async def test_index_follows_every_removal(self) -> None:
         now = self.store.now_ms()
@@ -367,12 +365,12 @@ class ServerRegistryTests(TestCase):
 
     async def held(self, server: str = "srv-a", queue: str = "default") -> list[str]:
         return sorted(
-            await self.store.command("SMEMBERS", self.store.held_key(queue, server))
+            await self.store.command("SMEMBERS", self.store.keys.held(queue, server))
         )
 
     async def server_field(self, job_id: str) -> str | None:
         return await self.store.command(
-            "HGET", self.store.prefix("default") + "job:" + job_id, "server"
+            "HGET", self.store.keys.job("default", job_id), "server"
         )
 
     async def test_claim_records_the_holder(self) -> None:
@@ -431,9 +429,9 @@ class ServerRegistryTests(TestCase):
             "default", [("w", "l1"), ("w", "l2"), ("w", "l3")], held=True
         )
         self.assertEqual(await self.store.ack("default", [("b", "l2", "")]), ["ok"])
-        other = await connected_store(self, self.clock, server_id="srv-b")
-        other.namespace = self.store.namespace
-        other.channel = self.store.channel
+        other = await connected_store(
+            self, self.clock, server_id="srv-b", namespace=self.store.namespace
+        )
         self.assertEqual(
             await other.server_lost("default", "srv-a", "gone", limit=1000), (2, 0)
         )
@@ -524,7 +522,7 @@ class ServerRegistryTests(TestCase):
         await self.store.claim("default", [("w", f"l{i}") for i in range(5)], held=True)
         # Job 0 changed hands behind the set's back.
         await self.store.command(
-            "HSET", self.store.prefix("default") + "job:0", "server", "srv-b"
+            "HSET", self.store.keys.job("default", "0"), "server", "srv-b"
         )
         given, left = await self.store.server_lost("default", "srv-a", "gone", limit=2)
         # Each call looks at two jobs of the set at most.
@@ -546,21 +544,23 @@ class ServerRegistryTests(TestCase):
         longer than the timeout is lost, and forgetting it works only while
         it still is.
         """
-        await self.store.heartbeat(json.dumps({"workers": [{"name": "w#1"}]}), 0.3)
-        [described] = await self.store.live_servers()
+        await self.store.registry.heartbeat(
+            json.dumps({"workers": [{"name": "w#1"}]}), 0.3
+        )
+        [described] = await self.store.registry.live_servers()
         self.assertEqual(described, {"id": "srv-a", "workers": [{"name": "w#1"}]})
-        self.assertEqual(await self.store.lost_servers(5), [])
+        self.assertEqual(await self.store.registry.lost_servers(5), [])
         await sleep(0.4)
-        self.assertEqual(await self.store.live_servers(), [])
-        self.assertEqual(await self.store.lost_servers(0.2), ["srv-a"])
-        self.assertFalse(await self.store.forget_server("srv-a", 5))
-        self.assertTrue(await self.store.forget_server("srv-a", 0.2))
-        self.assertEqual(await self.store.lost_servers(0), [])
-        await self.store.heartbeat("{}", 5)
-        await self.store.deregister()
-        self.assertEqual(await self.store.live_servers(), [])
+        self.assertEqual(await self.store.registry.live_servers(), [])
+        self.assertEqual(await self.store.registry.lost_servers(0.2), ["srv-a"])
+        self.assertFalse(await self.store.registry.forget_server("srv-a", 5))
+        self.assertTrue(await self.store.registry.forget_server("srv-a", 0.2))
+        self.assertEqual(await self.store.registry.lost_servers(0), [])
+        await self.store.registry.heartbeat("{}", 5)
+        await self.store.registry.deregister()
+        self.assertEqual(await self.store.registry.live_servers(), [])
         self.assertEqual(
-            await self.store.command("ZRANGE", self.store.servers_key, 0, -1), []
+            await self.store.command("ZRANGE", self.store.keys.servers, 0, -1), []
         )
 
 

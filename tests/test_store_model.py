@@ -719,7 +719,7 @@ class StoreMachine(RuleBasedStateMachine):
         commands each); at the end of an example on every state and job.
         """
         store = self.store
-        prefix = store.prefix(QUEUE)
+        prefix = store.keys.prefix(QUEUE)
         ids = sorted(self.jobs)
         self.checks += 1
         if full:

@@ -176,9 +176,6 @@ class NewJob:
         return "".join(parts)
 
 
-PUSH_ARITY = 9
-
-
 def parse_submission(
     obj: object, now_ms: int, max_size: int, encoded_size: int | None = None
 ) -> NewJob:
@@ -457,11 +454,6 @@ def parse_extend_seconds(body: dict[str, Any]) -> float:
     return seconds
 
 
-# The fields of a job's Redis hash that the claim script returns after the
-# job's id, in its order.
-CLAIM_FIELDS = ("wire", "attempt", "timeout", "enqueued_at")
-
-
 @frozen
 class ClaimedJob:
     """
@@ -479,7 +471,8 @@ class ClaimedJob:
     def from_claim(cls, values: list[str], queue: str, lease: str) -> "ClaimedJob":
         """
         Build from one job's row of the claim script's reply (its id, then
-        L{CLAIM_FIELDS}): the JSON sent to the worker is the job's stored
+        its hash's C{wire}, C{attempt}, C{timeout} and C{enqueued_at}, as
+        claim.lua lists them): the JSON sent to the worker is the job's stored
         L{NewJob.wire} and the attempt's own members.  Leases and queue
         names need no JSON escaping.
         """

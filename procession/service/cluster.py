@@ -98,7 +98,7 @@ class Cluster:
         try:
             for name in await self.store.known_queues():
                 await self.give_back(name, own, "the server stopped")
-            await self.store.deregister()
+            await self.store.registry.deregister()
         except ProcessionError as e:
             log.warn(
                 "Could not leave the server registry ({error}); another "
@@ -135,7 +135,7 @@ class Cluster:
         """
         try:
             text = json.dumps(self.description(), separators=(",", ":"))
-            beat = self.store.heartbeat(text, self.server_timeout)
+            beat = self.store.registry.heartbeat(text, self.server_timeout)
             self._beating.add(beat)
             try:
                 await beat
@@ -180,7 +180,7 @@ class Cluster:
         if not self.judges_servers():
             return
         own = self.store.server_id
-        for server_id in await self.store.lost_servers(self.server_timeout):
+        for server_id in await self.store.registry.lost_servers(self.server_timeout):
             if server_id == own:
                 continue
             left = 0
@@ -201,7 +201,7 @@ class Cluster:
                     count=taken,
                 )
             if not left:
-                await self.store.forget_server(server_id, self.server_timeout)
+                await self.store.registry.forget_server(server_id, self.server_timeout)
 
     async def give_back(
         self, name: str, server_id: str, reason: str, rounds: int = 10
@@ -229,7 +229,7 @@ class Cluster:
         """
         own = self.store.server_id
         workers = [{**w, "server": own} for w in local]
-        for described in await self.store.live_servers():
+        for described in await self.store.registry.live_servers():
             if described["id"] == own:
                 continue
             for worker in described.get("workers") or []:

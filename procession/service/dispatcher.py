@@ -189,7 +189,7 @@ class Dispatcher:
         # (Two made smaller batches: 0.027 script calls per job drained
         # instead of 0.016 and a third more server CPU per job in one full
         # benchmark run, bench/RESULTS.rst.)
-        self._push = Coalescer(store.push_queue)
+        self._push = Coalescer(lambda queue, jobs: store.push(jobs))
         self._ack = Coalescer(store.ack)
         self._fail = Coalescer(store.fail)
         self._extend = Coalescer(store.extend)

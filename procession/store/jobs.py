@@ -8,10 +8,8 @@ commands.  Nothing outside this module talks to Redis.
 
 Every key of a queue carries the queue's hash tag (C{ns:{queue}:...}) and
 every script touches one queue only, so the scripts stay valid on a
-sharded Redis.  The only keys outside a queue are the set of known queues,
-the pub/sub channel that wakes the servers, and the server registry
-(C{ns:servers}, a zset of heartbeats, and C{ns:server:<id>}, each live
-server's description): each command or script on them touches one key.
+sharded Redis (L{procession.store.keys} names every key).  The server
+registry is L{procession.store.registry}.
 """
 
 from __future__ import annotations
@@ -43,6 +41,8 @@ from procession.core.job import (
 from procession.core.listing import SCAN_BUDGET, QueuePage, merge
 from procession.core.stats import QueueSummary
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
+from procession.store.keys import STATE_SET_NAMES, STATE_SETS, Keys
+from procession.store.registry import ServerRegistry
 
 log = Logger()
 
@@ -77,17 +77,6 @@ REGISTRY_SCRIPT_NAMES = ("servers",)
 # first priority levels (see the script).
 LATENCY_LEVELS = 64
 LATENCY_PER_LEVEL = 16
-
-# The zsets that hold each state's jobs (completed and cancelled share one).
-STATE_SETS = {
-    "queued": "queued",
-    "scheduled": "scheduled",
-    "retrying": "retrying",
-    "running": "running",
-    "dead": "dead",
-    "completed": "done",
-    "cancelled": "done",
-}
 
 
 @frozen
@@ -172,9 +161,9 @@ class Store:
         # its connection) and its pool has several.
         self.in_order = replicas_ack <= 0
         self.fail_fast = fail_fast
-        self.channel = f"{namespace}:wake"
-        self.queues_key = f"{namespace}:queues"
-        self.servers_key = f"{namespace}:servers"
+        self.keys = Keys(namespace)
+        self.channel = self.keys.channel
+        self.registry = ServerRegistry(self)
         self.scripts = load_scripts()
         self._known_queues: set[str] = set()
 
@@ -185,12 +174,6 @@ class Store:
         The current time in milliseconds, as written into jobs.
         """
         return int(self.clock.seconds() * 1000)
-
-    def prefix(self, queue: str) -> str:
-        """
-        The key prefix of a queue, hash tag included.
-        """
-        return f"{self.namespace}:{{{queue}}}:"
 
     def _guard(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         import txredisapi
@@ -259,7 +242,7 @@ class Store:
         Run one script on one queue's keys (C{more_keys}, when a script
         takes more, share the queue's hash tag).
         """
-        return self.run_on(name, [self.prefix(queue), *more_keys], args)
+        return self.run_on(name, [self.keys.prefix(queue), *more_keys], args)
 
     def run_on(
         self, name: str, keys: Sequence[str], args: Sequence[Any]
@@ -315,7 +298,7 @@ class Store:
         def registered(_: Any) -> None:
             self._known_queues.update(new)
 
-        return self.command("SADD", self.queues_key, *sorted(new)).addCallback(
+        return self.command("SADD", self.keys.queues, *sorted(new)).addCallback(
             registered
         )
 
@@ -328,7 +311,7 @@ class Store:
             self._known_queues.update(names)
             return sorted(names)
 
-        return self.command("SMEMBERS", self.queues_key).addCallback(got)
+        return self.command("SMEMBERS", self.keys.queues).addCallback(got)
 
     # -- the worker's side
 
@@ -397,7 +380,7 @@ class Store:
         if self.fail_fast and not self.connected():
             raise StoreUnavailable("no connection to Redis (it may be failing over)")
         script = self.scripts[name]
-        keys = [self.prefix(queue)]
+        keys = [self.keys.prefix(queue)]
         # Leave time for the answer within the request's timeout.
         wait_ms = max(1, int(self.timeout * 500))
         for verb, body in (("EVALSHA", script.sha), ("EVAL", script.text)):
@@ -422,21 +405,6 @@ class Store:
             return reply
         raise AssertionError("unreachable")
 
-    def push_queue(
-        self, queue: str, jobs: Sequence[NewJob]
-    ) -> defer.Deferred[list[bool]]:
-        """
-        L{push} for jobs that all belong to C{queue}.
-        """
-        return self.push(jobs)
-
-    def held_key(self, queue: str, server_id: str) -> str:
-        """
-        The set of a queue's running jobs that server C{server_id}'s worker
-        connections hold.
-        """
-        return f"{self.prefix(queue)}held:{server_id}"
-
     def claim(
         self, queue: str, slots: Sequence[tuple[str, str]], held: bool = False
     ) -> defer.Deferred[list[ClaimedJob]]:
@@ -460,7 +428,7 @@ class Store:
                 for i, row in enumerate(rows)
             ]
 
-        more = [self.held_key(queue, self.server_id)] if held else []
+        more = [self.keys.held(queue, self.server_id)] if held else []
         return self.run("claim", queue, args, more).addCallback(built)
 
     def ack(
@@ -599,100 +567,9 @@ class Store:
         return self.run(
             "server_lost",
             queue,
-            [now, self.channel, queue, error, limit],
-            [self.held_key(queue, server_id)],
+            [now, self.channel, queue, error, limit, server_id],
+            [self.keys.held(queue, server_id)],
         ).addCallback(lambda r: (int(r[0]), int(r[1])))
-
-    # -- the server registry
-
-    def server_key(self, server_id: str) -> str:
-        """
-        The key of a live server's description.
-        """
-        return f"{self.namespace}:server:{server_id}"
-
-    def heartbeat(self, description: str, ttl: float) -> defer.Deferred[int]:
-        """
-        Record that this server is alive, and its description (JSON text),
-        kept for C{ttl} seconds.
-
-        The registry entry and the description are two keys (so that each
-        command touches one key, as a Redis Cluster needs); they need not
-        change together: the entry says when the server was last heard
-        of, the description only what it last said.
-
-        @return: the time of the heartbeat (ms, by Redis's clock).
-        """
-        beat = self.run_on("servers", [self.servers_key], ["beat", self.server_id])
-        told = self.command(
-            "SET",
-            self.server_key(self.server_id),
-            description,
-            "PX",
-            max(1, int(ttl * 1000)),
-        )
-        return defer.gatherResults([beat, told], consumeErrors=True).addCallbacks(
-            lambda results: int(results[0]), lambda f: f.value.subFailure
-        )
-
-    def lost_servers(self, timeout: float) -> defer.Deferred[list[str]]:
-        """
-        The servers not heard of for more than C{timeout} seconds (by
-        Redis's clock), oldest first.
-        """
-        return self.run_on(
-            "servers", [self.servers_key], ["lost", int(timeout * 1000)]
-        ).addCallback(list)
-
-    def forget_server(self, server_id: str, timeout: float) -> defer.Deferred[bool]:
-        """
-        Remove a lost server from the registry, unless it has been heard of
-        in the last C{timeout} seconds after all.
-        """
-        return self.run_on(
-            "servers",
-            [self.servers_key],
-            ["forget", server_id, int(timeout * 1000)],
-        ).addCallback(lambda n: bool(int(n)))
-
-    def deregister(self) -> defer.Deferred[None]:
-        """
-        Take this server out of the registry (it stops cleanly).
-        """
-        return defer.gatherResults(
-            [
-                self.command("ZREM", self.servers_key, self.server_id),
-                self.command("DEL", self.server_key(self.server_id)),
-            ],
-            consumeErrors=True,
-        ).addCallbacks(lambda _: None, lambda f: f.value.subFailure)
-
-    async def live_servers(self) -> list[dict[str, Any]]:
-        """
-        The descriptions of every server heard of recently (the ones
-        whose description has not expired), by id.
-        """
-        ids = sorted(await self.command("ZRANGE", self.servers_key, 0, -1))
-        if not ids:
-            return []
-        # One GET each rather than one MGET: the keys may live on different
-        # nodes of a cluster.
-        texts = await defer.gatherResults(
-            [self.command("GET", self.server_key(i)) for i in ids],
-            consumeErrors=True,
-        ).addErrback(lambda f: f.value.subFailure)
-        found = []
-        for server_id, text in zip(ids, texts):
-            if not text:
-                continue
-            try:
-                description = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(description, dict):
-                description["id"] = server_id
-                found.append(description)
-        return found
 
     # -- management
 
@@ -760,7 +637,7 @@ class Store:
         # Bounded by the set's size at the start: jobs that come back to
         # the state meanwhile (a retried job failing again at once) are not
         # chased round and round.
-        size = int(await self.command("ZCARD", self.prefix(queue) + state))
+        size = int(await self.command("ZCARD", self.keys.state_set(queue, state)))
         total = 0
         while total < size:
             n = int(await self.run(name, queue, args + [min(batch, size - total)]))
@@ -819,29 +696,16 @@ class Store:
 
         @raise JobNotFound: when there is no such job.
         """
-        prefix = self.prefix(queue)
         fields, errors = await defer.gatherResults(
             [
-                self.command("HGETALL", prefix + "job:" + job_id),
-                self.command("LRANGE", prefix + "errors:" + job_id, 0, -1),
+                self.command("HGETALL", self.keys.job(queue, job_id)),
+                self.command("LRANGE", self.keys.errors(queue, job_id), 0, -1),
             ],
             consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
         if not fields:
             raise JobNotFound(f"no job {job_id!r}", id=job_id)
         return job_from_hash(_as_dict(fields), errors)
-
-    async def find_job(self, job_id: str) -> dict[str, Any]:
-        """
-        Everything about a job, looked up by id alone in every queue.
-
-        @raise JobNotFound: when no queue has it.
-        """
-        for queue in await self.known_queues():
-            exists = await self.command("EXISTS", self.prefix(queue) + "job:" + job_id)
-            if int(exists):
-                return await self.get_job(queue, job_id)
-        raise JobNotFound(f"no job {job_id!r}", id=job_id)
 
     async def locate(self, job_id: str) -> str:
         """
@@ -851,7 +715,7 @@ class Store:
         """
         queues = await self.known_queues()
         found = await defer.gatherResults(
-            [self.command("EXISTS", self.prefix(q) + "job:" + job_id) for q in queues],
+            [self.command("EXISTS", self.keys.job(q, job_id)) for q in queues],
             consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
         for queue, exists in zip(queues, found):
@@ -945,13 +809,12 @@ class Store:
         How many jobs a queue holds in each state, whether it is paused and
         its processed/failed totals.
         """
-        prefix = self.prefix(queue)
-        names = ("queued", "scheduled", "retrying", "running", "dead", "done")
+        names = STATE_SET_NAMES
         replies = await defer.gatherResults(
-            [self.command("ZCARD", prefix + n) for n in names]
+            [self.command("ZCARD", self.keys.state_set(queue, n)) for n in names]
             + [
-                self.command("EXISTS", prefix + "paused"),
-                self.command("HGETALL", prefix + "stats"),
+                self.command("EXISTS", self.keys.paused(queue)),
+                self.command("HGETALL", self.keys.stats(queue)),
             ],
             consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
@@ -973,15 +836,13 @@ class Store:
         """
         if state not in STATES:
             raise InvalidRequest(f"unknown state {state!r}", field="state")
-        members = await self.command(
-            "ZRANGE", self.prefix(queue) + STATE_SETS[state], 0, -1
-        )
+        members = await self.command("ZRANGE", self.keys.state_set(queue, state), 0, -1)
         if state == "queued":
             return [m[16:] for m in members]
-        if STATE_SETS[state] == "done":
+        if STATE_SETS[state] != state:
             states = []
             for m in members:
-                s = await self.command("HGET", self.prefix(queue) + "job:" + m, "state")
+                s = await self.command("HGET", self.keys.job(queue, m), "state")
                 if s == state:
                     states.append(m)
             return states

@@ -10,10 +10,12 @@
 --
 -- Returns one row per job leased (fewer than asked when the queue ran
 -- out, none while it is paused): its id, then the fields listed in
--- procession.job.CLAIM_FIELDS (the attempt as counted by this claim).  Row i belongs to the i-th worker/lease
--- pair.  Each claim counts as an attempt.  With KEYS[2], each job leased
--- goes into that held set and names the server in its hash ('server'), so
--- that it comes back soon after the server dies (server_lost.lua).
+-- procession.core.job.ClaimedJob.from_claim: wire, attempt (as counted
+-- by this claim), timeout, enqueued_at.  Row i belongs to the i-th
+-- worker/lease pair.  Each claim counts as an attempt.  With KEYS[2],
+-- each job leased goes into that held set and names the server (ARGV[2])
+-- in its hash ('server'), so that it comes back soon after the server
+-- dies (server_lost.lua).
 -- A claim that comes back short puts the server in the queue's waiting
 -- set (its consumers now wait for a wake-up, which pushes then publish);
 -- one that fills every slot takes it out (see common.lua).
@@ -29,7 +31,7 @@ end
 local held = KEYS[2]
 local server = nil
 if held then
-  server = string.sub(held, #prefix + 6)
+  server = ARGV[2]
 end
 local popped = redis.call('ZPOPMIN', prefix .. 'queued', wanted)
 local rows = {}

@@ -4,10 +4,13 @@
 -- and builds the queue's other keys from it, so that every key a script
 -- touches carries the queue's hash tag and stays in one cluster slot.
 -- (claim.lua and server_lost.lua also name one server's held set,
--- "<prefix>held:<server>", as KEYS[2]: same hash tag.)
+-- "<prefix>held:<server>", as KEYS[2]: same hash tag; the server's id
+-- comes as an argument, never cut out of the key.)  Python builds every
+-- key name in procession/store/keys.py, which lists these (QUEUE_KEYS);
+-- keep the two in step.
 --
 -- Keys under the prefix:
---   job:<id>     hash: the job (fields listed in procession/job.py)
+--   job:<id>     hash: the job (fields listed in procession/core/job.py)
 --   errors:<id>  list: the job's last failures, newest first, JSON each
 --   queued       zset: score -priority, member <16-digit seq><id> (FIFO
 --                among equal priorities)

@@ -5,6 +5,7 @@
 -- ARGV[1]  now (ms)           ARGV[2]  the wake channel
 -- ARGV[3]  the queue's name   ARGV[4]  the error to record (JSON text)
 -- ARGV[5]  the most jobs to look at in this call
+-- ARGV[6]  the lost server's id
 --
 -- For a server that stopped heartbeating (it died, or lost Redis for
 -- longer than the server timeout): the jobs its worker connections held
@@ -17,7 +18,7 @@
 -- Returns {given back, left in the held set}.
 local now = tonumber(ARGV[1])
 local held = KEYS[2]
-local server = string.sub(held, #prefix + 6)
+local server = ARGV[6]
 redis.call('SREM', prefix .. 'waiting', server)
 local ids = redis.call('SRANDMEMBER', held, tonumber(ARGV[5]))
 local taken = 0

@@ -1,0 +1,145 @@
+"""
+Every Redis key name procession uses, built in this one place.
+
+The Lua scripts build a queue's keys from its prefix (C{KEYS[1]}) by the
+same names: C{lua/common.lua}'s header lists them and must agree with
+L{QUEUE_KEYS}.  Python passes every key a script touches outside that
+prefix (a server's held set, the registry) as a key, and every value a
+script needs (a server's id) as an argument: no script cuts a name out
+of a key.
+
+Every key of a queue carries the queue's hash tag (C{ns:{queue}:...}), so
+a script that touches one queue touches one cluster slot.  The only keys
+outside a queue are the set of known queues, the wake-up channel and the
+server registry (C{ns:servers}, a zset of heartbeats, and
+C{ns:server:<id>}, each live server's description); each command or
+script on them touches one key.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from procession.core.states import STATES
+
+#: The keys under a queue's prefix, as common.lua's header describes them
+#: (C{<id>} and C{<srv>} stand for a job's and a server's id).
+QUEUE_KEYS = (
+    "job:<id>",
+    "errors:<id>",
+    "queued",
+    "scheduled",
+    "retrying",
+    "running",
+    "dead",
+    "done",
+    "created",
+    "seq",
+    "paused",
+    "stats",
+    "minute:<m>",
+    "waiting",
+    "held:<srv>",
+)
+
+#: The zset that holds each state's jobs (completed and cancelled share
+#: C{done}).
+STATE_SETS = {
+    "queued": "queued",
+    "scheduled": "scheduled",
+    "retrying": "retrying",
+    "running": "running",
+    "dead": "dead",
+    "completed": "done",
+    "cancelled": "done",
+}
+assert set(STATE_SETS) == set(STATES)
+
+#: The queue's zsets, one per stored state (L{STATE_SETS}' values).
+STATE_SET_NAMES = ("queued", "scheduled", "retrying", "running", "dead", "done")
+
+
+@frozen
+class Keys:
+    """
+    The key names of one deployment (one C{namespace} of a Redis database).
+    """
+
+    namespace: str = "procession"
+
+    @property
+    def queues(self) -> str:
+        """
+        The set of every queue that ever had a job.
+        """
+        return f"{self.namespace}:queues"
+
+    @property
+    def channel(self) -> str:
+        """
+        The pub/sub channel that wakes the servers (C{"<queue> <server>"}).
+        """
+        return f"{self.namespace}:wake"
+
+    @property
+    def servers(self) -> str:
+        """
+        The server registry: a zset of server ids by last heartbeat.
+        """
+        return f"{self.namespace}:servers"
+
+    def server(self, server_id: str) -> str:
+        """
+        A live server's description (JSON text, expiring).
+        """
+        return f"{self.namespace}:server:{server_id}"
+
+    def prefix(self, queue: str) -> str:
+        """
+        The key prefix of a queue, hash tag included (a script's C{KEYS[1]}).
+        """
+        return f"{self.namespace}:{{{queue}}}:"
+
+    def job(self, queue: str, job_id: str) -> str:
+        """
+        A job's hash.
+        """
+        return f"{self.prefix(queue)}job:{job_id}"
+
+    def errors(self, queue: str, job_id: str) -> str:
+        """
+        A job's last failures, newest first.
+        """
+        return f"{self.prefix(queue)}errors:{job_id}"
+
+    def state_set(self, queue: str, state: str) -> str:
+        """
+        The zset that holds a queue's jobs in C{state} (a state or one of
+        L{STATE_SET_NAMES}).
+        """
+        return self.prefix(queue) + STATE_SETS.get(state, state)
+
+    def created(self, queue: str) -> str:
+        """
+        Every job of a queue by creation time (the paged listing's index).
+        """
+        return f"{self.prefix(queue)}created"
+
+    def paused(self, queue: str) -> str:
+        """
+        Present while the queue is paused.
+        """
+        return f"{self.prefix(queue)}paused"
+
+    def stats(self, queue: str) -> str:
+        """
+        The queue's totals: pushed, processed, failed.
+        """
+        return f"{self.prefix(queue)}stats"
+
+    def held(self, queue: str, server_id: str) -> str:
+        """
+        The set of a queue's running jobs that server C{server_id}'s worker
+        connections hold.
+        """
+        return f"{self.prefix(queue)}held:{server_id}"
