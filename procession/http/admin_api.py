@@ -3,9 +3,9 @@ The management and statistics half of the HTTP API: queues, jobs and
 workers as JSON, Prometheus metrics and the OpenAPI description.
 
 Routes register on the one Klein app of L{procession.http.web}; L{AdminRoutes}
-is a base of L{procession.http.site.HTTPServer}, whose C{dispatcher} and tokens
-the routes use.  Like every front end, they speak to the queue service and
-its store only: every state change is one of the store's scripts.
+is a base of L{procession.http.site.HTTPServer}, whose C{admin} (the queue
+service's management side, L{procession.service.admin}) and tokens the
+routes use.  Like every front end, they speak to the queue service only.
 """
 
 from __future__ import annotations
@@ -13,18 +13,12 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-from procession.core.errors import (
-    InvalidRequest,
-    JobNotFound,
-    QueueNotFound,
-    WorkerNotFound,
-)
-from procession.core.job import JOB_ID, QUEUE_NAME, format_time
+from procession.core.errors import InvalidRequest
+from procession.core.job import QUEUE_NAME
 from procession.core.listing import decode_cursor, encode_cursor, parse_limit
-from procession.http.metrics import CONTENT_TYPE, Metrics, Snapshot
-from procession.tcp.protocol import WorkerProtocol
-from procession.core.stats import Totals
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE
+from procession.http.metrics import CONTENT_TYPE, Metrics, Snapshot
+from procession.service.admin import Admin
 from procession.http.web import ADMIN, app, authorize, json_response, query
 
 _OPENAPI: bytes | None = None
@@ -66,39 +60,16 @@ def required_state(request: Any, allowed: tuple[str, ...]) -> str:
 class AdminRoutes:
     """
     Management, statistics and metrics routes of L{procession.http.site.HTTPServer}.
-
-    @ivar worker_factory: the TCP listener's factory, when start-up wiring
-        gives it: its connections include workers that take no jobs at the
-        moment (quieted ones, producers), which the dispatcher does not list.
     """
 
-    dispatcher: Any
+    admin: Admin
     worker_token: str | None
     admin_token: str | None
-    worker_factory: Any = None
+    metrics_auth: bool
     _metrics: Metrics | None = None
 
     def _admin(self, request: Any) -> None:
         authorize(request, ADMIN, self.worker_token, self.admin_token)
-
-    # -- workers on this server
-
-    def _tcp_workers(self) -> list[Any]:
-        found = {
-            c for c in self.dispatcher.consumers() if isinstance(c, WorkerProtocol)
-        }
-        if self.worker_factory is not None:
-            found.update(
-                c for c in self.worker_factory.connections if c.hello and not c.closing
-            )
-        return sorted(found, key=lambda c: c.number)
-
-    def _pollers(self) -> list[dict[str, Any]]:
-        # Dispatcher.recent_pollers() comes with the worker API.
-        recent = getattr(self.dispatcher, "recent_pollers", None)
-        if recent is None:
-            return []
-        return [{"kind": "http", **p} for p in recent()]
 
     # -- statistics
 
@@ -108,13 +79,7 @@ class AdminRoutes:
         Totals over every queue, throughput and connected workers.
         """
         self._admin(request)
-        summaries = await self.dispatcher.store.summaries()
-        workers = await self.dispatcher.cluster.workers(self.local_workers())
-        tcp = sum(1 for w in workers if w.get("kind") == "tcp")
-        # An HTTP worker behind a load balancer polls several servers: count
-        # it once.
-        http = len({w.get("name") for w in workers if w.get("kind") == "http"})
-        totals = Totals.of(summaries, tcp, http)
+        _, totals = await self.admin.totals()
         return json_response(request, totals.as_json())
 
     @app.route("/api/v1/queues", methods=["GET"])
@@ -123,14 +88,11 @@ class AdminRoutes:
         Every queue's summary.
         """
         self._admin(request)
-        summaries = await self.dispatcher.store.summaries()
+        summaries = await self.admin.summaries()
         return json_response(request, {"queues": [s.as_json() for s in summaries]})
 
     async def _known(self, name: str) -> str:
-        queue_name(name)
-        if name not in await self.dispatcher.store.known_queues():
-            raise QueueNotFound(f"no queue {name!r}", queue=name)
-        return name
+        return await self.admin.known_queue(queue_name(name))
 
     @app.route("/api/v1/queues/<name>", methods=["GET"])
     async def admin_queue(self, request: Any, name: str) -> bytes:
@@ -139,7 +101,7 @@ class AdminRoutes:
         """
         self._admin(request)
         await self._known(name)
-        summary = await self.dispatcher.store.summary(name)
+        summary = await self.admin.summary(name)
         return json_response(request, summary.as_json())
 
     # -- queue actions
@@ -147,7 +109,7 @@ class AdminRoutes:
     async def _pause(self, request: Any, name: str, paused: bool) -> bytes:
         self._admin(request)
         queue_name(name)
-        changed = await self.dispatcher.store.set_paused(name, paused)
+        changed = await self.admin.set_paused(name, paused)
         return json_response(
             request, {"name": name, "paused": paused, "changed": changed}
         )
@@ -175,7 +137,7 @@ class AdminRoutes:
         self._admin(request)
         state = required_state(request, PURGEABLE)
         await self._known(name)
-        count = await self.dispatcher.store.purge(name, state)
+        count = await self.admin.bulk("delete", name, state)
         return json_response(request, {"count": count})
 
     @app.route("/api/v1/queues/<name>/retry", methods=["POST"])
@@ -186,7 +148,7 @@ class AdminRoutes:
         self._admin(request)
         state = required_state(request, RETRYABLE)
         await self._known(name)
-        count = await self.dispatcher.store.retry_all(name, state)
+        count = await self.admin.bulk("retry", name, state)
         return json_response(request, {"count": count})
 
     @app.route("/api/v1/queues/<name>/kill", methods=["POST"])
@@ -197,7 +159,7 @@ class AdminRoutes:
         self._admin(request)
         state = required_state(request, KILLABLE)
         await self._known(name)
-        count = await self.dispatcher.store.kill_all(name, state)
+        count = await self.admin.bulk("kill", name, state)
         return json_response(request, {"count": count})
 
     # -- jobs
@@ -213,7 +175,7 @@ class AdminRoutes:
             queue_name(queue)
         cursor = query(request, "cursor")
         limit = parse_limit(query(request, "limit"))
-        jobs, position = await self.dispatcher.store.list_jobs(
+        jobs, position = await self.admin.list_jobs(
             queue,
             decode_cursor(cursor) if cursor is not None else None,
             limit,
@@ -234,26 +196,13 @@ class AdminRoutes:
         Everything about a job, with its error history.
         """
         self._admin(request)
-        if not JOB_ID.match(id):
-            raise JobNotFound(f"no job {id!r}", id=id)
-        store = self.dispatcher.store
-        return json_response(request, await store.get_job(await store.locate(id), id))
+        return json_response(request, await self.admin.get_job(id))
 
     async def _job_action(
         self, request: Any, job_id: str, action: str
     ) -> dict[str, Any]:
         self._admin(request)
-        if not JOB_ID.match(job_id):
-            raise JobNotFound(f"no job {job_id!r}", id=job_id)
-        store = self.dispatcher.store
-        queue = await store.locate(job_id)
-        change = {
-            "retry": store.retry_now,
-            "kill": store.kill,
-            "cancel": store.cancel,
-            "delete": store.delete,
-        }[action]
-        previous = await change(queue, job_id)
+        queue, previous = await self.admin.job_action(action, job_id)
         return {"id": job_id, "queue": queue, "previous_state": previous}
 
     @app.route("/api/v1/jobs/<path:id>/retry", methods=["POST"])
@@ -298,33 +247,8 @@ class AdminRoutes:
         their recent HTTP pollers, each with its C{server}.
         """
         self._admin(request)
-        workers = await self.dispatcher.cluster.workers(self.local_workers())
+        workers = await self.admin.cluster_workers()
         return json_response(request, {"workers": workers})
-
-    def local_workers(self) -> list[dict[str, Any]]:
-        """
-        The TCP workers connected to this server and its recent HTTP
-        pollers, as the workers listing shows them (and this server's
-        heartbeat describes them to the others).
-        """
-        workers: list[dict[str, Any]] = []
-        for c in self._tcp_workers():
-            workers.append(
-                {
-                    "kind": "tcp",
-                    "name": c.name,
-                    "queues": list(c.queues),
-                    "credit": c.credit,
-                    "jobs": [
-                        {"id": job_id, "queue": held.queue}
-                        for job_id, held in sorted(c.held.items())
-                    ],
-                    "connected_at": format_time(int(c.connected_at * 1000)),
-                    "quiet": bool(c.quieted),
-                }
-            )
-        workers.extend(self._pollers())
-        return workers
 
     @app.route("/api/v1/workers/<path:name>/quiet", methods=["POST"])
     def admin_quiet_worker(self, request: Any, name: str) -> bytes:
@@ -333,15 +257,7 @@ class AdminRoutes:
         or every connection of that worker name.
         """
         self._admin(request)
-        workers = self._tcp_workers()
-        chosen = [c for c in workers if c.name == name]
-        if not chosen:
-            chosen = [c for c in workers if c.worker == name]
-        if not chosen:
-            raise WorkerNotFound(f"no TCP worker {name!r} on this server", name=name)
-        for c in chosen:
-            c.quiet()
-        return json_response(request, {"quieted": [c.name for c in chosen]})
+        return json_response(request, {"quieted": self.admin.quiet_worker(name)})
 
     # -- open routes
 
@@ -353,16 +269,12 @@ class AdminRoutes:
         """
         if self.metrics_auth:
             authorize(request, ADMIN, self.worker_token, self.admin_token)
-        store = self.dispatcher.store
-        clock = store.reactor
-        started = clock.seconds()
-        await store.ping()
-        rtt = clock.seconds() - started
-        summaries = await store.summaries()
+        rtt = await self.admin.redis_round_trip()
+        summaries = await self.admin.summaries()
         snapshot = Snapshot(
             queues=summaries,
-            tcp_workers=len(self._tcp_workers()),
-            http_workers=len(self._pollers()),
+            tcp_workers=len(self.admin.tcp_workers()),
+            http_workers=len(self.admin.http_workers()),
             redis_rtt=rtt,
         )
         if self._metrics is None:

@@ -2,7 +2,8 @@
 The HTTP front end: one Klein app (L{procession.http.web.app}) serving the
 health probes here, the worker API and the management API.
 
-Routes speak only to the dispatcher (and through it the store).
+Routes speak only to the queue service: the dispatcher (the worker API)
+and its management side, L{procession.service.admin.Admin}.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from procession.http.admin_api import AdminRoutes
 from procession.http.worker_api import WorkerRoutes
+from procession.service.admin import Admin
 from procession.service.dispatcher import Dispatcher
 from procession.core.errors import ProcessionError
 from procession.http.ui.routes import UIRoutes
@@ -27,6 +29,8 @@ class HTTPServer(WorkerRoutes, AdminRoutes, UIRoutes):
     @param max_body: the largest request body, in bytes.
     @param poll_timeout: the longest a long-poll waits, in seconds.
     @param metrics_auth: whether C{/metrics} needs the admin token.
+    @param admin: the queue service's management side (default: one over
+        C{dispatcher} that knows no TCP workers).
     """
 
     app = app
@@ -39,8 +43,12 @@ class HTTPServer(WorkerRoutes, AdminRoutes, UIRoutes):
         max_body: int = 1 << 20,
         poll_timeout: float = 15.0,
         metrics_auth: bool = False,
+        admin: Admin | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        if admin is None and dispatcher is not None:
+            admin = Admin(dispatcher)
+        self.admin: Admin = admin  # type: ignore[assignment]
         self.worker_token = worker_token
         self.admin_token = admin_token
         self.max_body = max_body
@@ -62,7 +70,7 @@ class HTTPServer(WorkerRoutes, AdminRoutes, UIRoutes):
         if not self.dispatcher.accepting:
             return json_response(request, {"status": "shutting_down"}, 503)
         try:
-            await self.dispatcher.store.ping()
+            await self.admin.redis_round_trip()
         except ProcessionError as e:
             return json_response(
                 request, {"status": "unavailable", "error": e.as_dict()}, 503

@@ -440,6 +440,7 @@ class ProcessionService(service.MultiService):
         self.dispatcher: Any = None
         self.wake_listener: Any = None
         self.worker_factory: Any = None
+        self.admin: Any = None
         self.tcp_port: Any = None
         self.http_port: Any = None
         self.http_server: Any = None
@@ -483,6 +484,7 @@ class ProcessionService(service.MultiService):
         from procession.redis.address import RedisAddress
         from procession.redis.connection import connect
         from procession.redis.wake import WakeListener
+        from procession.service.admin import Admin
         from procession.store.jobs import Store
 
         options = self.options
@@ -561,15 +563,17 @@ class ProcessionService(service.MultiService):
         self.dispatcher.start()
         self.tcp_port = await self._listen("tcp", 0, self.worker_factory)
         self.listening["tcp"] = _describe(self.tcp_port)
+        self.admin = Admin(self.dispatcher)
+        self.admin.add_worker_source(self.worker_factory)
         self.http_server = HTTPServer(
             self.dispatcher,
+            admin=self.admin,
             worker_token=options["token"],
             admin_token=options["admin-token"],
             max_body=options["max-job-size"],
             poll_timeout=options["poll-timeout"],
             metrics_auth=bool(options["metrics-auth"]),
         )
-        self.http_server.worker_factory = self.worker_factory
         site = Site(
             self.http_server.app.resource(),
             access_log=bool(options["http-access-log"]),
@@ -635,8 +639,8 @@ class ProcessionService(service.MultiService):
         This server's part of its heartbeat: its listeners and workers.
         """
         workers = []
-        if self.http_server is not None:
-            workers = self.http_server.local_workers()
+        if self.admin is not None:
+            workers = self.admin.local_workers()
         return {"listening": dict(self.listening), "workers": workers}
 
     async def _check_redis(self, external: bool) -> None:

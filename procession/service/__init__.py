@@ -1,5 +1,7 @@
 """
 The queue service: the one Deferred-based API that every front end calls.
-It dispatches jobs to waiting consumers, coalesces acks, keeps the cluster's
-heartbeat and gives back the jobs of servers that died.
+It dispatches jobs to waiting consumers (dispatcher), coalesces acks
+(coalescer), keeps the cluster's heartbeat and gives back the jobs of
+servers that died (cluster), and serves the operator's management and
+statistics (admin).  Front ends never call the store themselves.
 """

@@ -1,5 +1,6 @@
 """
 The job store: every read and write of procession's state in Redis, each
-change of a job's state one Lua script (C{lua/}).  Only
-L{procession.service} calls it.
+change of a job's state one Lua script (C{lua/}); every key name
+(C{keys}); the server registry (C{registry}).  Only L{procession.service}
+calls it.
 """

@@ -666,6 +666,49 @@ class WorkerFactory(protocol.Factory):
         self._count += 1
         return WorkerProtocol(self, self._count)
 
+    def _listed(self) -> list[WorkerProtocol]:
+        # Connections that said HELLO and are not closing, and any that
+        # still takes jobs, by connection number.
+        found = {
+            c for c in self.dispatcher.consumers() if isinstance(c, WorkerProtocol)
+        }
+        found.update(c for c in self.connections if c.hello and not c.closing)
+        return sorted(found, key=lambda c: c.number)
+
+    def describe_workers(self) -> list[dict[str, Any]]:
+        """
+        The workers connected here, as the workers listing shows them
+        (L{procession.service.admin.WorkerSource}).
+        """
+        return [
+            {
+                "kind": "tcp",
+                "name": c.name,
+                "queues": list(c.queues),
+                "credit": c.credit,
+                "jobs": [
+                    {"id": job_id, "queue": held.queue}
+                    for job_id, held in sorted(c.held.items())
+                ],
+                "connected_at": format_time(int(c.connected_at * 1000)),
+                "quiet": bool(c.quieted),
+            }
+            for c in self._listed()
+        ]
+
+    def quiet_workers(self, name: str) -> list[str]:
+        """
+        Send QUIET to connection C{name} (C{worker#N}), or else to every
+        connection of worker C{name}; the connections told.
+        """
+        listed = self._listed()
+        chosen = [c for c in listed if c.name == name] or [
+            c for c in listed if c.worker == name
+        ]
+        for c in chosen:
+            c.quiet()
+        return [c.name for c in chosen]
+
     def quiet_all(self) -> None:
         """
         Send QUIET on every connection: the server is stopping.

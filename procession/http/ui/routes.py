@@ -4,8 +4,9 @@ the server from the Jinja2 templates of the top-level C{templates/} folder
 (shipped in the package as C{procession/templates}); L{procession.http.ui.render}
 holds what the pages show and how.
 
-Pages read through the same store functions as the management API
-(summaries, listings, jobs) and change state through the same scripts;
+Pages read through the same service calls as the management API
+(L{procession.service.admin}: summaries, listings, jobs) and change state
+through the same ones;
 this module only adds what a human needs on top: sessions and CSRF
 tokens (L{procession.http.ui.session}), readable numbers
 (L{procession.http.ui.humanize}), charts of the store's per-minute counters and
@@ -13,8 +14,7 @@ confirmation steps.  Every GET is read-only; every change is a POST that
 carries a CSRF token.
 
 L{UIRoutes} is a base of L{procession.http.site.HTTPServer}; it uses the
-server's C{dispatcher}, C{admin_token} and the worker listing of
-L{procession.http.admin_api.AdminRoutes}.  Its handlers are named C{ui_*}: they
+server's C{admin} and C{admin_token}.  Its handlers are named C{ui_*}: they
 are HTML pages, not API, and C{procession/http/openapi.json} leaves them out.
 docs/ui.rst describes the pages, the login and the CSRF protection.
 """
@@ -45,7 +45,7 @@ from procession.core.errors import (
 from procession.core.job import JOB_ID
 from procession.core.listing import decode_cursor, encode_cursor
 from procession.core.states import SIZED_STATES
-from procession.core.stats import Totals
+from procession.service.admin import Admin
 from procession.core.states import PURGEABLE
 from procession.http.ui.render import (
     JOB_ACTIONS,
@@ -109,13 +109,13 @@ STATIC_TYPES = {
 
 
 async def _history(
-    store: Any, queues: Sequence[str], first: int, periods: int, size: int
+    admin: Admin, queues: Sequence[str], first: int, periods: int, size: int
 ) -> tuple[list[int], list[int]]:
     """
     Processed and failed per period, summed over queues.
     """
     replies = await defer.gatherResults(
-        [defer.ensureDeferred(store.history(q, first, periods, size)) for q in queues],
+        [defer.ensureDeferred(admin.history(q, first, periods, size)) for q in queues],
         consumeErrors=True,
     ).addErrback(lambda f: f.value.subFailure)
     processed = [0] * periods
@@ -127,21 +127,21 @@ async def _history(
     return processed, failed
 
 
-async def minute_chart(store: Any, queues: Sequence[str], now_ms: int) -> Chart:
+async def minute_chart(admin: Admin, queues: Sequence[str], now_ms: int) -> Chart:
     """
     The last 60 minutes, the current one last.
     """
     now_minute = now_ms // 60_000
-    processed, failed = await _history(store, queues, now_minute - 59, 60, 1)
+    processed, failed = await _history(admin, queues, now_minute - 59, 60, 1)
     return Chart(processed, failed, "min")
 
 
-async def hour_chart(store: Any, queues: Sequence[str], now_ms: int) -> Chart:
+async def hour_chart(admin: Admin, queues: Sequence[str], now_ms: int) -> Chart:
     """
     The last 24 clock hours, the current (partial) one last.
     """
     now_hour = now_ms // 3_600_000
-    processed, failed = await _history(store, queues, (now_hour - 23) * 60, 24, 60)
+    processed, failed = await _history(admin, queues, (now_hour - 23) * 60, 24, 60)
     return Chart(processed, failed, "h")
 
 
@@ -223,17 +223,6 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def worker_counts(workers: Sequence[dict[str, Any]]) -> tuple[int, int]:
-    """
-    TCP and HTTP workers in a cluster's workers listing, counted as
-    C{GET /api/v1/stats} counts them: an HTTP worker that polls several
-    servers through a load balancer once.
-    """
-    tcp = sum(1 for w in workers if w.get("kind") == "tcp")
-    http = len({w.get("name") for w in workers if w.get("kind") == "http"})
-    return tcp, http
-
-
 def _are(n: int, state: str) -> str:
     """
     C{1 job is dead}, C{12 jobs are dead}.
@@ -309,7 +298,7 @@ class UIRoutes:
     The operator UI's routes of L{procession.http.site.HTTPServer}.
     """
 
-    dispatcher: Any
+    admin: Admin
     admin_token: str | None
     _ui_state: UIState | None = None
 
@@ -321,7 +310,7 @@ class UIRoutes:
         return self._ui_state
 
     def _now(self) -> float:
-        return float(self.dispatcher.store.clock.seconds())
+        return self.admin.seconds()
 
     def _visitor(self, request: Any, issue: bool = True) -> Visitor | None:
         """
@@ -453,7 +442,7 @@ class UIRoutes:
         return ui.static[name]
 
     async def _queues(self) -> list[str]:
-        return await self.dispatcher.store.known_queues()
+        return await self.admin.known_queues()
 
     async def _known(self, name: str) -> str:
         queue_name(name)
@@ -539,21 +528,20 @@ class UIRoutes:
     # -- the dashboard
 
     async def _dashboard(self) -> dict[str, Any]:
-        store = self.dispatcher.store
-        now_ms = store.now_ms()
-        summaries = await store.summaries()
+        admin = self.admin
+        now_ms = admin.now_ms()
+        summaries, totals = await admin.totals()
         queues = [s.name for s in summaries]
-        tcp, http = worker_counts(await self._workers())
-        totals = Totals.of(summaries, tcp, http)
         hour, day, info = await defer.gatherResults(
             [
-                defer.ensureDeferred(minute_chart(store, queues, now_ms)),
-                defer.ensureDeferred(hour_chart(store, queues, now_ms)),
-                store.command("INFO"),
+                defer.ensureDeferred(minute_chart(admin, queues, now_ms)),
+                defer.ensureDeferred(hour_chart(admin, queues, now_ms)),
+                admin.redis_info(),
             ],
             consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
         t = totals.throughput
+        tcp, http = totals.tcp_workers, totals.http_workers
         text = {
             "processed": humanize.count(totals.processed),
             "failed": humanize.count(totals.failed),
@@ -614,7 +602,7 @@ class UIRoutes:
         """
         Every queue: sizes, latency, throughput, paused.
         """
-        summaries = await self.dispatcher.store.summaries()
+        summaries = await self.admin.summaries()
         return Render(
             "queues.html",
             {
@@ -632,9 +620,8 @@ class UIRoutes:
         One queue, its chart and its actions.
         """
         await self._known(name)
-        store = self.dispatcher.store
-        summary = await store.summary(name)
-        chart = await minute_chart(store, [name], store.now_ms())
+        summary = await self.admin.summary(name)
+        chart = await minute_chart(self.admin, [name], self.admin.now_ms())
         return Render(
             "queue.html",
             {
@@ -654,7 +641,7 @@ class UIRoutes:
         Pause a queue.
         """
         await self._known(name)
-        await self.dispatcher.store.set_paused(name, True)
+        await self.admin.set_paused(name, True)
         return Redirect(queue_url(name) + "?notice=paused")
 
     @app.route("/queues/<name>/resume", methods=["POST"])
@@ -664,7 +651,7 @@ class UIRoutes:
         Resume a queue.
         """
         await self._known(name)
-        await self.dispatcher.store.set_paused(name, False)
+        await self.admin.set_paused(name, False)
         return Redirect(queue_url(name) + "?notice=resumed")
 
     def _purge_state(self, request: Any) -> str:
@@ -683,7 +670,7 @@ class UIRoutes:
         """
         await self._known(name)
         state = self._purge_state(request)
-        summary = await self.dispatcher.store.summary(name)
+        summary = await self.admin.summary(name)
         return Render(
             "confirm.html",
             {
@@ -710,7 +697,7 @@ class UIRoutes:
         state = self._purge_state(request)
         if _form(request, "confirmed") != "yes":
             raise InvalidRequest("A purge must be confirmed.")
-        n = await self.dispatcher.store.purge(name, state)
+        n = await self.admin.bulk("delete", name, state)
         return Redirect(queue_url(name) + f"?notice=purged&n={n}")
 
     # -- jobs
@@ -721,10 +708,9 @@ class UIRoutes:
         """
         Every running job, the longest-running first.
         """
-        store = self.dispatcher.store
         ids: list[tuple[str, str]] = []
         for queue in await self._queues():
-            for job_id in await store.state_members(queue, "running"):
+            for job_id in await self.admin.running(queue):
                 ids.append((queue, job_id))
         shown = ids[:MAX_RUNNING]
         jobs = await defer.gatherResults(
@@ -746,7 +732,7 @@ class UIRoutes:
 
     async def _maybe_job(self, queue: str, job_id: str) -> dict[str, Any] | None:
         try:
-            return await self.dispatcher.store.get_job(queue, job_id)
+            return await self.admin.get_job(job_id, queue)
         except JobNotFound:
             return None
 
@@ -756,7 +742,7 @@ class UIRoutes:
             queue_name(queue)
         job_type = query(request, "type")
         cursor = query(request, "cursor")
-        jobs, position = await self.dispatcher.store.list_jobs(
+        jobs, position = await self.admin.list_jobs(
             queue,
             decode_cursor(cursor) if cursor is not None else None,
             PAGE_SIZE,
@@ -827,8 +813,7 @@ class UIRoutes:
         """
         if not JOB_ID.match(id):
             raise JobNotFound(f"There is no job {id!r}.", id=id)
-        store = self.dispatcher.store
-        job = await store.get_job(await store.locate(id), id)
+        job = await self.admin.get_job(id)
         actions = [a for a, states in JOB_ACTIONS.items() if job["state"] in states]
         return Render(
             "job.html",
@@ -840,22 +825,13 @@ class UIRoutes:
             },
         )
 
-    def _change(self, verb: str) -> Callable[[str, str], Any]:
-        store = self.dispatcher.store
-        return {
-            "retry": store.retry_now,
-            "kill": store.kill,
-            "cancel": store.cancel,
-            "delete": store.delete,
-        }[verb]
-
     async def _apply(self, verb: str, queue: str, job_id: str) -> bool:
         """
         One job action through the store's script; False when the job has
         moved on (another state) or gone.
         """
         try:
-            await self._change(verb)(queue, job_id)
+            await self.admin.job_action(verb, job_id, queue)
         except (IllegalState, JobNotFound):
             return False
         return True
@@ -871,9 +847,9 @@ class UIRoutes:
             raise InvalidRequest("Unknown action.", field="action")
         if not JOB_ID.match(id):
             raise JobNotFound(f"There is no job {id!r}.", id=id)
-        queue = await self.dispatcher.store.locate(id)
+        queue = await self.admin.locate(id)
         try:
-            await self._change(verb)(queue, id)
+            await self.admin.job_action(verb, id, queue)
         except IllegalState:
             raise IllegalState(
                 f"The job is no longer in a state that allows {verb}: reload its page.",
@@ -941,8 +917,8 @@ class UIRoutes:
     async def _bulk_confirm(
         self, state: str, verb: str, queue: str | None, job_type: str | None
     ) -> Render:
-        store = self.dispatcher.store
-        summaries = [await store.summary(queue)] if queue else await store.summaries()
+        admin = self.admin
+        summaries = [await admin.summary(queue)] if queue else await admin.summaries()
         size = sum(s.sizes[state] for s in summaries)
         where = f"of queue {queue}" if queue else "of every queue"
         kind = f" of type {job_type}" if job_type else ""
@@ -974,25 +950,19 @@ class UIRoutes:
     async def _bulk_all(
         self, state: str, verb: str, queue: str | None, job_type: str | None
     ) -> tuple[int, int]:
-        store = self.dispatcher.store
         queues = [queue] if queue else await self._queues()
         if job_type is None:
             # The store's batched scripts, one queue at a time.
-            bulk = {
-                "retry": store.retry_all,
-                "kill": store.kill_all,
-                "delete": store.purge,
-            }[verb]
             n = 0
             for q in queues:
-                n += await bulk(q, state)
+                n += await self.admin.bulk(verb, q, state)
             return n, 0
         # A type filter: walk the listing and change the jobs one by one.
         n = skipped = walked = 0
         for q in queues:
             after = None
             while walked < MAX_BULK_WALK:
-                jobs, after = await store.list_jobs(
+                jobs, after = await self.admin.list_jobs(
                     q, after, 500, state=state, job_type=job_type
                 )
                 for job in jobs:
@@ -1010,10 +980,9 @@ class UIRoutes:
     async def _workers(self) -> list[dict[str, Any]]:
         """
         The workers of every live server, as C{GET /api/v1/workers} lists
-        them (L{procession.http.admin_api.AdminRoutes.local_workers}).
+        them (L{procession.service.admin.Admin.cluster_workers}).
         """
-        local = self.local_workers()  # type: ignore[attr-defined]
-        return await self.dispatcher.cluster.workers(local)
+        return await self.admin.cluster_workers()
 
     @app.route("/workers", methods=["GET"])
     @page
@@ -1026,7 +995,7 @@ class UIRoutes:
             "workers.html",
             {
                 "workers": workers,
-                "here": self.dispatcher.store.server_id,
+                "here": self.admin.server_id,
                 "servers": len({w.get("server") for w in workers}),
                 "title": "Workers",
                 "section": "workers",
@@ -1042,14 +1011,10 @@ class UIRoutes:
         connection of a worker name): it finishes its jobs and takes no
         more.
         """
-        workers = self._tcp_workers()  # type: ignore[attr-defined]
-        chosen = [c for c in workers if c.name == name] or [
-            c for c in workers if c.worker == name
-        ]
-        if not chosen:
+        try:
+            chosen = self.admin.quiet_worker(name)
+        except WorkerNotFound:
             raise WorkerNotFound(
                 f"No TCP worker {name!r} is connected to this server.", name=name
             )
-        for c in chosen:
-            c.quiet()
         return Redirect(f"/workers?notice=quieted&n={len(chosen)}")
