@@ -469,9 +469,9 @@ class ServerRegistryTests(TestCase):
         fills every slot or it is lost.  Each server has its own entry, so
         one leaving never stops the wake-ups of another.
         """
-        other = await connected_store(self, self.clock, server_id="srv-b")
-        other.namespace = self.store.namespace
-        other.channel = self.store.channel
+        other = await connected_store(
+            self, self.clock, server_id="srv-b", namespace=self.store.namespace
+        )
 
         async def wakes(store: Store, job_id: str) -> int:
             before = await self.published()
