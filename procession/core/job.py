@@ -488,6 +488,18 @@ class ClaimedJob:
         return cls(jid, queue, lease, int(attempt), payload, float(timeout))
 
 
+class ClaimedJobs(list):  # type: ignore[type-arg]
+    """
+    The jobs one claim leased (a list of L{ClaimedJob}), and
+    C{wait}: L{None}, unless the queue's limits held the claim back
+    (docs/limits.rst): then seconds until a claim may find a free slot
+    (0: when one of the queue's running jobs finishes, which wakes its
+    consumers).
+    """
+
+    wait: float | None = None
+
+
 def _number(text: str) -> str:
     value = float(text)
     if value.is_integer():

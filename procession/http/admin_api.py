@@ -18,8 +18,19 @@ from procession.core.job import QUEUE_NAME
 from procession.core.listing import decode_cursor, encode_cursor, parse_limit
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE
 from procession.http.metrics import CONTENT_TYPE, Metrics, Snapshot
+from procession.core.queue_limits import parse_limits
 from procession.service.admin import Admin
-from procession.http.web import ADMIN, app, authorize, json_response, query
+from procession.http.web import (
+    ADMIN,
+    app,
+    authorize,
+    json_response,
+    query,
+    read_json,
+)
+
+#: The largest body C{PUT /api/v1/queues/{name}/limits} reads.
+MAX_LIMITS_BODY = 4096
 
 _OPENAPI: bytes | None = None
 
@@ -128,6 +139,28 @@ class AdminRoutes:
         Resume a paused queue.
         """
         return await self._pause(request, name, False)
+
+    @app.route("/api/v1/queues/<name>/limits", methods=["GET"])
+    async def admin_queue_limits(self, request: Any, name: str) -> bytes:
+        """
+        A queue's limits and how they stand now (docs/limits.rst).  A queue
+        without jobs yet has limits too (none, or those set ahead of them).
+        """
+        self._admin(request)
+        queue_name(name)
+        status = await self.admin.limit_status(name)
+        return json_response(request, status.as_json())
+
+    @app.route("/api/v1/queues/<name>/limits", methods=["PUT"])
+    async def admin_set_queue_limits(self, request: Any, name: str) -> bytes:
+        """
+        Replace a queue's limits: what the body leaves out is not limited.
+        """
+        self._admin(request)
+        queue_name(name)
+        limits = parse_limits(read_json(request, MAX_LIMITS_BODY, {}))
+        status = await self.admin.set_limits(name, limits)
+        return json_response(request, status.as_json())
 
     @app.route("/api/v1/queues/<name>/jobs", methods=["DELETE"])
     async def admin_purge_queue(self, request: Any, name: str) -> bytes:

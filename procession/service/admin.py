@@ -19,6 +19,7 @@ from twisted.internet import defer
 
 from procession.core.errors import JobNotFound, QueueNotFound, WorkerNotFound
 from procession.core.job import JOB_ID
+from procession.core.queue_limits import LimitStatus, QueueLimits
 from procession.core.stats import QueueSummary, Totals
 from procession.service.dispatcher import Dispatcher
 
@@ -142,6 +143,23 @@ class Admin:
         Pause or resume a queue; whether that changed anything.
         """
         return self._store.set_paused(name, paused)
+
+    async def set_limits(self, name: str, limits: QueueLimits) -> LimitStatus:
+        """
+        Replace a queue's limits (docs/limits.rst); they take effect at the
+        next claim of every server, and the queue's consumers are woken.
+
+        @return: how the new limits stand.
+        """
+        await self._store.set_limits(name, limits)
+        self._dispatcher.wake(name)
+        return await self._store.limit_status(name)
+
+    async def limit_status(self, name: str) -> LimitStatus:
+        """
+        A queue's limits and how they stand now.
+        """
+        return await self._store.limit_status(name)
 
     async def bulk(self, action: str, name: str, state: str) -> int:
         """

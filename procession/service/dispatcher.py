@@ -139,6 +139,17 @@ class QueueState:
     # Whose turn it is when connection-bound consumers and HTTP polls both
     # wait: one claim serves one kind (see Dispatcher._pump).
     bound_turn: bool = True
+    # While the queue's rate limit holds claims back: the one timer that
+    # claims again when its window opens a slot (docs/limits.rst).
+    slot_timer: Any = None
+
+    def forget(self) -> None:
+        """
+        Cancel the timer (the queue's state goes, or the server quiets).
+        """
+        if self.slot_timer is not None and self.slot_timer.active():
+            self.slot_timer.cancel()
+        self.slot_timer = None
 
 
 class Dispatcher:
@@ -225,6 +236,8 @@ class Dispatcher:
         if self._pump_call is not None and self._pump_call.active():
             self._pump_call.cancel()
         self._pump_call = None
+        for state in self._queues.values():
+            state.forget()
         self.pollers.quiet()
 
     def claims_settled(self) -> defer.Deferred[Any]:
@@ -263,6 +276,7 @@ class Dispatcher:
             if state is not None:
                 state.consumers.remove(consumer)
                 if not state.consumers and not state.claiming:
+                    state.forget()
                     del self._queues[name]
 
     def consumers(self) -> list[Consumer]:
@@ -433,8 +447,16 @@ class Dispatcher:
         if undelivered:
             self.release(name, undelivered, "not delivered", delivered=False)
         if not state.consumers and name in self._queues:
+            state.forget()
             del self._queues[name]
             return
+        wait = getattr(jobs, "wait", None)
+        if wait and self.accepting:
+            # The queue's rate limit holds it back (it counts as empty
+            # meanwhile, so its consumers take work from their other
+            # queues): claim again when its window opens a slot.  A wait
+            # of 0 is a concurrency limit's: a finished job wakes it.
+            self._slot_timer(name, state, wait)
         if state.dirty or not state.empty:
             self._schedule(name)
         else:
@@ -443,6 +465,25 @@ class Dispatcher:
             for consumer in state.consumers:
                 if consumer.room() > 0:
                     self.ready(consumer)
+
+    def _slot_timer(self, name: str, state: QueueState, wait: float) -> None:
+        """
+        Wake queue C{name} in C{wait} seconds, unless its timer fires
+        sooner already: one timer per queue, however many claims it held
+        back.
+        """
+        timer = state.slot_timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= self.reactor.seconds() + wait:
+                return
+            timer.cancel()
+        state.slot_timer = self.reactor.callLater(wait, self._slot_open, name)
+
+    def _slot_open(self, name: str) -> None:
+        state = self._queues.get(name)
+        if state is not None:
+            state.slot_timer = None
+        self.wake(name)
 
     def _claim_failed(self, failure: Any, name: str, state: QueueState) -> None:
         state.claiming = False

@@ -34,11 +34,13 @@ from procession.core.errors import (
 )
 from procession.core.job import (
     ClaimedJob,
+    ClaimedJobs,
     NewJob,
     backoff_jitter,
     job_from_hash,
 )
 from procession.core.listing import SCAN_BUDGET, QueuePage, merge
+from procession.core.queue_limits import MAX_REINDEX, LimitStatus, QueueLimits
 from procession.core.stats import QueueSummary
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
 from procession.store.keys import STATE_SET_NAMES, STATE_SETS, Keys
@@ -66,6 +68,8 @@ SCRIPT_NAMES = (
     "summary",
     "history",
     "server_lost",
+    "set_limits",
+    "limits",
 )
 
 # Scripts that are not about one queue: they run without common.lua, on
@@ -415,18 +419,23 @@ class Store:
         @param held: whether the leases live and die with connections to
             this server (TCP workers): the jobs are recorded as held here,
             and come back soon after this server dies (L{server_lost}).
-        @return: the jobs leased, the i-th under the i-th slot's lease.
+        @return: the jobs leased, the i-th under the i-th slot's lease,
+            as L{ClaimedJobs}: its C{wait} says whether and how long the
+            queue's limits hold claims back.
         """
         args: list[Any] = [self.now_ms(), self.server_id]
         for worker, lease in slots:
             args.append(worker)
             args.append(lease)
 
-        def built(rows: list[list[str]]) -> list[ClaimedJob]:
-            return [
-                ClaimedJob.from_claim(row, queue, slots[i][1])
-                for i, row in enumerate(rows)
-            ]
+        def built(rows: list[Any]) -> ClaimedJobs:
+            jobs = ClaimedJobs()
+            if rows and not isinstance(rows[-1], list):
+                # The limits held the claim back (claim.lua).
+                jobs.wait = int(rows.pop()) / 1000
+            for i, row in enumerate(rows):
+                jobs.append(ClaimedJob.from_claim(row, queue, slots[i][1]))
+            return jobs
 
         more = [self.keys.held(queue, self.server_id)] if held else []
         return self.run("claim", queue, args, more).addCallback(built)
@@ -687,6 +696,37 @@ class Store:
             return bool(int(changed))
 
         return defer.Deferred.fromCoroutine(go())
+
+    # -- limits
+
+    async def set_limits(self, queue: str, limits: QueueLimits) -> None:
+        """
+        Replace a queue's limits (docs/limits.rst), and wake its consumers.
+
+        @raise IllegalState: when C{per_key} changes while more than
+            L{MAX_REINDEX} jobs are queued (nothing changes then).
+        """
+        await self._register([queue])
+        status, queued = await self.run(
+            "set_limits",
+            queue,
+            [self.channel, queue, *limits.script_args(), MAX_REINDEX],
+        )
+        if status == "too_many_queued":
+            raise IllegalState(
+                f"per_key can change only while at most {MAX_REINDEX} jobs are "
+                f"queued; queue {queue!r} has {int(queued)}",
+                queue=queue,
+                queued=int(queued),
+            )
+
+    async def limit_status(self, queue: str) -> LimitStatus:
+        """
+        A queue's limits and how they stand now, in one snapshot.
+        """
+        now = self.now_ms()
+        reply = await self.run("limits", queue, [now])
+        return LimitStatus.from_script(queue, now, reply)
 
     # -- reads
 

@@ -26,4 +26,5 @@ end
 if done > 0 then
   count('processed', now, done)
 end
+wake_freed()  -- limits: a freed slot wakes the consumers
 return replies

@@ -19,6 +19,11 @@
 -- A claim that comes back short puts the server in the queue's waiting
 -- set (its consumers now wait for a wake-up, which pushes then publish);
 -- one that fills every slot takes it out (see common.lua).
+--
+-- Limits (docs/limits.rst): a queue with limits leases only what they
+-- allow, and when they held the claim back, the reply ends with one
+-- integer after the rows: when to claim again, in ms from now (0: when a
+-- running job finishes, which wakes the consumers).
 local now = tonumber(ARGV[1])
 local wanted = (#ARGV - 2) / 2
 if wanted < 1 then
@@ -28,12 +33,23 @@ if redis.call('EXISTS', prefix .. 'paused') == 1 then
   redis.call('SADD', prefix .. 'waiting', ARGV[2])
   return {}
 end
+-- limits: how many the queue's limits allow
+local limit = queue_limits()
+local asked = wanted
+if limit and not limit.per_key then
+  wanted = allowance(limit, now, wanted)
+end
 local held = KEYS[2]
 local server = nil
 if held then
   server = ARGV[2]
 end
-local popped = redis.call('ZPOPMIN', prefix .. 'queued', wanted)
+local popped = {}
+if limit and limit.per_key then
+  popped = pop_by_key(limit, now, wanted)
+elseif wanted > 0 then
+  popped = redis.call('ZPOPMIN', prefix .. 'queued', wanted)
+end
 local rows = {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 17)
@@ -52,12 +68,21 @@ for i = 1, #popped, 2 do
       'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', attempt)
   end
   redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(fields[3]) * 1000), id)
+  if limit then
+    limit_started(limit, key, id, now)
+  end
   local row = {id, fields[1], attempt, fields[3], fields[4]}
   rows[#rows + 1] = row
 end
-if #rows < wanted then
+if #rows < asked then
   redis.call('SADD', prefix .. 'waiting', ARGV[2])
 else
   redis.call('SREM', prefix .. 'waiting', ARGV[2])
+end
+if limit then
+  local wait = limit_wait(limit, now, #rows, asked)
+  if wait then
+    rows[#rows + 1] = wait
+  end
 end
 return rows

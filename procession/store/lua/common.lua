@@ -48,6 +48,88 @@ local function jobkey(id)
   return prefix .. 'job:' .. id
 end
 
+-- == Limits (docs/limits.rst) ============================================
+-- A queue's concurrency and rate limits, enforced by claim.lua.  Keys under
+-- the prefix:
+--   limits       hash: concurrency, rate (jobs per window), per (the
+--                window, ms), per_key ('1': the limits apply to each
+--                limit_key of the queue apart); absent while the queue has
+--                never had limits
+--   window       zset: the queue's rate window: one member per start
+--                within the last 'per' ms (<id>:<ms>), score its time
+--   throttle     hash: since (ms; present while claims are held back by
+--                the limits), total (ms held back before that)
+-- and, with per_key:
+--   kq:<key>     zset: the key's queued jobs (as in 'queued', which holds
+--                them too)
+--   krun:<key>   set: ids of the key's running jobs (the job's hash names
+--                the key it counts under in 'lk')
+--   kwin:<key>   zset: the key's rate window, as 'window'
+--   lkeys        hash: key -> 'r' (in 'lready'), 'b' (held back by its
+--                concurrency), 'w' (held back by its rate, in 'lwait');
+--                only keys that have queued jobs
+--   lready       list: the keys claims serve, round-robin
+--   lwait        zset: keys held back by their rate, score when their
+--                window opens again
+-- Idle keys (no queued job) appear in none of lkeys/lready/lwait, so a
+-- claim's cost does not grow with them.
+
+local limits_read = nil
+-- Set when a job leaves 'running' while a concurrency limit may hold back
+-- queued jobs (see wake_freed).
+local slot_freed = false
+
+-- The queue's limits, read once per script call: false when it has never
+-- had any, else a table (fields nil when not set).
+local function queue_limits()
+  if limits_read == nil then
+    local f = redis.call('HMGET', prefix .. 'limits', 'set', 'concurrency',
+      'rate', 'per', 'per_key')
+    if not f[1] then
+      limits_read = false
+    else
+      limits_read = {concurrency = tonumber(f[2]), rate = tonumber(f[3]),
+        per = tonumber(f[4]), per_key = f[5] == '1'}
+    end
+  end
+  return limits_read
+end
+
+-- Index a queued job (member/score as in 'queued') under its limit key, on
+-- a per_key queue, and put the key in the rotation if it was idle.
+local function key_enqueue(key, member, score)
+  local limit = queue_limits()
+  if not limit or not limit.per_key then
+    return
+  end
+  local lk = redis.call('HGET', key, 'limit_key') or ''
+  redis.call('ZADD', prefix .. 'kq:' .. lk, score, member)
+  if redis.call('HSETNX', prefix .. 'lkeys', lk, 'r') == 1 then
+    redis.call('RPUSH', prefix .. 'lready', lk)
+  end
+end
+
+-- A job leaves 'running': free its slot, and its key's.
+local function key_leave(key)
+  local limit = queue_limits()
+  if not limit then
+    return
+  end
+  if limit.concurrency then
+    slot_freed = true
+  end
+  local lk = redis.call('HGET', key, 'lk')
+  if lk then
+    redis.call('SREM', prefix .. 'krun:' .. lk, string.sub(key, #prefix + 5))
+    redis.call('HDEL', key, 'lk')
+    if redis.call('HGET', prefix .. 'lkeys', lk) == 'b' then
+      redis.call('HSET', prefix .. 'lkeys', lk, 'r')
+      redis.call('RPUSH', prefix .. 'lready', lk)
+    end
+  end
+end
+-- == end of limits (more after wake) ======================================
+
 -- Put a job (already in its hash) on the queued zset.  keep_place reuses
 -- the job's old FIFO position, so a job given back by a worker does not go
 -- behind jobs pushed after it.
@@ -65,6 +147,7 @@ local function enqueue(id, now, keep_place)
   redis.call('HSET', key, 'state', 'queued', 'enqueued_at', now, 'qm', member)
   redis.call('HDEL', key, 'run_at', 'lease')
   redis.call('ZADD', prefix .. 'queued', -priority, member)
+  key_enqueue(key, member, -priority)
 end
 
 -- A job's member in the created index.
@@ -117,6 +200,7 @@ local function leave_running(id, server)
     redis.call('SREM', prefix .. 'held:' .. server, id)
   end
   redis.call('HDEL', key, 'lease', 'server')
+  key_leave(key)
 end
 
 -- Remove a job from whichever state set holds it.
@@ -159,9 +243,11 @@ end
 
 -- Tell every procession server that a queue has work: the message is the
 -- queue's name, and may name the server that sent it after a space.
+local woken = false
 local function wake(channel, queue)
   if redis.call('EXISTS', prefix .. 'paused') == 0 then
     redis.call('PUBLISH', channel, queue)
+    woken = true
   end
 end
 
@@ -174,6 +260,183 @@ local function wake_waiting(channel, message, self)
     wake(channel, message)
   end
 end
+
+-- == Limits, continued ====================================================
+-- Scripts that take jobs out of 'running' end with this: when that freed
+-- a slot of a concurrency limit and jobs wait, wake the consumers at once
+-- (the wake channel and the queue's name come from the prefix).
+local function wake_freed()
+  if not slot_freed or woken then
+    return
+  end
+  if redis.call('ZCARD', prefix .. 'queued') == 0 then
+    return
+  end
+  local ns, queue = string.match(prefix, '^(.*):{([^{}]*)}:$')
+  if ns then
+    wake(ns .. ':wake', queue)
+  end
+end
+
+-- How many of 'wanted' jobs the queue's own limits let a claim start now
+-- (per_key limits are applied by pop_by_key instead).
+local function allowance(limit, now, wanted)
+  local allowed = wanted
+  if limit.concurrency then
+    local free = limit.concurrency - redis.call('ZCARD', prefix .. 'running')
+    allowed = math.max(0, math.min(allowed, free))
+  end
+  if limit.rate then
+    local window = prefix .. 'window'
+    redis.call('ZREMRANGEBYSCORE', window, '-inf', now - limit.per)
+    local free = limit.rate - redis.call('ZCARD', window)
+    allowed = math.max(0, math.min(allowed, free))
+  end
+  return allowed
+end
+
+-- When the rate window 'window' opens a slot again: ms from now, at
+-- least 1.
+local function window_opens(window, limit, now)
+  local oldest = redis.call('ZRANGE', window, 0, 0, 'WITHSCORES')
+  if oldest[2] then
+    return math.max(1, tonumber(oldest[2]) + limit.per - now)
+  end
+  return limit.per
+end
+
+-- Pop up to 'wanted' queued jobs of a per_key queue, one per key in turn
+-- (round-robin over the 'lready' list), each key within its own limits.
+-- Returns them as ZPOPMIN would ({member, score, ...}); the claim leases
+-- them and counts them with limit_started.
+local function pop_by_key(limit, now, wanted)
+  local keys = prefix .. 'lkeys'
+  local ready = prefix .. 'lready'
+  local waiting = prefix .. 'lwait'
+  for _, lk in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', now,
+      'LIMIT', 0, 1000)) do
+    redis.call('ZREM', waiting, lk)
+    redis.call('HSET', keys, lk, 'r')
+    redis.call('RPUSH', ready, lk)
+  end
+  local popped = {}
+  local taken = {}
+  local n = 0
+  -- Every turn of the loop either pops a job or takes a key out of
+  -- 'lready' (held back, or out of jobs): bounded by wanted plus the keys
+  -- whose state changed.
+  while n < wanted do
+    local lk = redis.call('LPOP', ready)
+    if not lk then
+      break
+    end
+    local kq = prefix .. 'kq:' .. lk
+    local t = taken[lk] or 0
+    local state = 'r'
+    if limit.concurrency and
+        redis.call('SCARD', prefix .. 'krun:' .. lk) + t >= limit.concurrency then
+      state = 'b'
+    elseif limit.rate then
+      local window = prefix .. 'kwin:' .. lk
+      if t == 0 then
+        redis.call('ZREMRANGEBYSCORE', window, '-inf', now - limit.per)
+      end
+      if redis.call('ZCARD', window) + t >= limit.rate then
+        state = 'w'
+        local at = now + limit.per
+        if redis.call('ZCARD', window) >= limit.rate then
+          at = now + window_opens(window, limit, now)
+        end
+        redis.call('ZADD', waiting, at, lk)
+      end
+    end
+    if state == 'r' then
+      local top = redis.call('ZPOPMIN', kq)
+      while top[1] and redis.call('ZREM', prefix .. 'queued', top[1]) == 0 do
+        -- Left behind by a purge or kill of the queued job: skip it.
+        top = redis.call('ZPOPMIN', kq)
+      end
+      if top[1] then
+        popped[#popped + 1] = top[1]
+        popped[#popped + 1] = top[2]
+        taken[lk] = t + 1
+        n = n + 1
+        if redis.call('EXISTS', kq) == 1 then
+          redis.call('RPUSH', ready, lk)
+        else
+          redis.call('HDEL', keys, lk)
+        end
+      else
+        redis.call('HDEL', keys, lk)
+      end
+    else
+      redis.call('HSET', keys, lk, state)
+    end
+  end
+  return popped
+end
+
+-- Count a job a claim has just leased against the limits.
+local function limit_started(limit, key, id, now)
+  if limit.per_key then
+    local lk = redis.call('HGET', key, 'limit_key') or ''
+    redis.call('SADD', prefix .. 'krun:' .. lk, id)
+    redis.call('HSET', key, 'lk', lk)
+    if limit.rate then
+      local window = prefix .. 'kwin:' .. lk
+      redis.call('ZADD', window, now, id .. ':' .. now)
+      redis.call('PEXPIRE', window, limit.per)
+    end
+  elseif limit.rate then
+    redis.call('ZADD', prefix .. 'window', now, id .. ':' .. now)
+  end
+end
+
+-- After a claim that leased 'leased' of 'asked' jobs: whether the limits
+-- held it back, and then when to claim again (ms from now; 0: when a
+-- running job finishes, which wakes the consumers).  Keeps the throttle
+-- record.  Returns nil when the limits did not hold the claim back.
+local function limit_wait(limit, now, leased, asked)
+  local wait = nil
+  if leased < asked then
+    if limit.per_key then
+      if redis.call('HLEN', prefix .. 'lkeys') > 0 then
+        wait = 0
+        local first = redis.call('ZRANGE', prefix .. 'lwait', 0, 0,
+          'WITHSCORES')
+        if first[2] then
+          wait = math.max(1, tonumber(first[2]) - now)
+        end
+      end
+    elseif redis.call('ZCARD', prefix .. 'queued') > 0 then
+      local window = prefix .. 'window'
+      if limit.rate then
+        redis.call('PEXPIRE', window, limit.per)
+        if redis.call('ZCARD', window) >= limit.rate then
+          wait = window_opens(window, limit, now)
+        end
+      end
+      if not wait and limit.concurrency and
+          redis.call('ZCARD', prefix .. 'running') >= limit.concurrency then
+        wait = 0
+      end
+    end
+  elseif limit.rate and not limit.per_key then
+    redis.call('PEXPIRE', prefix .. 'window', limit.per)
+  end
+  local throttle = prefix .. 'throttle'
+  if wait then
+    redis.call('HSETNX', throttle, 'since', now)
+  else
+    local since = redis.call('HGET', throttle, 'since')
+    if since then
+      redis.call('HINCRBY', throttle, 'total', math.max(0, now - tonumber(since)))
+      redis.call('HDEL', throttle, 'since')
+    end
+  end
+  return wait
+end
+-- == end of limits ========================================================
 
 -- Check that the caller still holds the lease on a running job.
 -- Returns nil and the job's 'server' field (false when it has none) when

@@ -13,4 +13,5 @@ if not state then
 end
 unlist(id, state)
 erase(id)
+wake_freed()  -- limits: a freed slot wakes the consumers
 return state

@@ -44,4 +44,5 @@ end
 if failed > 0 then
   count('failed', now, failed)
 end
+wake_freed()  -- limits: a freed slot wakes the consumers
 return replies

@@ -31,4 +31,5 @@ end
 if queued > 0 then
   wake(ARGV[2], ARGV[3])
 end
+wake_freed()  -- limits: a freed slot wakes the consumers
 return replies

@@ -60,4 +60,5 @@ end
 if promoted + woken > 0 then
   wake(ARGV[2], ARGV[3])
 end
+wake_freed()  -- limits: a freed slot wakes the consumers
 return {promoted, reclaimed, removed}

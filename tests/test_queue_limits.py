@@ -1,0 +1,305 @@
+"""
+Tests for queue limits (docs/limits.rst): L{procession.core.queue_limits}
+(the JSON form and its checks) and the claim script's enforcement of them
+against the real Redis (L{procession.store.jobs.Store}), on a settable
+clock.  tests/test_limits_cluster.py drives them through several servers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from procession.core.errors import InvalidRequest
+from procession.core.queue_limits import QueueLimits, Rate, parse_limits
+from tests.client import ServerFixture
+from tests.http import HTTP
+from tests.support import FakeClock, connected_store, new_job
+
+
+class ParseLimitsTests(SynchronousTestCase):
+    def test_valid(self) -> None:
+        self.assertEqual(parse_limits({}), QueueLimits())
+        self.assertEqual(
+            parse_limits(
+                {"concurrency": 5, "rate": {"limit": 10, "per": 0.5}, "per_key": True}
+            ),
+            QueueLimits(5, Rate(10, 0.5), True),
+        )
+        self.assertEqual(parse_limits({"rate": {"limit": 3}}).rate, Rate(3, 1.0))
+        self.assertEqual(
+            parse_limits({"concurrency": None, "rate": None}), QueueLimits()
+        )
+
+    def test_invalid(self) -> None:
+        for body, field in [
+            ([], None),
+            ({"concurency": 1}, "concurency"),
+            ({"concurrency": 0}, "concurrency"),
+            ({"concurrency": 1.5}, "concurrency"),
+            ({"concurrency": True}, "concurrency"),
+            ({"concurrency": 10**7}, "concurrency"),
+            ({"rate": 10}, "rate"),
+            ({"rate": {"limit": 0}}, "rate.limit"),
+            ({"rate": {"limit": 10**6}}, "rate.limit"),
+            ({"rate": {"limit": 1, "per": 0}}, "rate.per"),
+            ({"rate": {"limit": 1, "per": float("inf")}}, "rate.per"),
+            ({"rate": {"limit": 1, "per": "1"}}, "rate.per"),
+            ({"rate": {"limit": 1, "every": 1}}, "rate.every"),
+            ({"per_key": 1}, "per_key"),
+        ]:
+            with self.assertRaises(InvalidRequest, msg=repr(body)) as caught:
+                parse_limits(body)
+            self.assertEqual(caught.exception.details["field"], field, body)
+
+
+class StoreLimitTests(TestCase):
+    async def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.store = await connected_store(self, self.clock)
+        self.leases = 0
+
+    async def push(self, count: int, **fields: Any) -> None:
+        await self.store.push(
+            [new_job(self.store.now_ms(), **fields) for _ in range(count)]
+        )
+
+    async def claim(self, wanted: int, queue: str = "default") -> Any:
+        slots = []
+        for _ in range(wanted):
+            self.leases += 1
+            slots.append(("w", f"l{self.leases}@{queue}"))
+        return await self.store.claim(queue, slots)
+
+    async def test_concurrency(self) -> None:
+        """
+        A claim leases only up to the free slots; an ack, a fail or a
+        release frees one; with no job left to wait for, nothing holds the
+        claim back.
+        """
+        await self.store.set_limits("default", QueueLimits(concurrency=3))
+        await self.push(10)
+        first = await self.claim(5)
+        self.assertEqual((len(first), first.wait), (3, 0))
+        self.assertEqual((len(await self.claim(5)), (await self.claim(1)).wait), (0, 0))
+        await self.store.ack("default", [(first[0].id, first[0].lease, "")])
+        await self.store.fail("default", [(first[1].id, first[1].lease, "{}", 5, True)])
+        await self.store.release("default", [(first[2].id, first[2].lease)], "gone")
+        second = await self.claim(5)
+        self.assertEqual(len(second), 3)
+        status = await self.store.limit_status("default")
+        self.assertEqual((status.running, status.throttled), (3, True))
+        # Raising the limit lets more run at once.
+        await self.store.set_limits("default", QueueLimits(concurrency=100))
+        third = await self.claim(50)
+        self.assertEqual((len(third), third.wait), (5, None))
+        status = await self.store.limit_status("default")
+        self.assertEqual((status.running, status.throttled), (8, False))
+
+    async def test_rate(self) -> None:
+        """
+        At most N starts in any window of the rate's length: the claim that
+        the window holds back says when it opens again.
+        """
+        await self.store.set_limits("default", QueueLimits(rate=Rate(4, 1.0)))
+        await self.push(20)
+        starts = []
+        for step in range(40):
+            claimed = await self.claim(3)
+            starts += [self.store.now_ms()] * len(claimed)
+            if claimed.wait:
+                self.assertLessEqual(claimed.wait, 1.0)
+            self.clock.advance(0.1)
+        self.assertEqual(len(starts), 16)
+        for i in range(len(starts) - 4):
+            self.assertGreaterEqual(starts[i + 4] - starts[i], 1000)
+        status = await self.store.limit_status("default")
+        self.assertEqual(status.limits, QueueLimits(rate=Rate(4, 1.0)))
+
+    async def test_rate_next_slot(self) -> None:
+        await self.store.set_limits("default", QueueLimits(rate=Rate(2, 10.0)))
+        await self.push(5)
+        self.assertEqual(len(await self.claim(1)), 1)
+        self.clock.advance(3)
+        claimed = await self.claim(5)
+        self.assertEqual((len(claimed), claimed.wait), (1, 7.0))
+        status = await self.store.limit_status("default")
+        self.assertEqual(status.next_slot, self.store.now_ms() + 7000)
+        self.assertTrue(status.throttled)
+
+    async def test_paused_stays_paused(self) -> None:
+        await self.store.set_limits("default", QueueLimits(concurrency=2))
+        await self.push(3)
+        await self.store.set_paused("default", True)
+        self.assertEqual(len(await self.claim(3)), 0)
+        await self.store.set_paused("default", False)
+        self.assertEqual(len(await self.claim(3)), 2)
+
+    async def test_priority_order_within_limits(self) -> None:
+        await self.store.set_limits("default", QueueLimits(concurrency=2))
+        await self.store.push(
+            [
+                new_job(self.store.now_ms(), id="low", priority=-1),
+                new_job(self.store.now_ms(), id="a"),
+                new_job(self.store.now_ms(), id="high", priority=3),
+                new_job(self.store.now_ms(), id="b"),
+            ]
+        )
+        first = await self.claim(4)
+        self.assertEqual([j.id for j in first], ["high", "a"])
+        await self.store.ack("default", [(j.id, j.lease, "") for j in first])
+        self.assertEqual([j.id for j in await self.claim(4)], ["b", "low"])
+
+
+class ClusterLimitTests(TestCase):
+    """
+    Limits hold across several servers on one Redis, driven over real
+    sockets as workers drive them.
+    """
+
+    async def test_concurrency_across_four_servers(self) -> None:
+        """
+        Concurrency 5 on a queue, 4 servers with 30 TCP workers each: the
+        number running, sampled from Redis under load, never exceeds 5, and
+        reaches it: while jobs wait, nearly every sample shows all 5 slots
+        in use (a finished job wakes the waiting workers of every server at
+        once, through pub/sub).  Every job completes once.
+        """
+        servers = [await ServerFixture(self).start()]
+        for _ in range(3):
+            servers.append(await ServerFixture(self, ns=servers[0].namespace).start())
+        store = servers[0].store
+        queue = "limited"
+        status = await servers[0].service.admin.set_limits(
+            queue, QueueLimits(concurrency=5)
+        )
+        self.assertEqual(status.limits.concurrency, 5)
+        total = 300
+        done: list[str] = []
+        stopped: list[bool] = []
+
+        async def finish(running: Any) -> None:
+            stopped.append(True)
+            await running
+
+        async def work(client: Any) -> None:
+            await client.ok("READY", {"queues": [queue], "credit": 1})
+            while len(done) < total and not stopped:
+                try:
+                    job = await client.next_job(timeout=0.5)
+                except defer.TimeoutError:
+                    continue
+                await deferLater(reactor, 0.02, lambda: None)
+                await client.ok("ACK", {"id": job["id"]})
+                done.append(job["id"])
+
+        workers = []
+        for server in servers:
+            for i in range(30):
+                workers.append(await server.connect(f"w{i}"))
+        running = defer.gatherResults([defer.ensureDeferred(work(w)) for w in workers])
+        self.addCleanup(finish, running)
+        dispatcher = servers[1].service.dispatcher
+        await dispatcher.push(
+            [new_job(dispatcher.now_ms(), queue=queue) for _ in range(total)]
+        )
+        prefix = store.prefix(queue)
+        samples = []
+        while len(done) < total:
+            in_use, waiting = await defer.gatherResults(
+                [
+                    store.command("ZCARD", prefix + "running"),
+                    store.command("ZCARD", prefix + "queued"),
+                ]
+            )
+            samples.append((int(in_use), int(waiting)))
+            await deferLater(reactor, 0.005, lambda: None)
+        await running
+        self.assertEqual(sorted(done), sorted(set(done)))
+        self.assertEqual(len(done), total)
+        self.assertLessEqual(max(n for n, _ in samples), 5)
+        loaded = [n for n, waiting in samples if waiting > 0]
+        self.assertGreater(len(loaded), 20)
+        self.assertGreaterEqual(loaded.count(5) / len(loaded), 0.8, samples)
+
+
+class HTTPLimitTests(TestCase):
+    """
+    C{GET} and C{PUT /api/v1/queues/{name}/limits} over a real socket.
+    """
+
+    async def test_put_and_get(self) -> None:
+        server = await ServerFixture(self).start()
+        http = HTTP(server.http_port)
+        empty = await http.get("/api/v1/queues/reports/limits")
+        self.assertEqual(empty.code, 200, empty)
+        self.assertEqual(
+            {k: empty.json[k] for k in ("queue", "concurrency", "rate", "per_key")},
+            {"queue": "reports", "concurrency": None, "rate": None, "per_key": False},
+        )
+        body = {"concurrency": 5, "rate": {"limit": 10, "per": 2.5}}
+        put = await http.request("PUT", "/api/v1/queues/reports/limits", body=body)
+        self.assertEqual(put.code, 200, put)
+        got = (await http.get("/api/v1/queues/reports/limits")).json
+        self.assertEqual(
+            (got["concurrency"], got["rate"], got["status"]["running"]),
+            (5, {"limit": 10, "per": 2.5}, 0),
+        )
+        self.assertFalse(got["status"]["throttled"])
+        # What a PUT leaves out is not limited.
+        put = await http.request(
+            "PUT", "/api/v1/queues/reports/limits", body={"rate": {"limit": 3}}
+        )
+        self.assertEqual(
+            (put.json["concurrency"], put.json["rate"]),
+            (None, {"limit": 3, "per": 1.0}),
+        )
+
+    async def test_bad_requests(self) -> None:
+        server = await ServerFixture(self).start()
+        http = HTTP(server.http_port)
+        for path, raw, code, error in [
+            ("/api/v1/queues/q/limits", b'{"concurrency": -1}', 400, "invalid_request"),
+            ("/api/v1/queues/q/limits", b'{"rate": {"limit": 1, "per": 0}}', 400,
+             "invalid_request"),
+            ("/api/v1/queues/q/limits", b"[1]", 400, "invalid_request"),
+            ("/api/v1/queues/q/limits", b"{nope", 400, "malformed_json"),
+            ("/api/v1/queues/b%20d/limits", b"{}", 400, "invalid_request"),
+        ]:  # fmt: skip
+            response = await http.client.request(
+                "PUT",
+                http.base + path,
+                data=raw,
+                headers={b"Content-Type": [b"application/json"]},
+            )
+            content = await treq.json_content(response)
+            self.assertEqual(
+                (response.code, content["error"]["code"]), (code, error), raw
+            )
+
+    async def test_per_key_switch_refused_over_the_reindex_limit(self) -> None:
+        """
+        Switching per_key indexes the queued jobs: refused with 409 while
+        too many are queued, changing nothing.
+        """
+        from procession.core import queue_limits
+
+        server = await ServerFixture(self).start()
+        self.patch(queue_limits, "MAX_REINDEX", 2)
+        from procession.store import jobs
+
+        self.patch(jobs, "MAX_REINDEX", 2)
+        dispatcher = server.service.dispatcher
+        await dispatcher.push([new_job(dispatcher.now_ms()) for _ in range(3)])
+        http = HTTP(server.http_port)
+        response = await http.request(
+            "PUT", "/api/v1/queues/default/limits", body={"per_key": True}
+        )
+        self.assertEqual((response.code, response.json["error"]["code"]),
+                         (409, "illegal_state"))  # fmt: skip
+        got = (await http.get("/api/v1/queues/default/limits")).json
+        self.assertFalse(got["per_key"])
