@@ -207,7 +207,7 @@ class ClusterLimitTests(TestCase):
         await dispatcher.push(
             [new_job(dispatcher.now_ms(), queue=queue) for _ in range(total)]
         )
-        prefix = store.prefix(queue)
+        prefix = store.keys.prefix(queue)
         samples = []
         while len(done) < total:
             in_use, waiting = await defer.gatherResults(

@@ -40,6 +40,15 @@ QUEUE_KEYS = (
     "minute:<m>",
     "waiting",
     "held:<srv>",
+    "limits",
+    "window",
+    "throttle",
+    "kq:<key>",
+    "krun:<key>",
+    "kwin:<key>",
+    "lkeys",
+    "lready",
+    "lwait",
 )
 
 #: The zset that holds each state's jobs (completed and cancelled share

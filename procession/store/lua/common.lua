@@ -40,6 +40,28 @@
 --                which the job's hash names in 'server'.  When that server
 --                stops heartbeating, any server gives them back
 --                (server_lost.lua) instead of waiting for the leases.
+--   limits       hash: the queue's limits (docs/limits.rst), enforced by
+--                claim.lua: concurrency, rate (jobs per window), per (the
+--                window, ms), per_key ('1': they apply to each limit_key
+--                apart), and the wake channel and queue name that the
+--                scripts freeing a slot publish on; absent while the queue
+--                has never had limits
+--   window       zset: the queue's rate window: one member per start
+--                within the last 'per' ms (<id>:<ms>), score its time
+--   throttle     hash: since (ms; present while claims are held back by
+--                the limits), total (ms held back before that)
+--   kq:<key>     zset: with per_key, a limit key's queued jobs (as in
+--                'queued', which holds them too)
+--   krun:<key>   set: ids of the key's running jobs (the job's hash names
+--                the key it counts under in 'lk')
+--   kwin:<key>   zset: the key's rate window, as 'window'
+--   lkeys        hash: limit key -> 'r' (in 'lready'), 'b' (held back by
+--                its concurrency), 'w' (held back by its rate, in 'lwait');
+--                only keys that have queued jobs, so that idle keys cost
+--                a claim nothing
+--   lready       list: the keys claims serve, round-robin
+--   lwait        zset: keys held back by their rate, score when their
+--                window opens again
 
 local prefix = KEYS[1]
 local MAX_ERRORS = 10
@@ -48,32 +70,7 @@ local function jobkey(id)
   return prefix .. 'job:' .. id
 end
 
--- == Limits (docs/limits.rst) ============================================
--- A queue's concurrency and rate limits, enforced by claim.lua.  Keys under
--- the prefix:
---   limits       hash: concurrency, rate (jobs per window), per (the
---                window, ms), per_key ('1': the limits apply to each
---                limit_key of the queue apart); absent while the queue has
---                never had limits
---   window       zset: the queue's rate window: one member per start
---                within the last 'per' ms (<id>:<ms>), score its time
---   throttle     hash: since (ms; present while claims are held back by
---                the limits), total (ms held back before that)
--- and, with per_key:
---   kq:<key>     zset: the key's queued jobs (as in 'queued', which holds
---                them too)
---   krun:<key>   set: ids of the key's running jobs (the job's hash names
---                the key it counts under in 'lk')
---   kwin:<key>   zset: the key's rate window, as 'window'
---   lkeys        hash: key -> 'r' (in 'lready'), 'b' (held back by its
---                concurrency), 'w' (held back by its rate, in 'lwait');
---                only keys that have queued jobs
---   lready       list: the keys claims serve, round-robin
---   lwait        zset: keys held back by their rate, score when their
---                window opens again
--- Idle keys (no queued job) appear in none of lkeys/lready/lwait, so a
--- claim's cost does not grow with them.
-
+-- == Limits (docs/limits.rst; keys in the header) ======================
 local limits_read = nil
 -- Set when a job leaves 'running' while a concurrency limit may hold back
 -- queued jobs (see wake_freed).
@@ -84,12 +81,13 @@ local slot_freed = false
 local function queue_limits()
   if limits_read == nil then
     local f = redis.call('HMGET', prefix .. 'limits', 'set', 'concurrency',
-      'rate', 'per', 'per_key')
+      'rate', 'per', 'per_key', 'channel', 'queue')
     if not f[1] then
       limits_read = false
     else
       limits_read = {concurrency = tonumber(f[2]), rate = tonumber(f[3]),
-        per = tonumber(f[4]), per_key = f[5] == '1'}
+        per = tonumber(f[4]), per_key = f[5] == '1', channel = f[6],
+        queue = f[7]}
     end
   end
   return limits_read
@@ -264,7 +262,7 @@ end
 -- == Limits, continued ====================================================
 -- Scripts that take jobs out of 'running' end with this: when that freed
 -- a slot of a concurrency limit and jobs wait, wake the consumers at once
--- (the wake channel and the queue's name come from the prefix).
+-- (on the channel set_limits.lua recorded with the limits).
 local function wake_freed()
   if not slot_freed or woken then
     return
@@ -272,10 +270,8 @@ local function wake_freed()
   if redis.call('ZCARD', prefix .. 'queued') == 0 then
     return
   end
-  local ns, queue = string.match(prefix, '^(.*):{([^{}]*)}:$')
-  if ns then
-    wake(ns .. ':wake', queue)
-  end
+  local limit = queue_limits()
+  wake(limit.channel, limit.queue)
 end
 
 -- How many of 'wanted' jobs the queue's own limits let a claim start now

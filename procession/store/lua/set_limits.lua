@@ -53,7 +53,8 @@ elseif per_key then
   end
   redis.call('DEL', waiting)
 end
-redis.call('HSET', limits, 'set', '1', 'per_key', per_key and '1' or '0')
+redis.call('HSET', limits, 'set', '1', 'per_key', per_key and '1' or '0',
+  'channel', ARGV[1], 'queue', ARGV[2])
 local fields = {'concurrency', 'rate', 'per'}
 for i, name in ipairs(fields) do
   local value = ARGV[2 + i]
