@@ -20,6 +20,7 @@ from typing import Any
 
 from attrs import frozen
 
+from procession.core.json_checks import MAX_NESTING, READ_NESTING, too_deep
 from procession.core.errors import (
     InvalidJob,
     InvalidRequest,
@@ -176,6 +177,35 @@ class NewJob:
         return "".join(parts)
 
 
+def push_reply(job_id: str, outcome: bool | str) -> dict[str, Any]:
+    """
+    What both front ends answer to a push of one job: C{outcome} is the
+    store's (L{True}: created; L{False}: its queue had a job with this id;
+    a queue's name: that other queue has one, which is left alone).
+    """
+    reply: dict[str, Any] = {"id": job_id, "created": outcome is True}
+    if isinstance(outcome, str):
+        reply["queue"] = outcome
+    return reply
+
+
+def batch_reply(jobs: list[NewJob], outcomes: list[bool | str]) -> dict[str, Any]:
+    """
+    What both front ends answer to a batch push: the ids and whether each
+    was created, and, when a job's id was taken in another queue, the
+    queue that holds each job (C{queues}).
+    """
+    reply: dict[str, Any] = {
+        "ids": [j.id for j in jobs],
+        "created": [o is True for o in outcomes],
+    }
+    if any(isinstance(o, str) for o in outcomes):
+        reply["queues"] = [
+            o if isinstance(o, str) else j.queue for j, o in zip(jobs, outcomes)
+        ]
+    return reply
+
+
 def parse_submission(
     obj: object, now_ms: int, max_size: int, encoded_size: int | None = None
 ) -> NewJob:
@@ -269,6 +299,13 @@ def parse_submission(
         meta_text = "" if meta is None else _compact(meta)
     except (ValueError, RecursionError):
         raise InvalidJob("args and meta must be plain JSON", field="args")
+    for name, text in (("args", args_text), ("meta", meta_text)):
+        if too_deep(text):
+            raise InvalidJob(
+                f"{name} may nest arrays and objects at most {MAX_NESTING} deep",
+                field=name,
+                limit=MAX_NESTING,
+            )
 
     size = encoded_size
     if size is None:
@@ -367,9 +404,16 @@ def encode_result(value: object) -> str:
     if value is None:
         return ""
     try:
-        return _compact_ascii(value)
+        text = _compact_ascii(value)
     except (ValueError, RecursionError):
         raise InvalidRequest("result must be plain JSON", field="result")
+    if too_deep(text):
+        raise InvalidRequest(
+            f"result may nest arrays and objects at most {MAX_NESTING} deep",
+            field="result",
+            limit=MAX_NESTING,
+        )
+    return text
 
 
 @frozen
@@ -401,6 +445,16 @@ def parse_failure(body: dict[str, Any], worker: str, now_ms: int) -> FailureRepo
         error = {}
     if not isinstance(error, dict):
         raise InvalidRequest("error must be an object", field="error")
+    try:
+        deep = too_deep(_compact_ascii(error))
+    except (ValueError, RecursionError):
+        raise InvalidRequest("error must be plain JSON", field="error")
+    if deep:
+        raise InvalidRequest(
+            f"error may nest arrays and objects at most {MAX_NESTING} deep",
+            field="error",
+            limit=MAX_NESTING,
+        )
     retry_in = body.get("retry_in")
     if retry_in is not None and (
         not _is_number(retry_in) or not 0 <= retry_in <= MAX_RETRY_IN
@@ -529,7 +583,7 @@ def job_from_hash(fields: dict[str, str], errors: list[str]) -> dict[str, Any]:
         "type": fields["type"],
         "queue": fields["queue"],
         "state": fields["state"],
-        "args": json.loads(fields["args"]),
+        "args": _stored(fields["args"]),
     }
     for name in INT_FIELDS:
         job[name] = int(fields.get(name) or 0)
@@ -538,11 +592,22 @@ def job_from_hash(fields: dict[str, str], errors: list[str]) -> dict[str, Any]:
         value = fields.get(name)
         job[name] = format_time(int(value)) if value else None
     job["worker"] = fields.get("worker") or None
-    job["meta"] = json.loads(fields["meta"]) if fields.get("meta") else None
+    job["meta"] = _stored(fields["meta"]) if fields.get("meta") else None
     result = fields.get("result")
-    job["result"] = json.loads(result) if result else None
-    job["errors"] = [json.loads(e) for e in errors]
+    job["result"] = _stored(result) if result else None
+    job["errors"] = [_stored(e) for e in errors]
     return job
+
+
+def _stored(text: str) -> Any:
+    """
+    A JSON value read back from a job's hash.  One nested deeper than
+    pushes allow (stored before the limit existed) is given as its JSON
+    text, so that no listing or page depends on the recursion limit.
+    """
+    if too_deep(text, READ_NESTING):
+        return text
+    return json.loads(text)
 
 
 def backoff_jitter() -> int:

@@ -19,6 +19,12 @@ from twisted.web import server
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
+from procession.core.json_checks import (
+    MAX_DECODE_NESTING,
+    lone_surrogate,
+    may_hold_surrogates,
+    too_deep,
+)
 from procession.core.errors import (
     Forbidden,
     FrameTooLarge,
@@ -113,10 +119,23 @@ def read_json(request: Any, limit: int, default: Any = None) -> Any:
     body = read_body(request, limit)
     if not body.strip():
         return default
+    if too_deep(body, MAX_DECODE_NESTING):
+        raise MalformedJSON(
+            f"the body's JSON nests more than {MAX_DECODE_NESTING} deep",
+            limit=MAX_DECODE_NESTING,
+        )
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, RecursionError):
         raise MalformedJSON("the body is not valid JSON")
+    if may_hold_surrogates(body):
+        path = lone_surrogate(value)
+        if path is not None:
+            raise MalformedJSON(
+                f"{path} is not valid Unicode (a lone UTF-16 surrogate escape)",
+                field=path,
+            )
+    return value
 
 
 def query(request: Any, name: str) -> str | None:

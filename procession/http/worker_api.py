@@ -31,6 +31,8 @@ from procession.core.errors import (
 )
 from procession.core.job import (
     ClaimedJob,
+    batch_reply,
+    push_reply,
     encode_result,
     failure_reply,
     format_time,
@@ -242,13 +244,13 @@ class WorkerRoutes:
             created = await self.dispatcher.push(jobs)
             return json_response(
                 request,
-                {"ids": [j.id for j in jobs], "created": created},
-                201 if any(created) else 200,
+                batch_reply(jobs, created),
+                201 if any(c is True for c in created) else 200,
             )
         job = parse_submission(body, now, self.max_body)
         [new] = await self.dispatcher.push([job])
         return json_response(
-            request, {"id": job.id, "created": new}, 201 if new else 200
+            request, push_reply(job.id, new), 201 if new is True else 200
         )
 
     @app.route("/api/v1/jobs/next", methods=["GET"])

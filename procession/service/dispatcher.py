@@ -499,12 +499,13 @@ class Dispatcher:
 
     # -- the worker's side
 
-    async def push(self, jobs: Sequence[NewJob]) -> list[bool]:
+    async def push(self, jobs: Sequence[NewJob]) -> list[bool | str]:
         """
         Store new jobs and wake their consumers.
 
         @return: per job, whether it was created (L{False}: a job with that
-            id existed and was left alone).
+            id existed and was left alone; a queue's name: a job with that
+            id exists in that other queue).
         """
         if len(jobs) == 1:
             return [await self.push_one(jobs[0])]
@@ -515,7 +516,7 @@ class Dispatcher:
             self.wake(job.queue)
         return created
 
-    def push_one(self, job: NewJob) -> defer.Deferred[bool]:
+    def push_one(self, job: NewJob) -> defer.Deferred[bool | str]:
         """
         L{push} for one job (the hot path of the C{PUSH} frame).  Single
         pushes that arrive together (pipelined by a client, or from many
@@ -546,11 +547,11 @@ class Dispatcher:
 
     def _pushed(
         self,
-        created: bool,
+        created: bool | str,
         queue: str,
         state: QueueState | None = None,
         answered: int = 0,
-    ) -> bool:
+    ) -> bool | str:
         # A claim sent behind the push and still on its way will see the
         # job.  One answered already ran before the push (which waited for
         # something first: a new queue's registration, a script reload),

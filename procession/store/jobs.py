@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from procession.core.errors import (
     IllegalState,
+    ProcessionError,
     InvalidRequest,
     JobNotFound,
     LeaseLost,
@@ -319,21 +320,26 @@ class Store:
 
     # -- the worker's side
 
-    def push(self, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool]]:
+    def push(self, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool | str]]:
         """
-        Store new jobs; a job whose id exists already is left untouched.
+        Store new jobs; a job whose id exists already (in any queue) is
+        left untouched.
 
-        Jobs of one queue are pushed by one script call, atomically.
+        Jobs of one queue are pushed by one script call, atomically.  When
+        the jobs of one queue are stored and another queue's call fails,
+        the error says which were (L{_partial}).
 
-        @return: for each job, whether it was created.
+        @return: for each job, L{True} when it was created, L{False} when
+            its queue had a job with its id, or the name of the other queue
+            that has one.
         """
         by_queue: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
             by_queue.setdefault(job.queue, []).append(index)
 
-        async def push() -> list[bool]:
+        async def push() -> list[bool | str]:
             await self._register(by_queue)
-            created = [False] * len(jobs)
+            created: list[bool | str | None] = [None] * len(jobs)
             now = self.now_ms()
             calls = []
             for queue, indexes in by_queue.items():
@@ -345,18 +351,34 @@ class Store:
                 ]
                 for i in indexes:
                     args.extend(jobs[i].script_args(now))
-                call = self.run_replicated("push", queue, args)
+                call = self.run_replicated("push", queue, args, [self.keys.ids])
                 calls.append((indexes, call))
-            for indexes, call in calls:
-                flags = await call
+            if len(calls) == 1:
+                indexes, call = calls[0]
+                outcomes = [(True, await call)]
+            else:
+                outcomes = await defer.DeferredList(
+                    [call for _, call in calls], consumeErrors=True
+                )
+            failure = None
+            for (indexes, _), (ok, flags) in zip(calls, outcomes):
+                if not ok:
+                    failure = failure or flags
+                    continue
                 for i, flag in zip(indexes, flags):
-                    created[i] = bool(int(flag))
-            return created
+                    created[i] = _pushed_flag(flag)
+            if failure is not None:
+                raise _partial(failure, jobs, created)
+            return created  # type: ignore[return-value]
 
         return defer.Deferred.fromCoroutine(push())
 
     def run_replicated(
-        self, name: str, queue: str, args: Sequence[Any]
+        self,
+        name: str,
+        queue: str,
+        args: Sequence[Any],
+        more_keys: Sequence[str] = (),
     ) -> defer.Deferred[Any]:
         """
         L{run}, then, with C{replicas_ack} above 0, wait until that many
@@ -368,12 +390,20 @@ class Store:
             the timeout.  The script ran on the primary all the same.
         """
         if self.replicas_ack <= 0:
-            return self.run(name, queue, args)
+            return self.run(name, queue, args, more_keys)
         return self._guard(
-            defer.Deferred.fromCoroutine(self._run_replicated(name, queue, args))
+            defer.Deferred.fromCoroutine(
+                self._run_replicated(name, queue, args, more_keys)
+            )
         )
 
-    async def _run_replicated(self, name: str, queue: str, args: Sequence[Any]) -> Any:
+    async def _run_replicated(
+        self,
+        name: str,
+        queue: str,
+        args: Sequence[Any],
+        more_keys: Sequence[str] = (),
+    ) -> Any:
         """
         The script, then C{WAIT} for C{replicas_ack} replicas, both on one
         connection (WAIT counts that connection's writes) in one round
@@ -384,7 +414,7 @@ class Store:
         if self.fail_fast and not self.connected():
             raise StoreUnavailable("no connection to Redis (it may be failing over)")
         script = self.scripts[name]
-        keys = [self.keys.prefix(queue)]
+        keys = [self.keys.prefix(queue), *more_keys]
         # Leave time for the answer within the request's timeout.
         wait_ms = max(1, int(self.timeout * 500))
         for verb, body in (("EVALSHA", script.sha), ("EVAL", script.text)):
@@ -556,7 +586,7 @@ class Store:
             max_dead,
             error,
         ]
-        return self.run("sweep", queue, args).addCallback(
+        return self.run("sweep", queue, args, [self.keys.ids]).addCallback(
             lambda r: tuple(int(n) for n in r)
         )
 
@@ -621,7 +651,9 @@ class Store:
         """
         Remove a job entirely; returns its former state.
         """
-        return self.run("delete", queue, [job_id]).addCallback(self._checked, job_id)
+        return self.run("delete", queue, [job_id], [self.keys.ids]).addCallback(
+            self._checked, job_id
+        )
 
     async def purge(self, queue: str, state: str, batch: int = 1000) -> int:
         """
@@ -635,7 +667,7 @@ class Store:
             )
         total = 0
         while True:
-            n = int(await self.run("purge", queue, [state, batch]))
+            n = int(await self.run("purge", queue, [state, batch], [self.keys.ids]))
             total += n
             if n < batch:
                 return total
@@ -753,6 +785,12 @@ class Store:
 
         @raise JobNotFound: when no queue has it.
         """
+        owner = await self.command("HGET", self.keys.ids, job_id)
+        if owner and int(
+            await self.command("EXISTS", self.prefix(owner) + "job:" + job_id)
+        ):
+            return owner
+        # Jobs pushed before the id index existed are not in it.
         queues = await self.known_queues()
         found = await defer.gatherResults(
             [self.command("EXISTS", self.keys.job(q, job_id)) for q in queues],
@@ -887,6 +925,42 @@ class Store:
                     states.append(m)
             return states
         return list(members)
+
+
+def _pushed_flag(flag: Any) -> bool | str:
+    """
+    One job's outcome in push.lua's reply.
+    """
+    if isinstance(flag, list):
+        [queue] = flag
+        return queue.decode("utf-8") if isinstance(queue, bytes) else str(queue)
+    return bool(int(flag))
+
+
+def _partial(
+    failure: Any, jobs: Sequence[NewJob], created: list[bool | str | None]
+) -> Exception:
+    """
+    The error of a push of several queues of which some were stored: the
+    failed call's error, telling which jobs are stored (C{created} as a
+    push answers it, with C{null} for the jobs whose call failed: they may
+    or may not be stored, and a push of them again is safe).
+    """
+    error = failure.value
+    if not any(c is not None for c in created):
+        return error
+    if not isinstance(error, ProcessionError):
+        log.failure("A push of a batch failed", failure)
+        error = ProcessionError("the push failed")
+    unknown = sum(1 for c in created if c is None)
+    error.message = (
+        f"{error.message}; {len(created) - unknown} of the batch's jobs were "
+        f"stored and {unknown} may not be: push those again"
+    )
+    error.args = (error.message,)
+    error.details["ids"] = [j.id for j in jobs]
+    error.details["created"] = [c if c is None else c is True for c in created]
+    return error
 
 
 def _as_dict(reply: Any) -> dict[str, str]:

@@ -10,10 +10,12 @@ of a key.
 
 Every key of a queue carries the queue's hash tag (C{ns:{queue}:...}), so
 a script that touches one queue touches one cluster slot.  The only keys
-outside a queue are the set of known queues, the wake-up channel and the
+outside a queue are the set of known queues, the wake-up channel, the
 server registry (C{ns:servers}, a zset of heartbeats, and
-C{ns:server:<id>}, each live server's description); each command or
-script on them touches one key.
+C{ns:server:<id>}, each live server's description), and the id index
+(C{ns:ids}): the one key that scripts of a queue (push, delete, purge,
+sweep) touch besides their queue's, because a job's id is unique across
+queues.
 """
 
 from __future__ import annotations
@@ -96,6 +98,14 @@ class Keys:
         The server registry: a zset of server ids by last heartbeat.
         """
         return f"{self.namespace}:servers"
+
+    @property
+    def ids(self) -> str:
+        """
+        The id index: a hash of every job's id to its queue, so that an id
+        is unique across queues (push.lua; erase() in common.lua).
+        """
+        return f"{self.namespace}:ids"
 
     def server(self, server_id: str) -> str:
         """

@@ -37,9 +37,17 @@ from procession.core.errors import (
     StoreUnavailable,
     UnknownVerb,
 )
+from procession.core.json_checks import (
+    MAX_DECODE_NESTING,
+    lone_surrogate,
+    may_hold_surrogates,
+    too_deep,
+)
 from procession.net.transport import corked, write_now
 from procession.core.job import (
     ClaimedJob,
+    batch_reply,
+    push_reply,
     encode_result,
     failure_reply,
     format_time,
@@ -343,6 +351,13 @@ class WorkerProtocol(protocol.Protocol):
             return self._reply(OutOfOrder("send HELLO first"))
         body: Any = None
         if body_bytes:
+            if too_deep(body_bytes, MAX_DECODE_NESTING):
+                return self._reply(
+                    BadFrame(
+                        f"the frame's JSON nests more than {MAX_DECODE_NESTING} deep",
+                        limit=MAX_DECODE_NESTING,
+                    )
+                )
             try:
                 body = json.loads(body_bytes)
             except UnicodeDecodeError:
@@ -351,6 +366,16 @@ class WorkerProtocol(protocol.Protocol):
                 return self._reply(BadFrame("the frame's JSON is nested too deeply"))
             except ValueError:
                 return self._reply(BadFrame("the frame's JSON is malformed"))
+            if may_hold_surrogates(body_bytes):
+                path = lone_surrogate(body)
+                if path is not None:
+                    return self._reply(
+                        BadFrame(
+                            f"{path} is not valid Unicode (a lone UTF-16 "
+                            "surrogate escape)",
+                            field=path,
+                        )
+                    )
         try:
             result = handler(self, body, len(body_bytes))
         except ProcessionError as e:
@@ -410,7 +435,7 @@ class WorkerProtocol(protocol.Protocol):
             raise ShuttingDown("the server is shutting down")
         jobs = parse_batch(body, self.factory.now_ms(), self.factory.max_job_size)
         return defer.Deferred.fromCoroutine(self.dispatcher.push(jobs)).addCallback(
-            lambda created: {"ids": [j.id for j in jobs], "created": created}
+            lambda created: batch_reply(jobs, created)
         )
 
     def do_READY(self, body: Any, size: int) -> Any:
@@ -603,7 +628,9 @@ def _acked(_: None, job_id: str) -> _JSON:
     return _JSON('{"id":' + _compact(job_id) + "}")
 
 
-def _pushed(created: bool, job_id: str) -> _JSON:
+def _pushed(created: bool | str, job_id: str) -> Any:
+    if isinstance(created, str):
+        return push_reply(job_id, created)
     return _JSON(
         '{"id":'
         + _compact(job_id)

@@ -62,6 +62,12 @@
 --   lready       list: the keys claims serve, round-robin
 --   lwait        zset: keys held back by their rate, score when their
 --                window opens again
+--
+-- One key lies outside every queue: <ns>:ids, a hash of every job's id to
+-- its queue, so that an id is unique across queues.  push.lua, delete.lua,
+-- purge.lua and sweep.lua take it as KEYS[2] (push checks and records ids,
+-- erase() forgets them): the one key they touch outside their queue's
+-- hash tag.
 
 local prefix = KEYS[1]
 local MAX_ERRORS = 10
@@ -153,14 +159,16 @@ local function created_member(id, created_at)
   return string.format('%015d', tonumber(created_at)) .. id
 end
 
--- Remove a job for good: its hash, its error history and its index entry.
--- The caller takes it off its state set.
-local function erase(id)
+-- Remove a job for good: its hash, its error history, its index entry and
+-- its id in the id index (ids: <ns>:ids).  The caller takes it off its
+-- state set.
+local function erase(id, ids)
   local created_at = redis.call('HGET', jobkey(id), 'created_at')
   if created_at then
     redis.call('ZREM', prefix .. 'created', created_member(id, created_at))
   end
   redis.call('DEL', jobkey(id), prefix .. 'errors:' .. id)
+  redis.call('HDEL', ids, id)
 end
 
 local function record_error(id, err)

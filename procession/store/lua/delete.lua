@@ -2,6 +2,7 @@
 -- and its entry in the created index.
 --
 -- KEYS[1]  the queue's key prefix
+-- KEYS[2]  the id index, <ns>:ids (see common.lua)
 -- ARGV[1]  the job's id
 --
 -- A running job's worker will find its lease lost.  Returns the former
@@ -12,6 +13,6 @@ if not state then
   return 'not_found'
 end
 unlist(id, state)
-erase(id)
+erase(id, KEYS[2])
 wake_freed()  -- limits: a freed slot wakes the consumers
 return state

@@ -1,6 +1,7 @@
 -- purge.lua: delete up to N jobs of one state from a queue.
 --
 -- KEYS[1]  the queue's key prefix
+-- KEYS[2]  the id index, <ns>:ids (see common.lua)
 -- ARGV[1]  the state: queued, scheduled, retrying or dead
 -- ARGV[2]  the most jobs to delete in this call
 --
@@ -16,6 +17,6 @@ for _, member in ipairs(members) do
     id = string.sub(member, 17)
   end
   redis.call('ZREM', prefix .. state, member)
-  erase(id)
+  erase(id, KEYS[2])
 end
 return #members

@@ -1,6 +1,7 @@
 -- push.lua: add jobs to one queue.
 --
 -- KEYS[1]  the queue's key prefix
+-- KEYS[2]  the id index, <ns>:ids: every job's id and its queue
 -- ARGV[1]  now (ms)           ARGV[2]  the wake channel
 -- ARGV[3]  the queue's name
 -- ARGV[4]  the wake message: '<queue> <server id>' (the pushing server
@@ -10,7 +11,9 @@
 --   procession.job.NewJob.wire)
 --
 -- Returns, per job, 1 when it was created and 0 when a job with that id
--- already existed (which is left exactly as it was: pushes are idempotent).
+-- already existed (which is left exactly as it was: pushes are idempotent),
+-- or {name} of the other queue that holds a job with that id: ids are
+-- unique across queues (<ns>:ids, see common.lua).
 -- A job due now is queued; one due later is scheduled.  Every new job goes
 -- into the created index.  A new job's hash is written once, with its
 -- state: nothing has to be read back or removed.  The wake-up is published
@@ -24,9 +27,13 @@ local n = 0
 for i = 5, #ARGV, 9 do
   local id = ARGV[i]
   local key = jobkey(id)
-  if redis.call('EXISTS', key) == 1 then
+  local owner = redis.call('HGET', KEYS[2], id)
+  if owner and owner ~= queue then
+    created[#created + 1] = {owner}
+  elseif redis.call('EXISTS', key) == 1 then
     created[#created + 1] = 0
   else
+    redis.call('HSET', KEYS[2], id, queue)
     local run_at = tonumber(ARGV[i + 7])
     if run_at > now then
       redis.call('HSET', key,

@@ -2,6 +2,7 @@
 -- number of servers at once: each step moves only what is due.
 --
 -- KEYS[1]  the queue's key prefix
+-- KEYS[2]  the id index, <ns>:ids (see common.lua)
 -- ARGV[1]  now (ms)           ARGV[2]  the wake channel
 -- ARGV[3]  the queue's name   ARGV[4]  the most jobs to move per step
 -- ARGV[5]  keep completed and cancelled jobs this long (ms)
@@ -42,7 +43,7 @@ end
 
 local function forget(set, ids)
   for _, id in ipairs(ids) do
-    erase(id)
+    erase(id, KEYS[2])
     redis.call('ZREM', prefix .. set, id)
     removed = removed + 1
   end
