@@ -229,7 +229,7 @@ class NestingTests(TestCase):
         client = await self.server.connect()
         await client.ok("PUSH", {"type": "t", "id": "deep"})
         text = "[" * 960 + "]" * 960
-        await store.command("HSET", store.prefix("default") + "job:deep", "args", text)
+        await store.command("HSET", store.keys.job("default", "deep"), "args", text)
         listed = await self.http.get("/api/v1/jobs")
         self.assertEqual(listed.code, 200, listed)
         self.assertEqual(listed.json["jobs"][0]["args"], text)

@@ -786,9 +786,7 @@ class Store:
         @raise JobNotFound: when no queue has it.
         """
         owner = await self.command("HGET", self.keys.ids, job_id)
-        if owner and int(
-            await self.command("EXISTS", self.prefix(owner) + "job:" + job_id)
-        ):
+        if owner and int(await self.command("EXISTS", self.keys.job(owner, job_id))):
             return owner
         # Jobs pushed before the id index existed are not in it.
         queues = await self.known_queues()
