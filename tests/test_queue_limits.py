@@ -11,7 +11,7 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from procession.core.errors import InvalidRequest
@@ -155,78 +155,6 @@ class StoreLimitTests(TestCase):
         self.assertEqual([j.id for j in await self.claim(4)], ["b", "low"])
 
 
-class ClusterLimitTests(TestCase):
-    """
-    Limits hold across several servers on one Redis, driven over real
-    sockets as workers drive them.
-    """
-
-    async def test_concurrency_across_four_servers(self) -> None:
-        """
-        Concurrency 5 on a queue, 4 servers with 30 TCP workers each: the
-        number running, sampled from Redis under load, never exceeds 5, and
-        reaches it: while jobs wait, nearly every sample shows all 5 slots
-        in use (a finished job wakes the waiting workers of every server at
-        once, through pub/sub).  Every job completes once.
-        """
-        servers = [await ServerFixture(self).start()]
-        for _ in range(3):
-            servers.append(await ServerFixture(self, ns=servers[0].namespace).start())
-        store = servers[0].store
-        queue = "limited"
-        status = await servers[0].service.admin.set_limits(
-            queue, QueueLimits(concurrency=5)
-        )
-        self.assertEqual(status.limits.concurrency, 5)
-        total = 300
-        done: list[str] = []
-        stopped: list[bool] = []
-
-        async def finish(running: Any) -> None:
-            stopped.append(True)
-            await running
-
-        async def work(client: Any) -> None:
-            await client.ok("READY", {"queues": [queue], "credit": 1})
-            while len(done) < total and not stopped:
-                try:
-                    job = await client.next_job(timeout=0.5)
-                except defer.TimeoutError:
-                    continue
-                await deferLater(reactor, 0.02, lambda: None)
-                await client.ok("ACK", {"id": job["id"]})
-                done.append(job["id"])
-
-        workers = []
-        for server in servers:
-            for i in range(30):
-                workers.append(await server.connect(f"w{i}"))
-        running = defer.gatherResults([defer.ensureDeferred(work(w)) for w in workers])
-        self.addCleanup(finish, running)
-        dispatcher = servers[1].service.dispatcher
-        await dispatcher.push(
-            [new_job(dispatcher.now_ms(), queue=queue) for _ in range(total)]
-        )
-        prefix = store.keys.prefix(queue)
-        samples = []
-        while len(done) < total:
-            in_use, waiting = await defer.gatherResults(
-                [
-                    store.command("ZCARD", prefix + "running"),
-                    store.command("ZCARD", prefix + "queued"),
-                ]
-            )
-            samples.append((int(in_use), int(waiting)))
-            await deferLater(reactor, 0.005, lambda: None)
-        await running
-        self.assertEqual(sorted(done), sorted(set(done)))
-        self.assertEqual(len(done), total)
-        self.assertLessEqual(max(n for n, _ in samples), 5)
-        loaded = [n for n, waiting in samples if waiting > 0]
-        self.assertGreater(len(loaded), 20)
-        self.assertGreaterEqual(loaded.count(5) / len(loaded), 0.8, samples)
-
-
 class HTTPLimitTests(TestCase):
     """
     C{GET} and C{PUT /api/v1/queues/{name}/limits} over a real socket.
@@ -303,3 +231,214 @@ class HTTPLimitTests(TestCase):
                          (409, "illegal_state"))  # fmt: skip
         got = (await http.get("/api/v1/queues/default/limits")).json
         self.assertFalse(got["per_key"])
+
+
+class ClusterLimitTests(TestCase):
+    """
+    Limits hold across several servers on one Redis, driven over real
+    sockets as workers drive them.
+    """
+
+    async def test_concurrency_across_four_servers(self) -> None:
+        """
+        Concurrency 5 on a queue, 4 servers with 30 TCP workers each: the
+        number running, sampled from Redis under load, never exceeds 5, and
+        reaches it: while jobs wait, nearly every sample shows all 5 slots
+        in use (a finished job wakes the waiting workers of every server at
+        once, through pub/sub).  Every job completes once.
+        """
+        servers = [await ServerFixture(self).start()]
+        for _ in range(3):
+            servers.append(await ServerFixture(self, ns=servers[0].namespace).start())
+        store = servers[0].store
+        queue = "limited"
+        status = await servers[0].service.admin.set_limits(
+            queue, QueueLimits(concurrency=5)
+        )
+        self.assertEqual(status.limits.concurrency, 5)
+        total = 300
+        done: list[str] = []
+        stopped: list[bool] = []
+
+        async def finish(running: Any) -> None:
+            stopped.append(True)
+            await running
+
+        async def work(client: Any) -> None:
+            await client.ok("READY", {"queues": [queue], "credit": 1})
+            while len(done) < total and not stopped:
+                try:
+                    job = await client.next_job(timeout=0.5)
+                except defer.TimeoutError:
+                    continue
+                await deferLater(reactor, 0.02, lambda: None)
+                await client.ok("ACK", {"id": job["id"]})
+                done.append(job["id"])
+
+        workers = []
+        for server in servers:
+            for i in range(30):
+                workers.append(await server.connect(f"w{i}"))
+        running = defer.gatherResults([defer.ensureDeferred(work(w)) for w in workers])
+        self.addCleanup(finish, running)
+        dispatcher = servers[1].service.dispatcher
+        await dispatcher.push(
+            [new_job(dispatcher.now_ms(), queue=queue) for _ in range(total)]
+        )
+        prefix = store.keys.prefix(queue)
+        samples = []
+        while len(done) < total:
+            in_use, waiting = await defer.gatherResults(
+                [
+                    store.command("ZCARD", prefix + "running"),
+                    store.command("ZCARD", prefix + "queued"),
+                ]
+            )
+            samples.append((int(in_use), int(waiting)))
+            await deferLater(reactor, 0.005, lambda: None)
+        await running
+        self.assertEqual(sorted(done), sorted(set(done)))
+        self.assertEqual(len(done), total)
+        self.assertLessEqual(max(n for n, _ in samples), 5)
+        loaded = [n for n, waiting in samples if waiting > 0]
+        self.assertGreater(len(loaded), 20)
+        self.assertGreaterEqual(loaded.count(5) / len(loaded), 0.8, samples)
+
+    async def test_rate_with_tcp_and_http_workers(self) -> None:
+        """
+        Rate 50 a second for 10 s, on two servers, with TCP workers on one
+        and HTTP long-polls on the other: between 490 and 510 jobs start
+        in the 10 s from the first start, and none early (any 51 starts in
+        a row span at least the window, by the servers' recorded start
+        times).  Meanwhile the TCP workers' other queue keeps flowing: its
+        jobs all finish while the limited queue still has a backlog.
+        """
+        a = await ServerFixture(self).start()
+        b = await ServerFixture(self, ns=a.namespace).start()
+        queue = "partner"
+        await a.service.admin.set_limits(queue, QueueLimits(rate=Rate(50, 1.0)))
+        stopped: list[bool] = []
+        taken: list[tuple[str, str]] = []
+
+        async def tcp_worker(client: Any) -> None:
+            await client.ok("READY", {"queues": [queue, "free"], "credit": 2})
+            while not stopped:
+                try:
+                    job = await client.next_job(timeout=0.5)
+                except defer.TimeoutError:
+                    continue
+                await client.ok("ACK", {"id": job["id"]})
+                taken.append((job["queue"], "tcp"))
+
+        http = HTTP(b.http_port)
+
+        async def http_worker(name: str) -> None:
+            while not stopped:
+                response = await http.get(
+                    "/api/v1/jobs/next",
+                    params={"queues": queue, "wait": "0.5", "worker": name},
+                )
+                if response.code == 204:
+                    continue
+                self.assertEqual(response.code, 200, response)
+                job = response.json
+                acked = await http.post(
+                    f"/api/v1/jobs/{job['id']}/ack", body={"lease": job["lease"]}
+                )
+                self.assertEqual(acked.code, 200, acked)
+                taken.append((job["queue"], "http"))
+
+        workers = [tcp_worker(await a.connect(f"t{i}")) for i in range(3)]
+        workers += [http_worker(f"h{i}") for i in range(3)]
+        running = defer.gatherResults([defer.ensureDeferred(w) for w in workers])
+
+        async def finish() -> None:
+            stopped.append(True)
+            await running
+
+        self.addCleanup(finish)
+        jobs = [new_job(a.service.admin.now_ms(), queue=queue) for _ in range(650)]
+        await a.service.dispatcher.push(jobs)
+        await deferLater(reactor, 2, lambda: None)
+        free = [new_job(b.service.admin.now_ms(), queue="free") for _ in range(100)]
+        await b.service.dispatcher.push(free)
+        while sum(1 for q, _ in taken if q == "free") < len(free):
+            await deferLater(reactor, 0.05, lambda: None)
+        backlog = await a.store.command(
+            "ZCARD", a.store.keys.state_set(queue, "queued")
+        )
+        self.assertGreater(int(backlog), 0)
+        await deferLater(reactor, 9.5, lambda: None)
+        await finish()
+
+        starts = []
+        for job in jobs:
+            at = await a.store.command(
+                "HGET", a.store.keys.job(queue, job.id), "started_at"
+            )
+            if at is not None:
+                starts.append(int(at))
+        starts.sort()
+        first = starts[0]
+        in_ten = [s for s in starts if s < first + 10_000]
+        self.assertTrue(490 <= len(in_ten) <= 510, len(in_ten))
+        for i in range(len(starts) - 50):
+            self.assertGreaterEqual(starts[i + 50] - starts[i], 1000, i)
+        kinds = {kind for q, kind in taken if q == queue}
+        self.assertEqual(kinds, {"tcp", "http"})
+
+
+class RateTimerTests(SynchronousTestCase):
+    """
+    The dispatcher's side of a rate limit, on a fake store and a
+    L{task.Clock}: a claim held back by the rate sets one timer per
+    queue, which claims again when it fires, while the consumers take work
+    from their other queues meanwhile.
+    """
+
+    def test_one_timer_per_queue(self) -> None:
+        from procession.core.job import ClaimedJobs
+        from procession.service.dispatcher import Dispatcher
+        from tests.test_dispatch import Consumer, FakeStore
+
+        clock = Clock()
+        store = FakeStore()
+        dispatcher = Dispatcher(store, clock)  # type: ignore[arg-type]
+        first = Consumer("a", ["limited", "other"], 1, True)
+        dispatcher.add_consumer(first)
+        clock.advance(0)
+        self.assertEqual(store.claims, [("limited", 1, True)])
+        held = ClaimedJobs()
+        held.wait = 0.4
+        store.claim_results[0].callback(held)
+        clock.advance(0)
+        # The consumer went on to its other queue.
+        self.assertEqual(store.claims[-1], ("other", 1, True))
+        store.claim_results[-1].callback(ClaimedJobs())
+        clock.advance(0)
+        # A consumer that waits on the held queue alone claims nothing:
+        # the timer serves it.
+        dispatcher.add_consumer(Consumer("b", ["limited"], 1, True))
+        clock.advance(0)
+        count = len(store.claims)
+        clock.advance(0.39)
+        self.assertEqual(len(store.claims), count)
+        clock.advance(0.02)
+        self.assertEqual(store.claims[-1], ("limited", 2, True))
+        self.assertEqual(len(store.claims), count + 1)
+        # Held back again, then woken by a push and held back with an
+        # earlier slot: still one timer, the earlier one.
+        later = ClaimedJobs()
+        later.wait = 0.9
+        store.claim_results[-1].callback(later)
+        dispatcher.wake("limited")
+        clock.advance(0)
+        sooner = ClaimedJobs()
+        sooner.wait = 0.5
+        store.claim_results[-1].callback(sooner)
+        clock.advance(0)
+        timers = [c for c in clock.getDelayedCalls() if c.active()]
+        self.assertEqual(len(timers), 1)
+        self.assertAlmostEqual(timers[0].getTime(), clock.seconds() + 0.5)
+        dispatcher.quiet()
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
