@@ -155,6 +155,114 @@ class StoreLimitTests(TestCase):
         self.assertEqual([j.id for j in await self.claim(4)], ["b", "low"])
 
 
+class PerKeyStoreTests(TestCase):
+    """
+    per_key limits in the claim script: each limit key within its own
+    limits, keys served in turn, nothing left behind by idle keys.
+    """
+
+    async def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.store = await connected_store(self, self.clock)
+        self.leases = 0
+
+    async def push(self, keys: list[str | None]) -> list[str]:
+        jobs = []
+        for i, key in enumerate(keys):
+            fields: dict[str, Any] = {"id": f"{key}-{i}"}
+            if key is not None:
+                fields["limit_key"] = key
+            jobs.append(new_job(self.store.now_ms(), **fields))
+        await self.store.push(jobs)
+        return [j.id for j in jobs]
+
+    async def claim(self, wanted: int) -> Any:
+        slots = []
+        for _ in range(wanted):
+            self.leases += 1
+            slots.append(("w", f"l{self.leases}@default"))
+        return await self.store.claim("default", slots)
+
+    async def redis(self, *args: Any) -> Any:
+        return await self.store.command(*args)
+
+    async def test_round_robin_within_each_keys_concurrency(self) -> None:
+        await self.store.set_limits("default", QueueLimits(concurrency=2, per_key=True))
+        await self.push(["a"] * 4 + ["b"] * 2 + ["c"] + [None])
+        first = await self.claim(10)
+        self.assertEqual(
+            [j.id for j in first], ["a-0", "b-4", "c-6", "None-7", "a-1", "b-5"]
+        )
+        self.assertEqual(first.wait, 0)
+        self.assertEqual(len(await self.claim(5)), 0)
+        # Finishing one of a's frees a slot of a's only.
+        await self.store.ack("default", [(first[0].id, first[0].lease, "")])
+        again = await self.claim(5)
+        self.assertEqual([j.id for j in again], ["a-2"])
+        status = await self.store.limit_status("default")
+        self.assertEqual((status.keys, status.running, status.throttled), (1, 6, True))
+        # A job's JOB frame and record carry its key.
+        self.assertIn('"limit_key":"a"', again[0].payload)
+        job = await self.store.get_job("default", "a-2")
+        self.assertEqual(job["limit_key"], "a")
+
+    async def test_rate_per_key(self) -> None:
+        await self.store.set_limits(
+            "default", QueueLimits(rate=Rate(1, 1.0), per_key=True)
+        )
+        await self.push(["a", "a", "b", "b"])
+        first = await self.claim(4)
+        self.assertEqual([j.id for j in first], ["a-0", "b-2"])
+        held = await self.claim(4)
+        self.assertEqual((len(held), held.wait), (0, 1.0))
+        status = await self.store.limit_status("default")
+        self.assertEqual(status.keys_waiting, 2)
+        self.clock.advance(1.0)
+        self.assertEqual([j.id for j in await self.claim(4)], ["a-1", "b-3"])
+
+    async def test_idle_keys_leave_nothing_behind(self) -> None:
+        """
+        Keys whose jobs have all run leave the rotation: a claim never
+        looks at them, and their running sets go with their last job.
+        """
+        await self.store.set_limits("default", QueueLimits(concurrency=1, per_key=True))
+        await self.push([f"k{i}" for i in range(300)])
+        claimed = await self.claim(1000)
+        self.assertEqual(len(claimed), 300)
+        self.assertIsNone(claimed.wait)
+        await self.store.ack("default", [(j.id, j.lease, "") for j in claimed])
+        keys = self.store.keys.prefix("default")
+        self.assertEqual(int(await self.redis("HLEN", keys + "lkeys")), 0)
+        self.assertEqual(int(await self.redis("LLEN", keys + "lready")), 0)
+        left = await self.redis("SCAN", 0, "MATCH", keys + "kq:*", "COUNT", 10000)
+        self.assertEqual(left[1], [])
+        left = await self.redis("SCAN", 0, "MATCH", keys + "krun:*", "COUNT", 10000)
+        self.assertEqual(left[1], [])
+
+    async def test_switching_per_key_indexes_the_queued_jobs(self) -> None:
+        await self.push(["a", "a", "a", "b"])
+        await self.store.set_limits("default", QueueLimits(concurrency=1, per_key=True))
+        self.assertEqual([j.id for j in await self.claim(4)], ["a-0", "b-3"])
+        # Off again: the queue-wide limit counts every running job.
+        await self.store.set_limits("default", QueueLimits(concurrency=3))
+        self.assertEqual([j.id for j in await self.claim(4)], ["a-1"])
+
+    async def test_purged_jobs_are_skipped(self) -> None:
+        await self.store.set_limits("default", QueueLimits(per_key=True))
+        await self.push(["a", "a", "b"])
+        await self.store.purge("default", "queued")
+        await self.push(["c"])
+        self.assertEqual([j.id for j in await self.claim(4)], ["c-0"])
+
+    async def test_given_back_jobs_keep_their_key(self) -> None:
+        await self.store.set_limits("default", QueueLimits(concurrency=1, per_key=True))
+        await self.push(["a", "a"])
+        [job] = await self.claim(2)
+        await self.store.release("default", [(job.id, job.lease)], "gone")
+        [again] = await self.claim(2)
+        self.assertEqual(again.id, "a-0")
+
+
 class HTTPLimitTests(TestCase):
     """
     C{GET} and C{PUT /api/v1/queues/{name}/limits} over a real socket.
@@ -231,6 +339,62 @@ class HTTPLimitTests(TestCase):
                          (409, "illegal_state"))  # fmt: skip
         got = (await http.get("/api/v1/queues/default/limits")).json
         self.assertFalse(got["per_key"])
+
+
+class RateTimerTests(SynchronousTestCase):
+    """
+    The dispatcher's side of a rate limit, on a fake store and a
+    L{task.Clock}: a claim held back by the rate sets one timer per
+    queue, which claims again when it fires, while the consumers take work
+    from their other queues meanwhile.
+    """
+
+    def test_one_timer_per_queue(self) -> None:
+        from procession.core.job import ClaimedJobs
+        from procession.service.dispatcher import Dispatcher
+        from tests.test_dispatch import Consumer, FakeStore
+
+        clock = Clock()
+        store = FakeStore()
+        dispatcher = Dispatcher(store, clock)  # type: ignore[arg-type]
+        first = Consumer("a", ["limited", "other"], 1, True)
+        dispatcher.add_consumer(first)
+        clock.advance(0)
+        self.assertEqual(store.claims, [("limited", 1, True)])
+        held = ClaimedJobs()
+        held.wait = 0.4
+        store.claim_results[0].callback(held)
+        clock.advance(0)
+        # The consumer went on to its other queue.
+        self.assertEqual(store.claims[-1], ("other", 1, True))
+        store.claim_results[-1].callback(ClaimedJobs())
+        clock.advance(0)
+        # A consumer that waits on the held queue alone claims nothing:
+        # the timer serves it.
+        dispatcher.add_consumer(Consumer("b", ["limited"], 1, True))
+        clock.advance(0)
+        count = len(store.claims)
+        clock.advance(0.39)
+        self.assertEqual(len(store.claims), count)
+        clock.advance(0.02)
+        self.assertEqual(store.claims[-1], ("limited", 2, True))
+        self.assertEqual(len(store.claims), count + 1)
+        # Held back again, then woken by a push and held back with an
+        # earlier slot: still one timer, the earlier one.
+        later = ClaimedJobs()
+        later.wait = 0.9
+        store.claim_results[-1].callback(later)
+        dispatcher.wake("limited")
+        clock.advance(0)
+        sooner = ClaimedJobs()
+        sooner.wait = 0.5
+        store.claim_results[-1].callback(sooner)
+        clock.advance(0)
+        timers = [c for c in clock.getDelayedCalls() if c.active()]
+        self.assertEqual(len(timers), 1)
+        self.assertAlmostEqual(timers[0].getTime(), clock.seconds() + 0.5)
+        dispatcher.quiet()
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
 
 
 class ClusterLimitTests(TestCase):
@@ -387,58 +551,58 @@ class ClusterLimitTests(TestCase):
         kinds = {kind for q, kind in taken if q == queue}
         self.assertEqual(kinds, {"tcp", "http"})
 
+    async def test_small_keys_are_not_starved(self) -> None:
+        """
+        One limit key with 10,000 queued jobs and 20 keys with 10 each,
+        pushed after them, on a per_key queue (2 running per key) served
+        by TCP workers: keys take turns, so the 200 jobs of the small keys
+        all finish within the first tenth of the completions.
+        """
+        server = await ServerFixture(self).start()
+        queue = "tenants"
+        await server.service.admin.set_limits(
+            queue, QueueLimits(concurrency=2, per_key=True)
+        )
+        dispatcher = server.service.dispatcher
+        now = dispatcher.now_ms()
+        for start in range(0, 10_000, 2_000):
+            await dispatcher.push(
+                [
+                    new_job(now, queue=queue, limit_key="big", id=f"big-{i}")
+                    for i in range(start, start + 2_000)
+                ]
+            )
+        small = [
+            new_job(now, queue=queue, limit_key=f"small-{k}", id=f"small-{k}-{i}")
+            for k in range(20)
+            for i in range(10)
+        ]
+        await dispatcher.push(small)
+        finished: list[str] = []
+        stopped: list[bool] = []
 
-class RateTimerTests(SynchronousTestCase):
-    """
-    The dispatcher's side of a rate limit, on a fake store and a
-    L{task.Clock}: a claim held back by the rate sets one timer per
-    queue, which claims again when it fires, while the consumers take work
-    from their other queues meanwhile.
-    """
+        async def work(client: Any) -> None:
+            await client.ok("READY", {"queues": [queue], "credit": 4})
+            while not stopped:
+                try:
+                    job = await client.next_job(timeout=0.5)
+                except defer.TimeoutError:
+                    continue
+                await client.ok("ACK", {"id": job["id"]})
+                finished.append(job["id"])
 
-    def test_one_timer_per_queue(self) -> None:
-        from procession.core.job import ClaimedJobs
-        from procession.service.dispatcher import Dispatcher
-        from tests.test_dispatch import Consumer, FakeStore
+        workers = [work(await server.connect(f"w{i}")) for i in range(10)]
+        running = defer.gatherResults([defer.ensureDeferred(w) for w in workers])
 
-        clock = Clock()
-        store = FakeStore()
-        dispatcher = Dispatcher(store, clock)  # type: ignore[arg-type]
-        first = Consumer("a", ["limited", "other"], 1, True)
-        dispatcher.add_consumer(first)
-        clock.advance(0)
-        self.assertEqual(store.claims, [("limited", 1, True)])
-        held = ClaimedJobs()
-        held.wait = 0.4
-        store.claim_results[0].callback(held)
-        clock.advance(0)
-        # The consumer went on to its other queue.
-        self.assertEqual(store.claims[-1], ("other", 1, True))
-        store.claim_results[-1].callback(ClaimedJobs())
-        clock.advance(0)
-        # A consumer that waits on the held queue alone claims nothing:
-        # the timer serves it.
-        dispatcher.add_consumer(Consumer("b", ["limited"], 1, True))
-        clock.advance(0)
-        count = len(store.claims)
-        clock.advance(0.39)
-        self.assertEqual(len(store.claims), count)
-        clock.advance(0.02)
-        self.assertEqual(store.claims[-1], ("limited", 2, True))
-        self.assertEqual(len(store.claims), count + 1)
-        # Held back again, then woken by a push and held back with an
-        # earlier slot: still one timer, the earlier one.
-        later = ClaimedJobs()
-        later.wait = 0.9
-        store.claim_results[-1].callback(later)
-        dispatcher.wake("limited")
-        clock.advance(0)
-        sooner = ClaimedJobs()
-        sooner.wait = 0.5
-        store.claim_results[-1].callback(sooner)
-        clock.advance(0)
-        timers = [c for c in clock.getDelayedCalls() if c.active()]
-        self.assertEqual(len(timers), 1)
-        self.assertAlmostEqual(timers[0].getTime(), clock.seconds() + 0.5)
-        dispatcher.quiet()
-        self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
+        async def finish() -> None:
+            stopped.append(True)
+            await running
+
+        self.addCleanup(finish)
+        wanted = {job.id for job in small}
+        while not wanted <= set(finished):
+            await deferLater(reactor, 0.02, lambda: None)
+        await finish()
+        last = max(finished.index(i) for i in wanted)
+        self.assertLess(last, 10_200 // 10, last)
+        self.assertEqual(len(finished), len(set(finished)))

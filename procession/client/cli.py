@@ -578,6 +578,7 @@ def cmd_push(api: Api, args: argparse.Namespace, out: Output) -> None:
         ("max_attempts", args.max_attempts),
         ("timeout", args.timeout),
         ("meta", meta),
+        ("limit_key", args.limit_key),
     ):
         if value is not None:
             job[name] = value
@@ -877,6 +878,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the job's lease, in seconds (default 300)",
     )
     sub.add_argument("--meta", metavar="JSON", help="an object kept with the job")
+    sub.add_argument(
+        "--limit-key",
+        metavar="KEY",
+        help="the key its queue's per_key limits count it under (docs/limits.rst)",
+    )
 
     for action, help, bulk in (
         ("retry", "run a scheduled, retrying or dead job now", RETRYABLE),

@@ -291,6 +291,7 @@ def make_job(
     max_attempts: int | None = None,
     timeout: float | None = None,
     meta: Mapping[str, Any] | None = None,
+    limit_key: str | None = None,
 ) -> dict[str, Any]:
     """
     A job as the protocol's JSON object, with an id (a fresh one unless
@@ -314,6 +315,8 @@ def make_job(
         job["timeout"] = timeout
     if meta is not None:
         job["meta"] = dict(meta)
+    if limit_key is not None:
+        job["limit_key"] = limit_key
     return job
 
 
@@ -682,6 +685,7 @@ class Client:
         max_attempts: int | None = None,
         timeout: float | None = None,
         meta: Mapping[str, Any] | None = None,
+        limit_key: str | None = None,
     ) -> str:
         """
         Push one job and wait for the server to store it; its id.
@@ -705,6 +709,7 @@ class Client:
             max_attempts=max_attempts,
             timeout=timeout,
             meta=meta,
+            limit_key=limit_key,
         )
         [reply] = self.exchange([encode_frame("PUSH", job)])
         if isinstance(reply, ProcessionError):

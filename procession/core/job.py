@@ -58,8 +58,12 @@ SUBMISSION_FIELDS = frozenset(
         "max_attempts",
         "timeout",
         "meta",
+        "limit_key",
     }
 )
+
+#: The longest C{limit_key} (docs/limits.rst).
+LIMIT_KEY_LENGTH = 128
 
 
 def new_job_id() -> str:
@@ -136,6 +140,8 @@ class NewJob:
     meta: str
     run_at: int
     created_at: int
+    # The key its queue's per_key limits count it under ('' for none).
+    limit_key: str = ""
 
     def script_args(self, now_ms: int) -> list[str | int | float]:
         """
@@ -152,6 +158,7 @@ class NewJob:
             self.meta,
             self.run_at,
             self.wire(now_ms),
+            self.limit_key,
         ]
 
     def wire(self, created_at: int) -> str:
@@ -174,6 +181,8 @@ class NewJob:
         ]  # fmt: skip
         if self.meta:
             parts += [',"meta":', self.meta]
+        if self.limit_key:
+            parts += [',"limit_key":', json.dumps(self.limit_key, ensure_ascii=False)]
         return "".join(parts)
 
 
@@ -289,6 +298,17 @@ def parse_submission(
             )
         run_at = now_ms + int(delay * 1000)
 
+    limit_key = obj.get("limit_key", "")
+    if (
+        not isinstance(limit_key, str)
+        or len(limit_key) > LIMIT_KEY_LENGTH
+        or ("limit_key" in obj and not limit_key)
+    ):
+        raise InvalidJob(
+            f"limit_key must be a string of 1 to {LIMIT_KEY_LENGTH} characters",
+            field="limit_key",
+        )
+
     meta = obj.get("meta", None)
     if meta is not None and not isinstance(meta, dict):
         raise InvalidJob("meta must be a JSON object", field="meta")
@@ -327,6 +347,7 @@ def parse_submission(
         meta=meta_text,
         run_at=run_at,
         created_at=now_ms,
+        limit_key=limit_key,
     )
 
 
@@ -593,6 +614,8 @@ def job_from_hash(fields: dict[str, str], errors: list[str]) -> dict[str, Any]:
         job[name] = format_time(int(value)) if value else None
     job["worker"] = fields.get("worker") or None
     job["meta"] = _stored(fields["meta"]) if fields.get("meta") else None
+    if fields.get("limit_key"):
+        job["limit_key"] = fields["limit_key"]
     result = fields.get("result")
     job["result"] = _stored(result) if result else None
     job["errors"] = [_stored(e) for e in errors]

@@ -99,14 +99,15 @@ local function queue_limits()
   return limits_read
 end
 
--- Index a queued job (member/score as in 'queued') under its limit key, on
--- a per_key queue, and put the key in the rotation if it was idle.
-local function key_enqueue(key, member, score)
+-- Index a queued job (member/score as in 'queued') under its limit key
+-- (lk, or read from its hash when nil), on a per_key queue, and put the
+-- key in the rotation if it was idle.
+local function key_enqueue(key, member, score, lk)
   local limit = queue_limits()
   if not limit or not limit.per_key then
     return
   end
-  local lk = redis.call('HGET', key, 'limit_key') or ''
+  lk = lk or redis.call('HGET', key, 'limit_key') or ''
   redis.call('ZADD', prefix .. 'kq:' .. lk, score, member)
   if redis.call('HSETNX', prefix .. 'lkeys', lk, 'r') == 1 then
     redis.call('RPUSH', prefix .. 'lready', lk)

@@ -6,9 +6,9 @@
 -- ARGV[3]  the queue's name
 -- ARGV[4]  the wake message: '<queue> <server id>' (the pushing server
 --          wakes its own consumers, and ignores its own messages)
--- then 9 values per job: id, type, args, priority, max_attempts, timeout,
+-- then 10 values per job: id, type, args, priority, max_attempts, timeout,
 --   meta, run_at (ms), wire (the start of its JOB frame, made for now:
---   procession.job.NewJob.wire)
+--   procession.job.NewJob.wire), limit_key ('' for none; docs/limits.rst)
 --
 -- Returns, per job, 1 when it was created and 0 when a job with that id
 -- already existed (which is left exactly as it was: pushes are idempotent),
@@ -24,7 +24,7 @@ local queue = ARGV[3]
 local created = {}
 local queued = 0
 local n = 0
-for i = 5, #ARGV, 9 do
+for i = 5, #ARGV, 10 do
   local id = ARGV[i]
   local key = jobkey(id)
   local owner = redis.call('HGET', KEYS[2], id)
@@ -35,6 +35,7 @@ for i = 5, #ARGV, 9 do
   else
     redis.call('HSET', KEYS[2], id, queue)
     local run_at = tonumber(ARGV[i + 7])
+    local limit_key = ARGV[i + 9]
     if run_at > now then
       redis.call('HSET', key,
         'id', id, 'type', ARGV[i + 1], 'queue', queue, 'args', ARGV[i + 2],
@@ -53,7 +54,11 @@ for i = 5, #ARGV, 9 do
         'created_at', now, 'wire', ARGV[i + 8],
         'state', 'queued', 'enqueued_at', now, 'qm', member)
       redis.call('ZADD', prefix .. 'queued', -tonumber(ARGV[i + 3]), member)
+      key_enqueue(key, member, -tonumber(ARGV[i + 3]), limit_key)  -- limits
       queued = queued + 1
+    end
+    if limit_key ~= '' then
+      redis.call('HSET', key, 'limit_key', limit_key)
     end
     redis.call('ZADD', prefix .. 'created', 0, created_member(id, now))
     n = n + 1
