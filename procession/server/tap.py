@@ -106,11 +106,34 @@ class Options(usage.Options):
             "Make GET /metrics need the admin token (it is open by default, "
             "like /healthz and /readyz).",
         ],
+        [
+            "faktory-allow-flush",
+            None,
+            "Let the Faktory FLUSH command wipe every queue (for test "
+            "environments; refused by default).",
+        ],
     ]
 
     optParameters = [
         ["tcp", None, "7000", "The worker protocol's listener.", endpoint_description],
         ["http", None, "8080", "The HTTP listener.", endpoint_description],
+        [
+            "faktory",
+            None,
+            None,
+            "Also speak Faktory's worker protocol on this listener (off by "
+            "default; 7419 is Faktory's port), so that Faktory clients in "
+            "any language work unchanged; the worker token is their "
+            "password (docs/faktory.rst).",
+        ],
+        [
+            "faktory-worker-timeout",
+            None,
+            60.0,
+            "Seconds a Faktory worker process may go without a connection "
+            "and a BEAT before the jobs it fetched go back to their queues.",
+            _positive(float),
+        ],
         [
             "redis",
             None,
@@ -312,6 +335,13 @@ class Options(usage.Options):
         # usage.Options does not coerce defaults
         self["tcp"] = endpoint_description(self["tcp"])
         self["http"] = endpoint_description(self["http"])
+        if self["faktory"] is not None:
+            self["faktory"] = endpoint_description(self["faktory"])
+            if self["processes"] > 1 or self["inherit"] is not None:
+                raise usage.UsageError(
+                    "--faktory does not work with --processes yet: run "
+                    "several servers on one Redis instead"
+                )
         if self["fsync"] not in ("always", "everysec"):
             raise usage.UsageError("--fsync must be always or everysec")
         if self["shutdown-grace"] < 0:
@@ -340,6 +370,17 @@ class Options(usage.Options):
                     f"{self['tcp']} is reachable beyond loopback and no worker "
                     "token is set: give --token-file (or PROCESSION_TOKEN), or "
                     "--insecure to run open anyway"
+                )
+            if (
+                self["faktory"] is not None
+                and not is_local(self["faktory"])
+                and not self["token"]
+            ):
+                raise usage.UsageError(
+                    f"{self['faktory']} is reachable beyond loopback and no "
+                    "worker token (the Faktory password) is set: give "
+                    "--token-file (or PROCESSION_TOKEN), or --insecure to "
+                    "run open anyway"
                 )
             if not is_local(self["http"]) and not self["admin-token"]:
                 raise usage.UsageError(
@@ -441,6 +482,9 @@ class ProcessionService(service.MultiService):
         self.wake_listener: Any = None
         self.worker_factory: Any = None
         self.admin: Any = None
+        self.faktory_factory: Any = None
+        self.faktory_port: Any = None
+        self.lease_owners: Any = None
         self.tcp_port: Any = None
         self.http_port: Any = None
         self.http_server: Any = None
@@ -574,6 +618,8 @@ class ProcessionService(service.MultiService):
             poll_timeout=options["poll-timeout"],
             metrics_auth=bool(options["metrics-auth"]),
         )
+        if options["faktory"] is not None:
+            await self._start_faktory()
         site = Site(
             self.http_server.app.resource(),
             access_log=bool(options["http-access-log"]),
@@ -591,6 +637,41 @@ class ProcessionService(service.MultiService):
             tcp=_describe(self.tcp_port),
             http=_describe(self.http_port),
             server=self.store.server_id,
+        )
+
+    async def _start_faktory(self) -> None:
+        """
+        The Faktory listener: a second front end on the same dispatcher,
+        with the registry of the Faktory worker processes' leases.
+        """
+        from procession.service.owners import LeaseOwners
+        from procession.tcp.faktory import FaktoryFactory
+        from procession.server import processes
+
+        options = self.options
+        self.lease_owners = LeaseOwners(
+            self.dispatcher, self.reactor, options["faktory-worker-timeout"]
+        )
+        self.faktory_factory = FaktoryFactory(
+            self.dispatcher,
+            self.lease_owners,
+            self.reactor,
+            password=options["token"],
+            max_line=options["max-frame"],
+            max_job_size=options["max-job-size"],
+            max_connections=options["max-connections"],
+            handshake_timeout=options["handshake-timeout"],
+            allow_flush=bool(options["faktory-allow-flush"]),
+        )
+        self.lease_owners.start()
+        self.admin.add_worker_source(self.faktory_factory)
+        self.faktory_port = await processes.endpoint_listen(
+            self.reactor, options["faktory"], self.faktory_factory
+        )
+        self.listening["faktory"] = _describe(self.faktory_port)
+        log.info(
+            "Serving Faktory clients on {faktory}",
+            faktory=self.listening["faktory"],
         )
 
     def _listen(self, name: str, index: int, factory: Any) -> defer.Deferred[Any]:
@@ -701,6 +782,25 @@ class ProcessionService(service.MultiService):
                     replicas=replicas,
                 )
 
+    async def _stop_faktory(self, grace: float) -> None:
+        """
+        Tell the Faktory workers to terminate (their next BEAT says so),
+        wait up to the grace for the jobs they hold to finish, then close
+        their connections.  Their jobs stay theirs: a worker may finish
+        them through another server; the others come back after the
+        Faktory worker timeout.
+        """
+        from twisted.internet.task import deferLater
+
+        factory = self.faktory_factory
+        factory.quiet_all()
+        deadline = self.reactor.seconds() + grace
+        while factory.jobs_in_hand() and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+        factory.close_all()
+        if self.lease_owners is not None:
+            self.lease_owners.stop()
+
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop())
 
@@ -719,6 +819,8 @@ class ProcessionService(service.MultiService):
             await self.tcp_port.stopListening()
         if self.http_port is not None:
             await self.http_port.stopListening()
+        if self.faktory_port is not None:
+            await self.faktory_port.stopListening()
         if self.dispatcher is not None:
             self.dispatcher.quiet()
             self.dispatcher.stop_sweeping()
@@ -745,6 +847,8 @@ class ProcessionService(service.MultiService):
             if left:
                 log.info("Shutting down: giving {left} jobs back", left=left)
             await self.worker_factory.release_all("the server shut down")
+        if self.faktory_factory is not None:
+            await self._stop_faktory(grace)
         if self.dispatcher is not None:
             await self.dispatcher.cluster.leave()
         await children_stopped

@@ -73,6 +73,19 @@ class Consumer(Protocol):
         """
 
 
+def lease_holder(consumer: Consumer) -> str | None:
+    """
+    Who holds the leases of C{consumer}'s jobs: L{None} when nobody does
+    but the lease itself (an HTTP long-poll, see L{connection_bound}),
+    C{""} for this server (a TCP worker's connection), or the name of a
+    lease owner that holds them across connections and servers (a
+    Faktory worker process, its C{holder}).
+    """
+    if not connection_bound(consumer):
+        return None
+    return getattr(consumer, "holder", "") or ""
+
+
 def connection_bound(consumer: Consumer) -> bool:
     """
     Whether the leases of C{consumer}'s jobs live and die with its
@@ -136,9 +149,10 @@ class QueueState:
     claim_size: int = MIN_CLAIM
     # How many claims have been answered (or failed).
     answered: int = 0
-    # Whose turn it is when connection-bound consumers and HTTP polls both
-    # wait: one claim serves one kind (see Dispatcher._pump).
-    bound_turn: bool = True
+    # Whose turn it is when consumers with different lease holders wait
+    # (connection-bound ones, HTTP polls, lease owners): one claim serves
+    # one holder (see Dispatcher._pump).
+    turn: int = 0
     # While the queue's rate limit holds claims back: the one timer that
     # claims again when its window opens a slot (docs/limits.rst).
     slot_timer: Any = None
@@ -386,11 +400,14 @@ class Dispatcher:
         # claim fills every slot the queue is not empty and the next one
         # serves the other kind; if it does not, the queue ran dry for
         # both.
-        bound = {connection_bound(c) for c in eligible}
-        if len(bound) > 1:
-            state.bound_turn = not state.bound_turn
-            eligible = [c for c in eligible if connection_bound(c) == state.bound_turn]
-        held = connection_bound(eligible[0])
+        holders: dict[str | None, list[Consumer]] = {}
+        for consumer in eligible:
+            holders.setdefault(lease_holder(consumer), []).append(consumer)
+        if len(holders) > 1:
+            state.turn += 1
+            order = sorted(holders, key=lambda h: "" if h is None else "." + h)
+            eligible = holders[order[state.turn % len(order)]]
+        holder = lease_holder(eligible[0])
         # Deal the slots round-robin so that a batch shared by many consumers
         # spreads over them.
         rooms = {c: c.room() for c in eligible}
@@ -404,7 +421,9 @@ class Dispatcher:
         leases = list(zip([c.name for c in slots], new_leases(name, len(slots))))
         state.claiming = True
         state.dirty = False
-        if held:
+        if holder:
+            d = self.store.claim(name, leases, held=True, holder=holder)
+        elif holder is not None:
             d = self.store.claim(name, leases, held=True)
         else:
             d = self.store.claim(name, leases)
@@ -578,18 +597,22 @@ class Dispatcher:
         error: str,
         retry_in: float | None,
         retry: bool,
+        discard: bool = False,
     ) -> defer.Deferred[tuple[str, int]]:
         """
-        Record a failed attempt: (C{'retrying'}, run_at ms) or (C{'dead'}, 0).
+        Record a failed attempt: (C{'retrying'}, run_at ms), (C{'dead'}, 0),
+        or with C{discard} (the job is deleted rather than retried or kept
+        as dead) (C{'discarded'}, 0).
         """
 
         def checked(outcome: tuple[str, int]) -> tuple[str, int]:
             _checked(outcome[0], job_id)
             return outcome
 
-        return self._fail(queue, (job_id, lease, error, retry_in, retry)).addCallback(
-            checked
-        )
+        item: tuple[Any, ...] = (job_id, lease, error, retry_in, retry)
+        if discard:
+            item += (True,)
+        return self._fail(queue, item).addCallback(checked)
 
     def extend(
         self, queue: str, job_id: str, lease: str, seconds: float

@@ -45,7 +45,7 @@ from procession.core.queue_limits import MAX_REINDEX, LimitStatus, QueueLimits
 from procession.core.stats import QueueSummary
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
 from procession.store.keys import STATE_SET_NAMES, STATE_SETS, Keys
-from procession.store.registry import ServerRegistry
+from procession.store.registry import OwnerRegistry, ServerRegistry
 
 log = Logger()
 
@@ -169,6 +169,7 @@ class Store:
         self.keys = Keys(namespace)
         self.channel = self.keys.channel
         self.registry = ServerRegistry(self)
+        self.owners = OwnerRegistry(self)
         self.scripts = load_scripts()
         self._known_queues: set[str] = set()
 
@@ -440,7 +441,11 @@ class Store:
         raise AssertionError("unreachable")
 
     def claim(
-        self, queue: str, slots: Sequence[tuple[str, str]], held: bool = False
+        self,
+        queue: str,
+        slots: Sequence[tuple[str, str]],
+        held: bool = False,
+        holder: str | None = None,
     ) -> defer.Deferred[list[ClaimedJob]]:
         """
         Lease up to C{len(slots)} jobs from a queue.
@@ -449,11 +454,15 @@ class Store:
         @param held: whether the leases live and die with connections to
             this server (TCP workers): the jobs are recorded as held here,
             and come back soon after this server dies (L{server_lost}).
+        @param holder: with C{held}, who holds them instead of this server:
+            a worker process that owns its leases across connections and
+            servers (see L{procession.store.registry.OwnerRegistry.holder});
+            they come back when it is lost.
         @return: the jobs leased, the i-th under the i-th slot's lease,
             as L{ClaimedJobs}: its C{wait} says whether and how long the
             queue's limits hold claims back.
         """
-        args: list[Any] = [self.now_ms(), self.server_id]
+        args: list[Any] = [self.now_ms(), self.server_id, holder or ""]
         for worker, lease in slots:
             args.append(worker)
             args.append(lease)
@@ -467,7 +476,7 @@ class Store:
                 jobs.append(ClaimedJob.from_claim(row, queue, slots[i][1]))
             return jobs
 
-        more = [self.keys.held(queue, self.server_id)] if held else []
+        more = [self.keys.held(queue, holder or self.server_id)] if held else []
         return self.run("claim", queue, args, more).addCallback(built)
 
     def ack(
@@ -486,25 +495,30 @@ class Store:
     def fail(
         self,
         queue: str,
-        items: Sequence[tuple[str, str, str, float | None, bool]],
+        items: Sequence[tuple[Any, ...]],
     ) -> defer.Deferred[list[tuple[str, int]]]:
         """
         Record failed attempts: C{items} are (id, lease, error JSON text,
-        retry_in seconds or None for the default backoff, retry).
+        retry_in seconds or None for the default backoff, retry), and
+        optionally a sixth member, C{discard}: when true and the job is
+        not retried, it is deleted instead of kept as dead (a Faktory job
+        with C{"retry": 0}).
 
-        @return: per job (C{'retrying'}, run_at ms) or (C{'dead'}, 0) or an
-            error code with 0.
+        @return: per job (C{'retrying'}, run_at ms), (C{'dead'}, 0),
+            (C{'discarded'}, 0) or an error code with 0.
         """
         args: list[Any] = [self.now_ms()]
-        for job_id, lease, error, retry_in, retry in items:
-            if not retry:
-                wait: float = -2
+        for job_id, lease, error, retry_in, retry, *rest in items:
+            if rest and rest[0]:
+                wait: float = -3
+            elif not retry:
+                wait = -2
             elif retry_in is None:
                 wait = -1
             else:
                 wait = retry_in
             args.extend([job_id, lease, error, wait, backoff_jitter()])
-        return self.run_replicated("fail", queue, args).addCallback(
+        return self.run_replicated("fail", queue, args, [self.keys.ids]).addCallback(
             lambda rows: [(status, int(at)) for status, at in rows]
         )
 
@@ -591,24 +605,59 @@ class Store:
         )
 
     def server_lost(
-        self, queue: str, server_id: str, reason: str, limit: int = 1000
+        self,
+        queue: str,
+        server_id: str,
+        reason: str,
+        limit: int = 1000,
+        error_type: str = "ServerLost",
     ) -> defer.Deferred[tuple[int, int]]:
         """
         Give back (the attempt counted) up to C{limit} jobs of a queue that
         worker connections of server C{server_id} held, because that server
-        is gone.
+        is gone (or that a lost lease owner held: C{server_id} is then its
+        L{procession.store.registry.OwnerRegistry.holder}).
 
-        @param reason: recorded as the attempt's error (type C{ServerLost}).
+        @param reason: recorded as the attempt's error (type C{error_type}).
         @return: (jobs given back, jobs still recorded as held there).
         """
         now = self.now_ms()
-        error = json.dumps({"type": "ServerLost", "message": reason, "at": now})
+        error = json.dumps({"type": error_type, "message": reason, "at": now})
         return self.run(
             "server_lost",
             queue,
             [now, self.channel, queue, error, limit, server_id],
             [self.keys.held(queue, server_id)],
         ).addCallback(lambda r: (int(r[0]), int(r[1])))
+
+    async def running_lease(self, job_id: str) -> tuple[str, str]:
+        """
+        The queue and current lease of a running job, found by its id alone
+        (for protocols whose workers name a job only by its id).
+
+        @raise JobNotFound: when no queue has the job.
+        @raise LeaseLost: when the job is not running.
+        """
+        queue = await self.locate(job_id)
+        state, lease = await self.command(
+            "HMGET", self.keys.job(queue, job_id), "state", "lease"
+        )
+        if state != "running" or not lease:
+            raise LeaseLost(f"job {job_id!r} is not running", id=job_id)
+        return queue, lease
+
+    async def last_error(self, queue: str, job_id: str) -> dict[str, Any] | None:
+        """
+        The newest error recorded for a job, or L{None}.
+        """
+        text = await self.command("LINDEX", self.keys.errors(queue, job_id), 0)
+        if not text:
+            return None
+        try:
+            error = json.loads(text)
+        except ValueError:
+            return None
+        return error if isinstance(error, dict) else None
 
     # -- management
 

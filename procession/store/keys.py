@@ -15,7 +15,7 @@ server registry (C{ns:servers}, a zset of heartbeats, and
 C{ns:server:<id>}, each live server's description), and the id index
 (C{ns:ids}): the one key that scripts of a queue (push, delete, purge,
 sweep) touch besides their queue's, because a job's id is unique across
-queues.
+queues; and the lease owners' registry (C{ns:owners}).
 """
 
 from __future__ import annotations
@@ -106,6 +106,14 @@ class Keys:
         is unique across queues (push.lua; erase() in common.lua).
         """
         return f"{self.namespace}:ids"
+
+    @property
+    def owners(self) -> str:
+        """
+        The lease owners' registry: a zset of worker process ids (Faktory
+        C{wid}s) by when each was last heard of.
+        """
+        return f"{self.namespace}:owners"
 
     def server(self, server_id: str) -> str:
         """

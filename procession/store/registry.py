@@ -111,3 +111,55 @@ class ServerRegistry:
                 description["id"] = server_id
                 found.append(description)
         return found
+
+
+class OwnerRegistry:
+    """
+    The registry of lease owners: worker processes that hold jobs across
+    connections and servers (a Faktory worker's C{wid}), with when each
+    was last heard of, by Redis's clock, in the same script as the server
+    registry (C{lua/servers.lua}) on a key of its own (C{ns:owners}).
+
+    @param store: runs the C{servers} script.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._keys = store.keys
+
+    @staticmethod
+    def holder(owner: str) -> str:
+        """
+        The name under which an owner's jobs are held (their C{server}
+        field and held set), distinct from every server id (12 hex
+        digits).
+        """
+        return "owner:" + owner
+
+    def beat(self, owner: str) -> defer.Deferred[int]:
+        """
+        Record that C{owner} is alive.
+
+        @return: the time recorded (ms, by Redis's clock).
+        """
+        return self._store.run_on(
+            "servers", [self._keys.owners], ["beat", owner]
+        ).addCallback(int)
+
+    def lost(self, timeout: float) -> defer.Deferred[list[str]]:
+        """
+        The owners not heard of for more than C{timeout} seconds, oldest
+        first.
+        """
+        return self._store.run_on(
+            "servers", [self._keys.owners], ["lost", int(timeout * 1000)]
+        ).addCallback(list)
+
+    def forget(self, owner: str, timeout: float) -> defer.Deferred[bool]:
+        """
+        Remove a lost owner, unless it has been heard of in the last
+        C{timeout} seconds after all.
+        """
+        return self._store.run_on(
+            "servers", [self._keys.owners], ["forget", owner, int(timeout * 1000)]
+        ).addCallback(lambda n: bool(int(n)))

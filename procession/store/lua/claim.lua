@@ -6,6 +6,9 @@
 --          connections to that server (TCP workers); left out when the
 --          worker may ack through any server (HTTP polls)
 -- ARGV[1]  now (ms)           ARGV[2]  the claiming server's id
+-- ARGV[3]  with KEYS[2], who holds the jobs when not the claiming server:
+--          a lease owner (a Faktory worker process) whose jobs come back
+--          when it is lost rather than when a server is; '' otherwise
 -- then 2 values per wanted job: the worker's name, the new lease token
 --
 -- Returns one row per job leased (fewer than asked when the queue ran
@@ -13,9 +16,9 @@
 -- procession.core.job.ClaimedJob.from_claim: wire, attempt (as counted
 -- by this claim), timeout, enqueued_at.  Row i belongs to the i-th
 -- worker/lease pair.  Each claim counts as an attempt.  With KEYS[2],
--- each job leased goes into that held set and names the server (ARGV[2])
--- in its hash ('server'), so that it comes back soon after the server
--- dies (server_lost.lua).
+-- each job leased goes into that held set and names the server (ARGV[2],
+-- or the owner ARGV[3]) in its hash ('server'), so that it comes back
+-- soon after the server (or owner) is lost (server_lost.lua).
 -- A claim that comes back short puts the server in the queue's waiting
 -- set (its consumers now wait for a wake-up, which pushes then publish);
 -- one that fills every slot takes it out (see common.lua).
@@ -25,7 +28,7 @@
 -- integer after the rows: when to claim again, in ms from now (0: when a
 -- running job finishes, which wakes the consumers).
 local now = tonumber(ARGV[1])
-local wanted = (#ARGV - 2) / 2
+local wanted = (#ARGV - 3) / 2
 if wanted < 1 then
   return {}
 end
@@ -42,7 +45,10 @@ end
 local held = KEYS[2]
 local server = nil
 if held then
-  server = ARGV[2]
+  server = ARGV[3]
+  if server == '' then
+    server = ARGV[2]
+  end
 end
 local popped = {}
 if limit and limit.per_key then
@@ -54,7 +60,7 @@ local rows = {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 17)
   local key = jobkey(id)
-  local slot = 3 + 2 * #rows
+  local slot = 4 + 2 * #rows
   local fields = redis.call('HMGET', key, 'wire', 'attempt', 'timeout',
     'enqueued_at')
   local attempt = tostring(tonumber(fields[2]) + 1)

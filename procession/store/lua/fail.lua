@@ -1,15 +1,18 @@
 -- fail.lua: record failed attempts; retry later or give up.
 --
 -- KEYS[1]  the queue's key prefix
+-- KEYS[2]  the id index, <ns>:ids (a discarded job leaves it)
 -- ARGV[1]  now (ms)
 -- then 5 values per job: id, lease token, error (JSON text),
---   retry_in (seconds; -1 for the default backoff, -2 for no retry),
+--   retry_in (seconds; -1 for the default backoff, -2 for no retry,
+--   -3 for no retry and no dead job: a Faktory job with retry 0),
 --   jitter (0..30, drawn by the caller)
 --
 -- The default backoff is attempt^4 + 15 + jitter * (attempt + 1) seconds.
--- A job out of attempts, or failed with retry off, is dead.
--- Returns per job {status, run_at}: status is 'retrying' (run_at is when)
--- or 'dead' (run_at 0), else 'not_found' or 'lease_lost'.
+-- A job out of attempts, or failed with retry off, is dead; with -3 it is
+-- deleted instead (its failure still counts in the queue's totals).
+-- Returns per job {status, run_at}: status is 'retrying' (run_at is when),
+-- 'dead' or 'discarded' (run_at 0), else 'not_found' or 'lease_lost'.
 local now = tonumber(ARGV[1])
 local replies = {}
 local failed = 0
@@ -27,7 +30,10 @@ for i = 2, #ARGV, 5 do
     record_error(id, ARGV[i + 2])
     leave_running(id, server)
     failed = failed + 1
-    if retry_in == -2 or attempt >= max_attempts then
+    if retry_in == -3 then
+      erase(id, KEYS[2])
+      replies[#replies + 1] = {'discarded', 0}
+    elseif retry_in == -2 or attempt >= max_attempts then
       make_dead(id, now)
       replies[#replies + 1] = {'dead', 0}
     else

@@ -1,0 +1,560 @@
+"""
+The Faktory listener (procession/tcp/faktory.py) against the published
+Faktory clients themselves: the npm package C{faktory-worker} and the PyPI
+packages C{faktory} and C{pyfaktory}.  Each test starts C{twist procession
+--faktory} as a child process on the test run's Redis and runs the
+clients (scripts in tests/faktory_clients/) against it, then checks what
+the server did through its HTTP API, its UI and the native protocol.
+
+The Node.js tests skip when node or npm is missing; the test set-up
+installs C{faktory-worker} with npm into tests/faktory_clients/ once.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any, Callable
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from procession.tcp.faktory import password_hash
+from tests.redis import free_port, namespace, shared_redis
+from tests.test_server_process import REPO, Server, _environment
+from tests.wire import WireClient
+
+CLIENTS = os.path.join(REPO, "tests", "faktory_clients")
+TOKEN = "faktory-test-token"
+
+
+def node_client() -> str:
+    """
+    The path of node, with faktory-worker installed beside the scenario
+    script (npm install, once); skips the test without node or npm.
+    """
+    node = shutil.which("node")
+    npm = shutil.which("npm")
+    if node is None or npm is None:
+        raise SkipTest(
+            "Node.js (node and npm) is not installed: the tests with the npm "
+            "Faktory client faktory-worker are skipped"
+        )
+    installed = os.path.join(CLIENTS, "node_modules", "faktory-worker", "package.json")
+    if not os.path.exists(installed):
+        done = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--silent"],
+            cwd=CLIENTS,
+            capture_output=True,
+            timeout=300,
+        )
+        if done.returncode != 0 or not os.path.exists(installed):
+            raise AssertionError(
+                "npm install faktory-worker failed:\n"
+                + done.stderr.decode("utf-8", "replace")
+            )
+    return node
+
+
+class Lines:
+    """
+    A child process whose stdout is JSON lines, read with deadlines.
+    """
+
+    def __init__(self, test: SynchronousTestCase, args: list[str], env: dict[str, str]):
+        self.process = subprocess.Popen(
+            args,
+            cwd=CLIENTS,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.seen: list[Any] = []
+        self._buffer = b""
+        test.addCleanup(self.kill)
+
+    def next(self, match: Callable[[Any], bool], timeout: float = 30) -> Any:
+        """
+        The first line (decoded) from now on for which C{match} is true.
+        """
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()  # type: ignore[union-attr]
+        while True:
+            while b"\n" in self._buffer:
+                line, _, self._buffer = self._buffer.partition(b"\n")
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                self.seen.append(value)
+                if isinstance(value, dict) and "error" in value:
+                    raise AssertionError(f"the client failed: {value['error']}")
+                if match(value):
+                    return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"no such line from the client; it said {self.seen!r}; "
+                    f"stderr: {self.stderr()}"
+                )
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    if not self._buffer:
+                        raise AssertionError(
+                            f"the client ended; it said {self.seen!r}; "
+                            f"stderr: {self.stderr()}"
+                        )
+                self._buffer += data
+
+    def stderr(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stderr.read().decode("utf-8", "replace")[-3000:]  # type: ignore[union-attr]
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class FaktoryServer(Server):
+    """
+    C{twist procession --faktory} on the test run's Redis, in a namespace
+    of its own.
+    """
+
+    def __init__(self, test: SynchronousTestCase, *args: str, ns: str | None = None):
+        self.faktory_port = free_port()
+        self.namespace = ns or namespace()
+        super().__init__(
+            test,
+            os.path.abspath(test.mktemp()),
+            "--faktory", f"tcp:{self.faktory_port}:interface=127.0.0.1",
+            "--redis", shared_redis().url,
+            "--namespace", self.namespace,
+            "--faktory-worker-timeout", "2",
+            "--server-timeout", "1",
+            "--sweep-interval", "0.2",
+            *args,
+        )  # fmt: skip
+        self.token = args[args.index("--token") + 1] if "--token" in args else None
+
+    def serving(self, timeout: float = 20) -> "FaktoryServer":
+        """
+        Start and wait until the Faktory listener says HI too.
+        """
+        super().serving(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(
+                    ("127.0.0.1", self.faktory_port), 2
+                ) as s:
+                    if s.makefile("rb").readline().startswith(b"+HI "):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.test.fail(f"no Faktory listener:\n{self.output()}")
+            time.sleep(0.05)
+
+    def url(self, password: str | None = None) -> str:
+        auth = f":{password}@" if password else ""
+        return f"tcp://{auth}127.0.0.1:{self.faktory_port}"
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """
+        One HTTP API request: (status, decoded JSON or None).
+        """
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method
+        )
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                content = response.read()
+                status = response.status
+        except urllib.error.HTTPError as e:
+            content = e.read()
+            status = e.code
+        return status, (json.loads(content) if content else None)
+
+    def job(self, jid: str) -> dict[str, Any]:
+        status, body = self.api("GET", f"/api/v1/jobs/{urllib.parse.quote(jid)}")
+        self.test.assertEqual(status, 200, body)
+        return body
+
+    def job_becomes(
+        self, jid: str, check: Callable[[dict[str, Any]], bool], timeout: float = 20
+    ) -> dict[str, Any]:
+        """
+        The job, once C{check} holds for it (fails the test after C{timeout}).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status, job = self.api("GET", f"/api/v1/jobs/{urllib.parse.quote(jid)}")
+            if status == 200 and check(job):
+                return job
+            if time.monotonic() > deadline:
+                self.test.fail(f"job {jid} never got there: {job!r}")
+            time.sleep(0.05)
+
+    def environment(self, **more: str) -> dict[str, str]:
+        env = _environment()
+        env["FAKTORY_URL"] = self.url(more.pop("password", None))
+        env.update(more)
+        return env
+
+
+class FaktoryTestCase(SynchronousTestCase):
+    def server(self, *args: str) -> FaktoryServer:
+        return FaktoryServer(self, *args).serving()
+
+    def node(self, server: FaktoryServer, scenario: str, **env: str) -> Lines:
+        node = node_client()
+        return Lines(
+            self,
+            [node, os.path.join(CLIENTS, "node_scenario.js"), scenario],
+            server.environment(**env),
+        )
+
+    def python_client(self, server: FaktoryServer, script: str, **env: str) -> Lines:
+        return Lines(
+            self,
+            [sys.executable, os.path.join(CLIENTS, script)],
+            server.environment(**env),
+        )
+
+
+class NodeClientTests(FaktoryTestCase):
+    """
+    The npm client faktory-worker, unchanged but for its URL.
+    """
+
+    def test_push_work_fail_info_mutate(self) -> None:
+        """
+        PUSH, PUSHB, FETCH, ACK, FAIL, BEAT, INFO and MUTATE from the
+        Node.js client: the jobs run, the failure is recorded with the
+        job, INFO has Faktory's shape, MUTATE kills the retrying job.
+        """
+        server = self.server()
+        client = self.node(server, "basic")
+        result = client.next(lambda v: "ran" in v)
+        self.assertEqual(result["ran"], [3, 7, 11])
+        self.assertEqual(result["rejected"], {})
+        info = result["info"]
+        self.assertEqual(
+            sorted(info), ["faktory", "now", "server", "server_utc_time"]
+        )
+        self.assertEqual(info["faktory"]["total_processed"], 3)
+        self.assertEqual(info["faktory"]["sets"]["retries"], 1)
+        self.assertEqual(info["faktory"]["queues"], {"default": 0})
+        self.assertEqual(info["server"]["description"], "procession")
+
+        one = server.job(result["jids"]["one"])
+        self.assertEqual(one["state"], "completed")
+        self.assertEqual(one["type"], "add")
+        self.assertEqual(one["args"], [1, 2])
+        self.assertEqual(one["meta"]["tenant"], "acme")
+        self.assertEqual(one["max_attempts"], 26)
+        for jid in result["jids"]["bulk"]:
+            self.assertEqual(server.job(jid)["state"], "completed")
+
+        client.next(lambda v: "killed" in v)
+        self.assertEqual(client.wait(), 0)
+        failing = server.job(result["jids"]["failing"])
+        self.assertEqual(failing["state"], "dead")
+        self.assertEqual(failing["max_attempts"], 4)
+        self.assertEqual(failing["errors"][0]["message"], "it blew up")
+        self.assertEqual(failing["errors"][0]["type"], "Error")
+
+    def test_native_push_to_faktory_worker(self) -> None:
+        """
+        A job pushed over the native protocol is fetched by a Faktory
+        worker, in Faktory's shape, and its ACK completes it.
+        """
+        server = self.server()
+        native = server.client("producer")
+        pushed = native.ok(
+            "PUSH",
+            {
+                "type": "native",
+                "queue": "cross",
+                "args": [1, "two", {"three": 3}],
+                "meta": {"trace": "abc"},
+                "max_attempts": 3,
+                "timeout": 60,
+                "priority": 7,
+            },
+        )
+        worker = self.node(server, "work", QUEUE="cross", WID="node-cross")
+        got = worker.next(lambda v: "job" in v)["job"]
+        self.assertEqual(got["jid"], pushed["id"])
+        self.assertEqual(got["jobtype"], "native")
+        self.assertEqual(got["queue"], "cross")
+        self.assertEqual(got["args"], [1, "two", {"three": 3}])
+        self.assertEqual(got["custom"], {"trace": "abc"})
+        self.assertEqual(got["retry"], 2)
+        self.assertEqual(got["reserve_for"], 60)
+        self.assertEqual(got["priority"], 7)
+        worker.next(lambda v: "done" in v)
+        server.job_becomes(pushed["id"], lambda j: j["state"] == "completed")
+
+    def test_killed_worker_gives_jobs_back(self) -> None:
+        """
+        A Faktory worker killed mid-job: with no connection and no BEAT
+        for the worker timeout (2 s here, not the job's 30 minute
+        reservation), its job goes back to its queue, and a native worker
+        takes it.
+        """
+        server = self.server()
+        import faktory
+
+        jid = uuid.uuid4().hex
+        with faktory.connection(server.url()) as producer:
+            producer.queue("hold", args=[1], queue="default", jid=jid)
+        worker = self.node(server, "hold", WID="node-doomed")
+        worker.next(lambda v: "holding" in v)
+        running = server.job_becomes(jid, lambda j: j["state"] == "running")
+        self.assertEqual(running["worker"], "node-doomed")
+        self.assertEqual(running["timeout"], 1800)
+        worker.process.kill()
+        back = server.job_becomes(jid, lambda j: j["state"] == "queued")
+        self.assertEqual(back["errors"][0]["type"], "WorkerLost")
+        self.assertIn("node-doomed", back["errors"][0]["message"])
+        native = server.client("native")
+        native.ready(["default"])
+        job = native.next_job()
+        self.assertEqual(job["id"], jid)
+        self.assertEqual(job["attempt"], 2)
+        native.ok("ACK", {"id": jid})
+        server.job_becomes(jid, lambda j: j["state"] == "completed")
+
+    def test_quiet_from_the_api_reaches_the_worker(self) -> None:
+        """
+        An operator's quiet (HTTP API) is answered to the worker's next
+        BEAT, and the worker quiets; the workers listing shows it.
+        """
+        server = self.server()
+        worker = self.node(server, "quiet", WID="node-quiet")
+        worker.next(lambda v: "started" in v)
+        status, body = server.api("GET", "/api/v1/workers")
+        self.assertEqual(status, 200)
+        mine = [w for w in body["workers"] if w["name"] == "node-quiet"]
+        self.assertEqual(len(mine), 1)
+        self.assertEqual(mine[0]["kind"], "faktory")
+        self.assertFalse(mine[0]["quiet"])
+        status, body = server.api("POST", "/api/v1/workers/node-quiet/quiet")
+        self.assertEqual((status, body), (200, {"quieted": ["node-quiet"]}))
+        worker.next(lambda v: "quieted" in v)
+        self.assertEqual(worker.wait(), 0)
+
+    def test_shutdown_terminates_workers(self) -> None:
+        """
+        A server shutdown answers the workers' BEAT with terminate, and
+        they stop.
+        """
+        server = self.server("--shutdown-grace", "2")
+        worker = self.node(server, "terminate", WID="node-term")
+        worker.next(lambda v: "started" in v)
+        assert server.process is not None
+        server.process.terminate()
+        worker.next(lambda v: "terminated" in v)
+        self.assertEqual(server.process.wait(20), 0)
+
+
+class UITests(FaktoryTestCase):
+    """
+    Faktory workers and their jobs in the operator UI.
+    """
+
+    def browser(self, server: FaktoryServer) -> Any:
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        base = f"http://127.0.0.1:{server.http_port}"
+
+        def get(path: str) -> str:
+            with opener.open(base + path, timeout=10) as response:
+                return response.read().decode("utf-8")
+
+        def post(path: str, form: dict[str, str]) -> str:
+            page = get(path.rsplit("/", 1)[0] if "/quiet" in path else "/dead")
+            csrf = re.search(r'name="csrf" value="([^"]*)"', page)
+            assert csrf is not None, page
+            data = urllib.parse.urlencode({**form, "csrf": csrf.group(1)}).encode()
+            with opener.open(base + path, data=data, timeout=10) as response:
+                return response.read().decode("utf-8")
+
+        return get, post
+
+    def test_running_page_quiet_and_retry(self) -> None:
+        """
+        A Faktory worker's job shows on the running page; the worker
+        quiets from the workers page; a dead Faktory job retries from
+        its page and a Faktory worker runs it.
+        """
+        server = self.server()
+        get, post = self.browser(server)
+        import faktory
+
+        held = uuid.uuid4().hex
+        with faktory.connection(server.url()) as producer:
+            producer.queue("hold", args=[], queue="default", jid=held)
+        worker = self.node(server, "hold", WID="node-ui")
+        worker.next(lambda v: "holding" in v)
+        server.job_becomes(held, lambda j: j["state"] == "running")
+        self.assertIn(held, get("/running"))
+        self.assertIn("node-ui", get("/workers"))
+        post("/workers/node-ui/quiet", {})
+        status, body = server.api("GET", "/api/v1/workers")
+        mine = [w for w in body["workers"] if w["name"] == "node-ui"]
+        self.assertTrue(mine[0]["quiet"])
+        self.assertEqual(mine[0]["jobs"], [{"id": held, "queue": "default"}])
+        worker.kill()
+
+        # retry -1: straight to dead on its first failure.
+        dead = uuid.uuid4().hex
+        with faktory.connection(server.url()) as producer:
+            producer.queue("explode", args=["z"], queue="ui", jid=dead, retry=-1)
+        failer = self.python_client(server, "pypi_faktory.py", QUEUES="ui")
+        server.job_becomes(dead, lambda j: j["state"] == "dead")
+        failer.kill()
+        self.assertIn(dead, get("/dead"))
+        post(f"/jobs/{dead}", {"action": "retry"})
+        again = server.job_becomes(dead, lambda j: j["state"] == "queued")
+        self.assertEqual(again["errors"][0]["type"], "ValueError")
+        runner = self.node(server, "work", QUEUE="ui", WID="node-ui-2")
+        got = runner.next(lambda v: "job" in v)["job"]
+        self.assertEqual(got["jid"], dead)
+        self.assertEqual(got["retry"], -1)
+        self.assertEqual(got["failure"]["errtype"], "ValueError")
+        self.assertEqual(got["failure"]["message"], "it blew up on z")
+
+
+class PythonClientTests(FaktoryTestCase):
+    """
+    The PyPI clients faktory and pyfaktory, unchanged but for their URL.
+    """
+
+    def _push_work_fail(self, script: str, server: FaktoryServer, total: int) -> None:
+        client = self.python_client(server, script)
+        ids = client.next(lambda v: "good" in v)
+        client.next(lambda v: v.get("ran") == total)
+        good = server.job_becomes(ids["good"], lambda j: j["state"] == "completed")
+        self.assertEqual(good["type"], "add")
+        bad = server.job_becomes(ids["bad"], lambda j: j["state"] == "retrying")
+        self.assertEqual(bad["errors"][0]["type"], "ValueError")
+        self.assertIn("it blew up on", bad["errors"][0]["message"])
+
+    def test_faktory(self) -> None:
+        """
+        PyPI faktory: push, a worker runs a job, a failure is retried.
+        """
+        self._push_work_fail("pypi_faktory.py", self.server(), 42)
+
+    def test_pyfaktory(self) -> None:
+        """
+        PyPI pyfaktory: push, a consumer runs a job, a failure is retried.
+        """
+        self._push_work_fail("pypi_pyfaktory.py", self.server(), 42)
+
+    def test_password_is_the_worker_token(self) -> None:
+        """
+        With a worker token, clients give it as their password: pyfaktory
+        hashes it Faktory's way (the server's iterations), PyPI faktory
+        sends no protocol version and hashes once, and both get in; a
+        wrong hash is answered -ERR Invalid password and closed.
+        """
+        server = self.server("--token", TOKEN)
+        self._push_work_fail_password(server)
+        with socket.create_connection(("127.0.0.1", server.faktory_port), 5) as s:
+            hi = s.makefile("rb").readline()
+            self.assertTrue(hi.startswith(b'+HI {"v":2,"i":'), hi)
+            greeting = json.loads(hi[4:])
+            right = password_hash(TOKEN, greeting["s"], greeting["i"])
+            wrong = password_hash("not-it", greeting["s"], greeting["i"])
+            self.assertNotEqual(right, wrong)
+            s.sendall(b'HELLO {"v":2,"pwdhash":"' + wrong.encode() + b'"}\r\n')
+            reader = s.makefile("rb")
+            self.assertEqual(reader.readline(), b"-ERR Invalid password\r\n")
+            self.assertEqual(reader.read(), b"")
+
+    def _push_work_fail_password(self, server: FaktoryServer) -> None:
+        for script in ("pypi_pyfaktory.py", "pypi_faktory.py"):
+            client = self.python_client(server, script, password=TOKEN)
+            ids = client.next(lambda v: "good" in v)
+            server.job_becomes(ids["good"], lambda j: j["state"] == "completed")
+            client.kill()
+        with self.assertRaises(Exception):
+            import faktory
+
+            with faktory.connection(server.url("wrong")) as producer:
+                producer.queue("add", args=[1, 1])
+
+    def test_faktory_push_to_native_and_http_workers(self) -> None:
+        """
+        Jobs pushed by a Faktory client are taken by a native TCP worker
+        and by an HTTP long-poll worker, with every field mapped.
+        """
+        server = self.server()
+        import faktory
+
+        tcp_jid = uuid.uuid4().hex
+        http_jid = uuid.uuid4().hex
+        with faktory.connection(server.url()) as producer:
+            producer.queue(
+                "tcp.job",
+                args=[1, {"a": [2]}],
+                queue="native",
+                jid=tcp_jid,
+                retry=4,
+                reserve_for=120,
+                custom={"who": "go"},
+            )
+            producer.queue("http.job", args=["h"], queue="viahttp", jid=http_jid)
+        native = server.client("native")
+        native.ready(["native"])
+        job = native.next_job()
+        self.assertEqual(job["id"], tcp_jid)
+        self.assertEqual(job["type"], "tcp.job")
+        self.assertEqual(job["args"], [1, {"a": [2]}])
+        self.assertEqual(job["max_attempts"], 5)
+        self.assertEqual(job["timeout"], 120)
+        self.assertEqual(job["meta"], {"who": "go"})
+        native.ok("ACK", {"id": tcp_jid})
+        server.job_becomes(tcp_jid, lambda j: j["state"] == "completed")
+
+        status, taken = server.api("GET", "/api/v1/jobs/next?queues=viahttp&wait=5")
+        self.assertEqual(status, 200, taken)
+        self.assertEqual(taken["id"], http_jid)
+        self.assertEqual(taken["timeout"], 1800)
+        self.assertEqual(taken["max_attempts"], 26)
+        status, _ = server.api(
+            "POST", f"/api/v1/jobs/{http_jid}/ack", {"lease": taken["lease"]}
+        )
+        self.assertEqual(status, 200)
+        server.job_becomes(http_jid, lambda j: j["state"] == "completed")
