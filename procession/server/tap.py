@@ -655,6 +655,7 @@ class ProcessionService(service.MultiService):
         self.faktory_factory = FaktoryFactory(
             self.dispatcher,
             self.lease_owners,
+            self.admin,
             self.reactor,
             password=options["token"],
             max_line=options["max-frame"],
@@ -782,20 +783,21 @@ class ProcessionService(service.MultiService):
                     replicas=replicas,
                 )
 
-    async def _stop_faktory(self, grace: float) -> None:
+    async def _stop_faktory(self, deadline: float) -> None:
         """
-        Tell the Faktory workers to terminate (their next BEAT says so),
-        wait up to the grace for the jobs they hold to finish, then close
-        their connections.  Their jobs stay theirs: a worker may finish
-        them through another server; the others come back after the
-        Faktory worker timeout.
+        Wait (until C{deadline}) for every Faktory worker connected here
+        to have been told to terminate (its BEAT answered so) and for the
+        jobs they hold to finish, then close their connections.  Their
+        jobs stay theirs: a worker may finish them through another server;
+        the others come back after the Faktory worker timeout.
         """
         from twisted.internet.task import deferLater
 
         factory = self.faktory_factory
         factory.quiet_all()
-        deadline = self.reactor.seconds() + grace
-        while factory.jobs_in_hand() and self.reactor.seconds() < deadline:
+        while (
+            factory.jobs_in_hand() or factory.untold()
+        ) and self.reactor.seconds() < deadline:
             await deferLater(self.reactor, 0.05, lambda: None)
         factory.close_all()
         if self.lease_owners is not None:
@@ -825,6 +827,11 @@ class ProcessionService(service.MultiService):
             self.dispatcher.quiet()
             self.dispatcher.stop_sweeping()
             await self.dispatcher.claims_settled()
+        if self.faktory_factory is not None:
+            # Faktory workers learn it from their next BEAT: tell them now,
+            # while the native workers drain.
+            self.faktory_factory.quiet_all()
+            faktory_deadline = self.reactor.seconds() + grace
         if self.worker_factory is not None:
             self.worker_factory.quiet_all()
             held = self.worker_factory.jobs_in_hand()
@@ -848,7 +855,7 @@ class ProcessionService(service.MultiService):
                 log.info("Shutting down: giving {left} jobs back", left=left)
             await self.worker_factory.release_all("the server shut down")
         if self.faktory_factory is not None:
-            await self._stop_faktory(grace)
+            await self._stop_faktory(faktory_deadline)
         if self.dispatcher is not None:
             await self.dispatcher.cluster.leave()
         await children_stopped

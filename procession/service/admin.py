@@ -232,6 +232,12 @@ class Admin:
         """
         return await self._store.state_members(queue, "running")
 
+    async def members(self, queue: str, state: str) -> list[str]:
+        """
+        The ids of a queue's jobs in C{state}.
+        """
+        return await self._store.state_members(queue, state)
+
     async def job_action(
         self, action: str, job_id: str, queue: str | None = None
     ) -> tuple[str, str]:

@@ -105,6 +105,8 @@ class FaktoryWorker:
         self.started_at = now
         self.last_beat = now
         self.rss_kb = 0
+        # The state its last BEAT was answered with.
+        self.told = "running"
         self.connections: set[FaktoryProtocol] = set()
 
     def signal(self, state: str) -> None:
@@ -534,9 +536,7 @@ class FaktoryProtocol(protocol.Protocol):
         def no_error(failure: Failure) -> None:
             answer(None)
 
-        self.factory.owners.last_error(job.queue, job.id).addCallbacks(
-            answer, no_error
-        )
+        self.factory.owners.last_error(job.queue, job.id).addCallbacks(answer, no_error)
 
     def _lease(self, jid: str) -> defer.Deferred[tuple[str, str, int | None]]:
         """
@@ -586,7 +586,7 @@ class FaktoryProtocol(protocol.Protocol):
             try:
                 queue, lease, retry = await self._lease(jid)
                 if retry is None:
-                    job = await self.dispatcher.store.get_job(queue, jid)
+                    job = await self.factory.admin.get_job(jid, queue)
                     retry = faktory_job.retry_policy(job)
                 await self.dispatcher.fail(
                     queue,
@@ -625,6 +625,7 @@ class FaktoryProtocol(protocol.Protocol):
         self.factory.owners.beat(worker.wid)
         if worker.state == "running":
             return b"+OK\r\n"
+        worker.told = worker.state
         return _bulk_text('{"state":' + json.dumps(worker.state) + "}")
 
     def do_INFO(self, payload: str) -> Any:
@@ -679,9 +680,7 @@ class FaktoryProtocol(protocol.Protocol):
         raise FaktoryError("batch subsystem is only available in Faktory Enterprise")
 
     def do_TRACK(self, payload: str) -> Any:
-        raise FaktoryError(
-            "tracking subsystem is only available in Faktory Enterprise"
-        )
+        raise FaktoryError("tracking subsystem is only available in Faktory Enterprise")
 
     _handlers: dict[str, Callable[..., Any]] = {
         "END": do_END,
@@ -760,6 +759,7 @@ class FaktoryFactory(protocol.Factory):
         self,
         dispatcher: Any,
         owners: LeaseOwners,
+        admin: Any,
         clock: IReactorTime,
         password: str | None = None,
         max_line: int = 1 << 20,
@@ -770,6 +770,7 @@ class FaktoryFactory(protocol.Factory):
     ) -> None:
         self.dispatcher = dispatcher
         self.owners = owners
+        self.admin = admin
         self.clock = clock
         self.password = password
         self.max_line = max_line
@@ -800,9 +801,7 @@ class FaktoryFactory(protocol.Factory):
     ) -> FaktoryWorker:
         worker = self.workers.get(wid)
         if worker is None:
-            worker = self.workers[wid] = FaktoryWorker(
-                wid, hello, self.clock.seconds()
-            )
+            worker = self.workers[wid] = FaktoryWorker(wid, hello, self.clock.seconds())
             if self.terminating:
                 worker.signal("terminate")
             self.owners.beat(wid)
@@ -887,6 +886,13 @@ class FaktoryFactory(protocol.Factory):
         for worker in self.workers.values():
             worker.signal("terminate")
 
+    def untold(self) -> int:
+        """
+        How many workers connected here have not been told to terminate
+        yet (no BEAT answered so since the shutdown began).
+        """
+        return sum(1 for w in self.workers.values() if w.told != "terminate")
+
     def jobs_in_hand(self) -> int:
         """
         How many jobs the Faktory workers connected here hold.
@@ -906,7 +912,7 @@ class FaktoryFactory(protocol.Factory):
     # -- management commands
 
     async def info(self) -> dict[str, Any]:
-        summaries = await self.dispatcher.store.summaries()
+        summaries = await self.admin.summaries()
         queues = {s.name: s.sizes.get("queued", 0) for s in summaries}
         sizes = {
             k: sum(s.sizes.get(k, 0) for s in summaries)
@@ -942,39 +948,35 @@ class FaktoryFactory(protocol.Factory):
         }
 
     async def _names(self, names: list[str]) -> list[str]:
-        known = await self.dispatcher.store.known_queues()
+        known = await self.admin.known_queues()
         if names == ["*"] or "*" in names:
             return known
         return [n for n in names if n in known]
 
     async def queue_command(self, sub: str, names: list[str]) -> None:
-        store = self.dispatcher.store
         for name in await self._names(names):
             if sub == "PAUSE":
-                await store.set_paused(name, True)
+                await self.admin.set_paused(name, True)
             elif sub == "RESUME":
-                await store.set_paused(name, False)
-                self.dispatcher.wake(name)
+                await self.admin.set_paused(name, False)
             else:
                 # REMOVE: Faktory deletes the queue's waiting jobs.
-                await store.purge(name, "queued")
+                await self.admin.bulk("delete", name, "queued")
 
     async def latencies(self, names: list[str]) -> dict[str, float]:
-        store = self.dispatcher.store
-        known = set(await store.known_queues())
+        known = set(await self.admin.known_queues())
         out: dict[str, float] = {}
         for name in names:
             if name in known:
-                out[name] = (await store.summary(name)).latency
+                out[name] = (await self.admin.summary(name)).latency
             else:
                 out[name] = 0
         return out
 
     async def flush(self) -> None:
-        store = self.dispatcher.store
-        for name in await store.known_queues():
+        for name in await self.admin.known_queues():
             for state in ("queued", "scheduled", "retrying", "dead"):
-                await store.purge(name, state)
+                await self.admin.bulk("delete", name, state)
 
     async def mutate(self, op: dict[str, Any]) -> None:
         cmd = op.get("cmd")
@@ -985,33 +987,27 @@ class FaktoryFactory(protocol.Factory):
         if target not in sets:
             raise FaktoryError("invalid target for mutation command")
         state = sets[target]
-        store = self.dispatcher.store
-        names = await store.known_queues()
+        admin = self.admin
+        names = await admin.known_queues()
         flt = op.get("filter")
         if cmd == "clear" or (cmd == "discard" and not flt):
             for name in names:
-                await store.purge(name, state)
+                await admin.bulk("delete", name, state)
             return
         match = _matcher(flt)
-        change = {
-            "kill": store.kill,
-            "discard": store.delete,
-            "requeue": store.retry_now,
-        }[cmd]
+        action = {"kill": "kill", "discard": "delete", "requeue": "retry"}[cmd]
         for name in names:
-            for jid in await store.state_members(name, state):
+            for jid in await admin.members(name, state):
                 try:
-                    job = await store.get_job(name, jid)
+                    job = await admin.get_job(jid, name)
                 except JobNotFound:
                     continue
                 if job["state"] != state or not match(job):
                     continue
                 try:
-                    await change(name, jid)
+                    await admin.job_action(action, jid, name)
                 except ProcessionError:
                     continue
-                if cmd == "requeue":
-                    self.dispatcher.wake(name)
 
 
 def _matcher(flt: Any) -> Callable[[dict[str, Any]], bool]:
@@ -1085,4 +1081,3 @@ def _utc_clock(now: float) -> str:
     import time
 
     return time.strftime("%H:%M:%S UTC", time.gmtime(now))
-

@@ -10,6 +10,7 @@ queues the worker takes jobs from.
 import json
 import os
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import faktory
@@ -25,9 +26,11 @@ def explode(word):
     raise ValueError(f"it blew up on {word}")
 
 
+good = uuid.uuid4().hex
+bad = uuid.uuid4().hex
 with faktory.connection(URL) as client:
-    good = client.queue("add", args=(20, 22), queue="default", retry=5)
-    bad = client.queue("explode", args=("x",), queue="default", retry=5)
+    client.queue("add", args=(20, 22), queue="default", jid=good)
+    client.queue("explode", args=("x",), queue="default", jid=bad)
 print(json.dumps({"good": good, "bad": bad}), flush=True)
 
 worker = faktory.Worker(
