@@ -7,6 +7,7 @@ clock.  tests/test_limits_cluster.py drives them through several servers.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import treq
@@ -17,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from procession.core.errors import InvalidRequest
 from procession.core.queue_limits import QueueLimits, Rate, parse_limits
 from tests.client import ServerFixture
+from tests.test_cli import CLITestCase
 from tests.http import HTTP
 from tests.support import FakeClock, connected_store, new_job
 
@@ -294,6 +296,44 @@ class HTTPLimitTests(TestCase):
             (put.json["concurrency"], put.json["rate"]),
             (None, {"limit": 3, "per": 1.0}),
         )
+
+    async def test_metrics_and_status_while_held_back(self) -> None:
+        """
+        A worker with room for two on a queue limited to one running job
+        gets one: the status and /metrics say the queue is held back, and
+        count the time.
+        """
+        server = await ServerFixture(self).start()
+        await server.service.admin.set_limits("one", QueueLimits(concurrency=1))
+        dispatcher = server.service.dispatcher
+        await dispatcher.push(
+            [new_job(dispatcher.now_ms(), queue="one") for _ in range(2)]
+        )
+        worker = await server.connect("w")
+        await worker.ok("READY", {"queues": ["one"], "credit": 2})
+        job = await worker.next_job()
+        http = HTTP(server.http_port)
+        status = (await http.get("/api/v1/queues/one/limits")).json["status"]
+        self.assertEqual((status["running"], status["throttled"]), (1, True))
+        self.assertIsNotNone(status["throttled_since"])
+        await deferLater(reactor, 0.05, lambda: None)
+        text = (await http.get("/metrics")).content.decode()
+        samples = dict(
+            line.rsplit(" ", 1)
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        )
+        self.assertEqual(float(samples['procession_queue_throttled{queue="one"}']), 1)
+        self.assertEqual(
+            float(samples['procession_queue_limit_concurrency{queue="one"}']), 1
+        )
+        self.assertGreater(
+            float(samples['procession_queue_throttled_seconds_total{queue="one"}']), 0
+        )
+        # The ack frees the slot and the second job comes at once.
+        await worker.ok("ACK", {"id": job["id"]})
+        second = await worker.next_job()
+        self.assertNotEqual(second["id"], job["id"])
 
     async def test_bad_requests(self) -> None:
         server = await ServerFixture(self).start()
@@ -606,3 +646,39 @@ class ClusterLimitTests(TestCase):
         last = max(finished.index(i) for i in wanted)
         self.assertLess(last, 10_200 // 10, last)
         self.assertEqual(len(finished), len(set(finished)))
+
+
+class CLILimitTests(CLITestCase):
+    """
+    C{procession limits}, run as a child process against a live server.
+    """
+
+    async def test_show_set_and_lift(self) -> None:
+        shown = await self.ok("limits", "partner")
+        self.assertIn("concurrency        -", shown.out)
+        set_ = await self.ok(
+            "limits", "partner", "--concurrency", "4", "--rate", "100/60", "--json"
+        )
+        answer = json.loads(set_.out)
+        self.assertEqual(
+            (answer["concurrency"], answer["rate"], answer["per_key"]),
+            (4, {"limit": 100, "per": 60.0}, False),
+        )
+        shown = await self.ok("limits", "partner")
+        self.assertIn("rate               100 per 1m00s", shown.out)
+        await self.ok("limits", "partner", "--per-key", "--rate", "5")
+        shown = await self.ok("limits", "partner", "--json")
+        self.assertEqual(
+            {k: json.loads(shown.out)[k] for k in ("concurrency", "rate", "per_key")},
+            {"concurrency": None, "rate": {"limit": 5, "per": 1.0}, "per_key": True},
+        )
+        lifted = json.loads(
+            (await self.ok("limits", "partner", "--none", "--json")).out
+        )
+        self.assertEqual((lifted["rate"], lifted["per_key"]), (None, False))
+
+    async def test_bad_options(self) -> None:
+        refused = await self.fails(1, "limits", "partner", "--concurrency", "0")
+        self.assertIn("concurrency", refused.err)
+        await self.fails(2, "limits", "partner", "--rate", "ten")
+        await self.fails(2, "limits", "partner", "--none", "--rate", "1")

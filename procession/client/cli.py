@@ -1,7 +1,7 @@
 """
 The operator's command line, C{procession}: look at queues, jobs and
 workers, push a job, retry, kill, cancel or delete one, pause and resume
-queues, purge them.
+queues, set their limits, purge them.
 
 It is a client of the HTTP management API (docs/http-api.rst) and nothing
 else: each command is one request (a job listing may follow cursors), shown
@@ -692,6 +692,73 @@ def cmd_purge(api: Api, args: argparse.Namespace, out: Output) -> None:
     )
 
 
+def _rate_option(text: str) -> dict[str, Any]:
+    """
+    C{--rate N} (N jobs a second) or C{--rate N/S} (N jobs per S seconds).
+    """
+    limit, _, per = text.partition("/")
+    try:
+        rate: dict[str, Any] = {"limit": int(limit)}
+        if per:
+            rate["per"] = float(per)
+    except ValueError:
+        raise UsageError(
+            f"--rate must look like 10 (a second) or 10/60 (per 60 s), not {text!r}"
+        ) from None
+    return rate
+
+
+def limits_text(a: dict[str, Any]) -> str:
+    """
+    A queue's limits and their status, for people.
+    """
+    status = a["status"]
+    if a["rate"] is None:
+        rate_text = "-"
+    else:
+        rate_text = f"{a['rate']['limit']} per {duration(a['rate']['per'])}"
+    if status["throttled"]:
+        throttled = f"yes, since {moment(status['throttled_since'])}"
+    else:
+        throttled = "no"
+    pairs = [
+        ("queue", a["queue"]),
+        ("concurrency", "-" if a["concurrency"] is None else a["concurrency"]),
+        ("rate", rate_text),
+        ("per key", "yes" if a["per_key"] else "no"),
+        ("running", status["running"]),
+        ("started in window", status["started_in_window"]),
+        ("throttled", throttled),
+        ("throttled in all", duration(status["throttled_seconds"])),
+        ("next slot", moment(status["next_slot"])),
+    ]
+    if a["per_key"]:
+        pairs.append(("keys with jobs", status["keys"]))
+        pairs.append(("keys waiting", status["keys_waiting"]))
+    return fields(pairs)
+
+
+def cmd_limits(api: Api, args: argparse.Namespace, out: Output) -> None:
+    """
+    procession limits QUEUE [...]: C{GET} or C{PUT /api/v1/queues/QUEUE/limits}.
+    """
+    path = f"/api/v1/queues/{segment(args.queue)}/limits"
+    body: dict[str, Any] = {}
+    if args.concurrency is not None:
+        body["concurrency"] = args.concurrency
+    if args.rate is not None:
+        body["rate"] = _rate_option(args.rate)
+    if args.per_key:
+        body["per_key"] = True
+    if body and args.none:
+        raise UsageError("--none lifts every limit: give it alone")
+    if body or args.none:
+        answer = api.request("PUT", path, body=body)
+    else:
+        answer = api.request("GET", path)
+    out.show(answer, limits_text)
+
+
 WORKER_HEADERS = ("KIND", "NAME", "QUEUES", "JOBS", "SINCE", "STATUS")
 
 
@@ -908,6 +975,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("queue", metavar="QUEUE")
     sub = command("resume", _pause(False), "let a paused queue hand out jobs again")
     sub.add_argument("queue", metavar="QUEUE")
+
+    sub = command(
+        "limits",
+        cmd_limits,
+        "show a queue's concurrency and rate limits, or replace them",
+    )
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument(
+        "--concurrency", type=int, metavar="N", help="at most N of its jobs running"
+    )
+    sub.add_argument(
+        "--rate",
+        metavar="N[/S]",
+        help="at most N jobs started a second, or per S seconds",
+    )
+    sub.add_argument(
+        "--per-key",
+        action="store_true",
+        help="the limits apply to each limit_key of its jobs apart",
+    )
+    sub.add_argument("--none", action="store_true", help="lift every limit")
 
     sub = command("purge", cmd_purge, "delete every job of one state from a queue")
     sub.add_argument("queue", metavar="QUEUE")

@@ -309,6 +309,7 @@ class AdminRoutes:
             tcp_workers=len(self.admin.tcp_workers()),
             http_workers=len(self.admin.http_workers()),
             redis_rtt=rtt,
+            limits=await self.admin.limit_statuses([q.name for q in summaries]),
         )
         if self._metrics is None:
             self._metrics = Metrics()

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from procession.core.queue_limits import LimitStatus
 from procession.core.states import SIZED_STATES
 from procession.core.stats import QueueSummary
 
@@ -37,6 +38,8 @@ class Snapshot:
     tcp_workers: int
     http_workers: int
     redis_rtt: float
+    #: The limits of the queues that have or had some (docs/limits.rst).
+    limits: Sequence[LimitStatus] = ()
 
 
 class SnapshotCollector(Collector):
@@ -86,6 +89,29 @@ class SnapshotCollector(Collector):
         yield sizes
         yield latency
         yield paused
+        throttled = CounterMetricFamily(
+            "procession_queue_throttled_seconds",
+            "How long claims of a queue have been held back by its limits.",
+            labels=["queue"],
+        )
+        held = GaugeMetricFamily(
+            "procession_queue_throttled",
+            "1 while the limits of a queue hold its claims back.",
+            labels=["queue"],
+        )
+        concurrency = GaugeMetricFamily(
+            "procession_queue_limit_concurrency",
+            "A queue's concurrency limit (per key with per_key).",
+            labels=["queue"],
+        )
+        for status in snapshot.limits:
+            throttled.add_metric([status.queue], status.throttled_ms / 1000)
+            held.add_metric([status.queue], 1 if status.throttled else 0)
+            if status.limits.concurrency is not None:
+                concurrency.add_metric([status.queue], status.limits.concurrency)
+        yield throttled
+        yield held
+        yield concurrency
         workers = GaugeMetricFamily(
             "procession_workers_connected",
             "Workers connected to this server: TCP connections and recent "

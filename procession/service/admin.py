@@ -161,6 +161,22 @@ class Admin:
         """
         return await self._store.limit_status(name)
 
+    async def limit_statuses(self, names: Sequence[str]) -> list[LimitStatus]:
+        """
+        The limit status of each queue of C{names} that has, or once had,
+        limits (those whose claims were never held back and that have none
+        now are left out), by name.
+        """
+        statuses = await defer.gatherResults(
+            [defer.ensureDeferred(self._store.limit_status(n)) for n in names],
+            consumeErrors=True,
+        ).addErrback(lambda f: f.value.subFailure)
+        return [
+            s
+            for s in statuses
+            if not s.limits.unlimited or s.throttled_ms or s.throttled
+        ]
+
     async def bulk(self, action: str, name: str, state: str) -> int:
         """
         Apply C{action} (one of L{BULK_ACTION_NAMES}) to every job of queue
