@@ -19,6 +19,7 @@ from procession.core.errors import InvalidRequest
 from procession.core.queue_limits import QueueLimits, Rate, parse_limits
 from tests.client import ServerFixture
 from tests.test_cli import CLITestCase
+from tests.test_ui import UITestCase
 from tests.http import HTTP
 from tests.support import FakeClock, connected_store, new_job
 
@@ -682,3 +683,28 @@ class CLILimitTests(CLITestCase):
         self.assertIn("concurrency", refused.err)
         await self.fails(2, "limits", "partner", "--rate", "ten")
         await self.fails(2, "limits", "partner", "--none", "--rate", "1")
+
+
+class UILimitTests(UITestCase):
+    """
+    The UI's queue page shows the queue's limits and how they stand.
+    """
+
+    async def test_queue_page(self) -> None:
+        await self.push({"type": "t"})
+        page = await self.browser.get("/queues/default")
+        self.assertPage(page)
+        self.assertIn('id="limits-none"', page.text)
+        await self.server.service.admin.set_limits(
+            "default", QueueLimits(concurrency=1, rate=Rate(10, 60.0))
+        )
+        await self.push({"type": "t"}, {"type": "t"})
+        worker = await self.worker(credit=3)
+        await worker.next_job()
+        page = await self.browser.get("/queues/default")
+        self.assertPage(page)
+        self.assertIn('<dd id="limit-concurrency">1 running of 1</dd>', page.text)
+        self.assertIn("10 started per 1 min", page.text)
+        self.assertIn("1 in the current window", page.text)
+        self.assertRegex(page.text, r'<dd id="limit-throttled">yes, since <time')
+        self.assertIn("when a running job finishes", page.text)

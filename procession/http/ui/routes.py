@@ -622,10 +622,12 @@ class UIRoutes:
         await self._known(name)
         summary = await self.admin.summary(name)
         chart = await minute_chart(self.admin, [name], self.admin.now_ms())
+        limits = await self.admin.limit_status(name)
         return Render(
             "queue.html",
             {
                 "queue": summary,
+                "limits": limits,
                 "states": SIZED_STATES,
                 "purgeable": PURGEABLE,
                 "hour": chart,
