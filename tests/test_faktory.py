@@ -555,3 +555,162 @@ class PythonClientTests(FaktoryTestCase):
         )
         self.assertEqual(status, 200)
         server.job_becomes(http_jid, lambda j: j["state"] == "completed")
+
+
+class ManagementTests(FaktoryTestCase):
+    """
+    PUSHB's rejections, MUTATE, FLUSH and QUEUE from the published clients.
+    """
+
+    def test_pushb_mutate_and_flush_refused(self) -> None:
+        """
+        PUSHB answers the map of rejected jids (a duplicate, a short jid)
+        and takes the rest; MUTATE requeues one scheduled job and discards
+        the others of a type; FLUSH is refused without
+        --faktory-allow-flush.
+        """
+        server = self.server()
+        out = self.node(server, "manage").next(lambda v: "rejected" in v)
+        jids = out["jids"]
+        # faktory-worker turns the map into {jid: {reason, payload}}.
+        reasons = {jid: r["reason"] for jid, r in out["rejected"].items()}
+        self.assertEqual(
+            reasons,
+            {
+                jids["first"]: "NOTUNIQUE Job not unique",
+                "short": "jobs must have a reasonable jid parameter",
+            },
+        )
+        self.assertEqual(server.job(jids["fresh"])["state"], "queued")
+        self.assertEqual(server.job(jids["first"])["args"], [1])
+        self.assertEqual(server.job(jids["later"])["state"], "queued")
+        status, _ = server.api("GET", f"/api/v1/jobs/{jids['gone']}")
+        self.assertEqual(status, 404)
+        self.assertIn("--faktory-allow-flush", out["flush"])
+        self.assertEqual(server.job(jids["first"])["state"], "queued")
+
+    def test_flush_allowed(self) -> None:
+        """
+        With --faktory-allow-flush, FLUSH wipes the waiting jobs.
+        """
+        server = self.server("--faktory-allow-flush")
+        out = self.node(server, "manage").next(lambda v: "rejected" in v)
+        self.assertEqual(out["flush"], "OK")
+        for name in ("first", "fresh", "later"):
+            status, _ = server.api("GET", f"/api/v1/jobs/{out['jids'][name]}")
+            self.assertEqual(status, 404, name)
+
+    def test_queue_pause_resume_remove(self) -> None:
+        """
+        QUEUE PAUSE, RESUME and REMOVE from pyfaktory reach the queues
+        (as the HTTP API shows them).
+        """
+        server = self.server()
+        import faktory
+
+        with faktory.connection(server.url()) as producer:
+            for n in range(3):
+                producer.queue("q", args=[n], queue="held-up")
+
+        def queue() -> dict[str, Any]:
+            status, body = server.api("GET", "/api/v1/queues/held-up")
+            self.assertEqual(status, 200, body)
+            return body
+
+        def run(command: str) -> None:
+            done = Lines(
+                self,
+                [
+                    sys.executable,
+                    os.path.join(CLIENTS, "pypi_pyfaktory_queues.py"),
+                    command,
+                    "held-up",
+                ],
+                server.environment(),
+            )
+            done.next(lambda v: v.get("done") == command)
+
+        self.assertFalse(queue()["paused"])
+        run("pause")
+        self.assertTrue(queue()["paused"])
+        run("resume")
+        self.assertFalse(queue()["paused"])
+        self.assertEqual(queue()["sizes"]["queued"], 3)
+        run("remove")
+        self.assertEqual(queue()["sizes"]["queued"], 0)
+
+
+class RawSession:
+    """
+    A Faktory connection spoken by hand, for what no client can do: fetch
+    through one server and acknowledge through another.
+    """
+
+    def __init__(self, port: int, hello: dict[str, Any]) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), 10)
+        self.reader = self.sock.makefile("rb")
+        assert self.reader.readline().startswith(b"+HI ")
+        self.request("HELLO " + json.dumps(hello))
+
+    def request(self, line: str) -> Any:
+        self.sock.sendall(line.encode() + b"\r\n")
+        reply = self.reader.readline()
+        if reply.startswith(b"$"):
+            size = int(reply[1:])
+            if size < 0:
+                return None
+            body = self.reader.read(size + 2)
+            return json.loads(body[:-2])
+        return reply.rstrip(b"\r\n").decode()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+class ClusterTests(FaktoryTestCase):
+    """
+    Faktory workers across several servers on one Redis.
+    """
+
+    def test_fetch_on_one_server_ack_on_another(self) -> None:
+        """
+        A job fetched through one server is acknowledged through another
+        (the worker's pool may hold connections to both).
+        """
+        first = self.server()
+        second = FaktoryServer(self, ns=first.namespace).serving()
+        import faktory
+
+        jid = uuid.uuid4().hex
+        with faktory.connection(first.url()) as producer:
+            producer.queue("split", args=[1], queue="default", jid=jid)
+        fetcher = RawSession(first.faktory_port, {"wid": "split-worker", "v": 2})
+        self.addCleanup(fetcher.close)
+        job = fetcher.request("FETCH default")
+        self.assertEqual(job["jid"], jid)
+        acker = RawSession(second.faktory_port, {"wid": "split-worker", "v": 2})
+        self.addCleanup(acker.close)
+        self.assertEqual(acker.request("ACK " + json.dumps({"jid": jid})), "+OK")
+        second.job_becomes(jid, lambda j: j["state"] == "completed")
+
+    def test_another_server_gives_back_a_lost_workers_jobs(self) -> None:
+        """
+        A worker killed mid-job together with the server it fetched
+        through: another server on the same Redis gives its job back after
+        the worker timeout.
+        """
+        first = self.server()
+        second = FaktoryServer(self, ns=first.namespace).serving()
+        import faktory
+
+        jid = uuid.uuid4().hex
+        with faktory.connection(first.url()) as producer:
+            producer.queue("hold", args=[], queue="default", jid=jid)
+        worker = self.node(first, "hold", WID="node-lost-both")
+        worker.next(lambda v: "holding" in v)
+        first.job_becomes(jid, lambda j: j["state"] == "running")
+        worker.process.kill()
+        first.kill()
+        back = second.job_becomes(jid, lambda j: j["state"] == "queued", timeout=30)
+        self.assertEqual(back["errors"][0]["type"], "WorkerLost")

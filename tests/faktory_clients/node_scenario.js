@@ -47,6 +47,32 @@ const scenarios = {
     await client.close();
   },
 
+  // PUSHB with rejected jobs, MUTATE on scheduled and dead jobs, FLUSH.
+  async manage() {
+    const client = await faktory.connect({ url });
+    const first = client.job("managed", 1);
+    await first.push();
+    const short = client.job("managed", 2);
+    short.jid = "short";
+    const fresh = client.job("managed", 3);
+    const again = client.job("managed", 1);
+    again.jid = first.jid;
+    const rejected = await client.pushBulk([again, short, fresh]);
+    const later = client.job("later", "a");
+    later.at = new Date(Date.now() + 3600 * 1000);
+    await later.push();
+    const gone = client.job("later", "b");
+    gone.at = new Date(Date.now() + 3600 * 1000);
+    gone.queue = "other";
+    await gone.push();
+    await client.scheduled.withJids(later.jid).requeue();
+    await client.scheduled.ofType("later").discard();
+    let flush;
+    try { await client.flush(); flush = "OK"; } catch (e) { flush = String(e.message || e); }
+    say({ rejected, flush, jids: { first: first.jid, fresh: fresh.jid, later: later.jid, gone: gone.jid } });
+    await client.close();
+  },
+
   // A worker that runs jobs of type "native" (pushed by a native client)
   // and prints each job as it received it.
   async work() {
