@@ -20,8 +20,8 @@ from tests.redis import namespace, shared_redis
 class LineClient(Protocol):
     """
     Speaks the worker protocol: replies come back in order through
-    L{request}; C{JOB} and C{QUIET} frames queue up in L{jobs} and
-    L{quiets}.
+    L{request}; C{JOB}, C{QUIET} and C{CANCEL} frames queue up in L{jobs},
+    L{quiets} and L{cancels}.
     """
 
     def __init__(self) -> None:
@@ -30,6 +30,7 @@ class LineClient(Protocol):
         self.waiting: list[defer.Deferred[tuple[str, Any]]] = []
         self.jobs: defer.DeferredQueue[dict[str, Any]] = defer.DeferredQueue()
         self.quiets: list[Any] = []
+        self.cancels: defer.DeferredQueue[dict[str, Any]] = defer.DeferredQueue()
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.frames: list[bytes] = []
 
@@ -46,6 +47,8 @@ class LineClient(Protocol):
                 self.jobs.put(value)
             elif verb == b"QUIET":
                 self.quiets.append(value)
+            elif verb == b"CANCEL":
+                self.cancels.put(value)
             else:
                 self.waiting.pop(0).callback((verb.decode(), value))
 

@@ -358,8 +358,10 @@ class JobTests(AdminTestCase):
         await worker.next_job()
         reply = await self.ok("POST", "/api/v1/jobs/j1/cancel")
         self.assertEqual(reply["previous_state"], "running")
+        # The worker is told (CANCEL), and its ack refused.
+        self.assertEqual(await worker.cancels.get(), {"id": "j1"})
         kind, body = await worker.send("ACK", {"id": "j1"})
-        self.assertEqual((kind, body["code"]), ("ERR", "lease_lost"))
+        self.assertEqual((kind, body["code"]), ("ERR", "cancelled"))
         self.assertEqual(
             (await self.ok("GET", "/api/v1/jobs/j1"))["state"], "cancelled"
         )
@@ -370,8 +372,10 @@ class JobTests(AdminTestCase):
         await worker.next_job()
         reply = await self.ok("POST", "/api/v1/jobs/j1/kill")
         self.assertEqual(reply["previous_state"], "running")
+        # Its worker is told to stop, as for a cancel.
+        self.assertEqual(await worker.cancels.get(), {"id": "j1"})
         kind, body = await worker.send("ACK", {"id": "j1"})
-        self.assertEqual(body["code"], "lease_lost")
+        self.assertEqual(body["code"], "cancelled")
 
 
 class ListingTests(AdminTestCase):

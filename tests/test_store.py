@@ -158,7 +158,7 @@ class StoreTests(TestCase):
         await self.store.claim("default", [("w", "l")])
         self.assertEqual(await self.store.cancel("default", "a"), "running")
         self.assertEqual(
-            await self.store.ack("default", [("a", "l", "")]), ["lease_lost"]
+            await self.store.ack("default", [("a", "l", "")]), ["cancelled"]
         )
         with self.assertRaises(IllegalState):
             await self.store.cancel("default", "a")

@@ -9,6 +9,15 @@ server, so an application imports it cheaply.
 
 from procession.client.client import (
     BadFrame,
+    Batch,
+    BatchExists,
+    BatchNotFound,
+    BatchNotOpen,
+    IllegalState,
+    JobCancelled,
+    JobFailed,
+    Pushed,
+    WaitTimeout,
     Client,
     ConnectionClosed,
     ConnectionFailed,
@@ -36,6 +45,15 @@ from procession.client.client import (
 
 __all__ = [
     "BadFrame",
+    "Batch",
+    "BatchExists",
+    "BatchNotFound",
+    "BatchNotOpen",
+    "IllegalState",
+    "JobCancelled",
+    "JobFailed",
+    "Pushed",
+    "WaitTimeout",
     "Client",
     "Connection",
     "ConnectionClosed",

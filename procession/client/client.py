@@ -6,6 +6,10 @@ reactor: a Django view, a Flask app, a script, a cron job.
 
     client = Client()                      # 127.0.0.1:7000, or PROCESSION_HOST/PORT/TOKEN
     job_id = client.push("send_email", ["a@example.com"], queue="mail")
+    result = client.push("resize", [path]).wait(timeout=30)   # its ACK's result
+    with client.batch("thumbnails", on_success={"type": "zip"}) as batch:
+        for path in paths:
+            batch.push("resize", [path])
     ids = client.push_many([make_job("resize", [path]) for path in paths])
     with client.pipeline() as p:           # many pushes, one round trip
         for path in paths:
@@ -178,6 +182,59 @@ class NotFound(ProcessionError):
     code = "not_found"
 
 
+class JobCancelled(LeaseLost):
+    """The job was cancelled while this worker held it: stop working on it."""
+
+    code = "cancelled"
+
+
+class IllegalState(ProcessionError):
+    """The job or batch is not in a state that allows this."""
+
+    code = "illegal_state"
+
+
+class BatchNotFound(ProcessionError):
+    """No batch has that id (or it has expired)."""
+
+    code = "batch_not_found"
+
+
+class BatchNotOpen(ProcessionError):
+    """The batch takes no jobs now: reopen it from one of its jobs first."""
+
+    code = "batch_not_open"
+
+
+class BatchExists(ProcessionError):
+    """A batch with that id exists already."""
+
+    code = "batch_exists"
+
+
+class JobFailed(ProcessionError):
+    """
+    L{Pushed.wait}: the job finished without completing (C{state} is
+    ``dead`` or ``cancelled``); C{error} is its last error, if any.
+    """
+
+    code = "job_failed"
+
+    @property
+    def state(self) -> str | None:
+        return self.details.get("state")
+
+    @property
+    def error(self) -> Any:
+        return self.details.get("error")
+
+
+class WaitTimeout(ProcessionError, TimeoutError):
+    """L{Pushed.wait}: the job had not finished when the time ran out."""
+
+    code = "wait_timeout"
+
+
 class StoreUnavailable(ProcessionError):
     """Redis did not answer the server in time; a resend may succeed."""
 
@@ -225,6 +282,11 @@ ERRORS: dict[str, type[ProcessionError]] = {
         NotFound,
         StoreUnavailable,
         ShuttingDown,
+        JobCancelled,
+        IllegalState,
+        BatchNotFound,
+        BatchNotOpen,
+        BatchExists,
     )
 }
 
@@ -292,11 +354,15 @@ def make_job(
     timeout: float | None = None,
     meta: Mapping[str, Any] | None = None,
     limit_key: str | None = None,
+    batch: str | None = None,
+    after: Sequence[str] | None = None,
+    on_parent_dead: str | None = None,
 ) -> dict[str, Any]:
     """
     A job as the protocol's JSON object, with an id (a fresh one unless
     given) so that sending it twice stores it once.  Fields left at
-    L{None} take the server's defaults.
+    L{None} take the server's defaults.  C{batch}, C{after} and
+    C{on_parent_dead} are docs/workflows.rst's.
     """
     job: dict[str, Any] = {"id": id or new_job_id(), "type": type}
     if args is not None:
@@ -317,6 +383,12 @@ def make_job(
         job["meta"] = dict(meta)
     if limit_key is not None:
         job["limit_key"] = limit_key
+    if batch is not None:
+        job["batch"] = batch
+    if after is not None:
+        job["after"] = [str(a) for a in after]
+    if on_parent_dead is not None:
+        job["on_parent_dead"] = on_parent_dead
     return job
 
 
@@ -686,14 +758,20 @@ class Client:
         timeout: float | None = None,
         meta: Mapping[str, Any] | None = None,
         limit_key: str | None = None,
-    ) -> str:
+        batch: str | None = None,
+        after: Sequence[str] | None = None,
+        on_parent_dead: str | None = None,
+    ) -> "Pushed":
         """
-        Push one job and wait for the server to store it; its id.
+        Push one job and wait for the server to store it; its id, as a
+        L{Pushed} (a C{str}) whose C{wait()} waits for the job's result.
 
         C{args} is any JSON value; a list is given to the handler as
         positional arguments, an object as keyword arguments.  The other
         fields are docs/protocol.rst's; L{None} means the server's default.
         Pushing an id that exists changes nothing and returns the id.
+        C{after} names jobs this one runs after, C{batch} the open batch
+        it joins (docs/workflows.rst).
 
         @raise InvalidJob: the server refused the job (C{field} says why).
         @raise ConnectionFailed: no server answered within C{retry_for}.
@@ -710,11 +788,80 @@ class Client:
             timeout=timeout,
             meta=meta,
             limit_key=limit_key,
+            batch=batch,
+            after=after,
+            on_parent_dead=on_parent_dead,
         )
         [reply] = self.exchange([encode_frame("PUSH", job)])
         if isinstance(reply, ProcessionError):
             raise reply
-        return str(reply["id"])
+        return Pushed(str(reply["id"]), self)
+
+    # -- results and batches (docs/workflows.rst)
+
+    def result(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """
+        A job's outcome (``AWAIT``): its C{state}, whether it C{finished},
+        its C{result} and last C{error}; waiting up to C{wait} seconds for
+        it to finish.
+
+        @raise NotFound: there is no such job.
+        """
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            # Waits in steps shorter than the reply timeout, so a long wait
+            # is not mistaken for a dead connection.
+            step = max(0.0, min(deadline - time.monotonic(), self.timeout / 2))
+            [reply] = self.exchange(
+                [encode_frame("AWAIT", {"id": str(job_id), "wait": round(step, 3)})]
+            )
+            if isinstance(reply, ProcessionError):
+                raise reply
+            if reply["finished"] or time.monotonic() >= deadline:
+                return reply
+
+    def batch(
+        self,
+        description: str = "",
+        *,
+        on_success: Mapping[str, Any] | None = None,
+        on_complete: Mapping[str, Any] | None = None,
+        id: str | None = None,
+    ) -> "Batch":
+        """
+        Create an open batch (``BATCH``); add jobs with its C{push} and
+        C{push_many}, then C{commit()} it (or use it as a context manager,
+        which commits on a clean exit).  C{on_success} and C{on_complete}
+        are jobs (mappings of job fields, see L{make_job}, without an id)
+        pushed once each: when every job has completed, and when every job
+        has completed or died.
+        """
+        body: dict[str, Any] = {"id": id or new_job_id(), "description": description}
+        for name, job in (("on_success", on_success), ("on_complete", on_complete)):
+            if job is not None:
+                body[name] = {k: v for k, v in dict(job).items() if k != "id"}
+        status = self._batch_request(body)
+        return Batch(self, status["id"], status)
+
+    def open_batch(self, batch_id: str) -> "Batch":
+        """
+        Reopen a committed batch that is not done, to add jobs to it: from
+        inside one of its jobs (child jobs).  Commit it again after.
+        """
+        status = self._batch_request({"action": "open", "id": batch_id})
+        return Batch(self, batch_id, status)
+
+    def batch_status(self, batch_id: str) -> dict[str, Any]:
+        """
+        A batch's state, counts and callbacks.
+        """
+        return self._batch_request({"action": "status", "id": batch_id})
+
+    def _batch_request(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        [reply] = self.exchange([encode_frame("BATCH", dict(body))])
+        if isinstance(reply, ProcessionError):
+            raise reply
+        return reply
 
     def push_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """
@@ -908,7 +1055,7 @@ class Client:
                 if value.code in CLOSING_ERRORS:
                     results[todo[answered]] = value
                     raise ConnectionClosed(f"the server closed the connection: {value}")
-            elif verb in ("JOB", "QUIET", "HI"):
+            elif verb in ("JOB", "QUIET", "HI", "CANCEL"):
                 # not replies; a producer holds no jobs (it sent no READY)
                 continue
             else:
@@ -916,6 +1063,102 @@ class Client:
             results[todo[answered]] = {} if value is None and verb == "OK" else value
             in_flight_bytes -= sizes.popleft()
             answered += 1
+
+
+class Pushed(str):
+    """
+    The id of a job just pushed (a C{str}, usable wherever the id was),
+    which can also wait for the job's result.
+    """
+
+    client: "Client"
+
+    def __new__(cls, job_id: str, client: "Client") -> "Pushed":
+        self = super().__new__(cls, job_id)
+        self.client = client
+        return self
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """
+        Wait until the job finishes; its result when it completed.
+
+        @param timeout: seconds to wait at most (L{None}: as long as it
+            takes).
+        @raise JobFailed: it died or was cancelled (C{state}, C{error}).
+        @raise WaitTimeout: it had not finished within C{timeout}.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 3600.0 if deadline is None else deadline - time.monotonic()
+            outcome = self.client.result(str(self), wait=max(0.0, left))
+            if outcome["finished"]:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    message=f"job {str(self)!r} is still {outcome['state']}",
+                    details={"state": outcome["state"]},
+                )
+        if outcome["state"] == "completed":
+            return outcome["result"]
+        raise JobFailed(
+            message=f"job {str(self)!r} is {outcome['state']}",
+            details={"state": outcome["state"], "error": outcome["error"]},
+        )
+
+    def outcome(self, wait: float = 0.0) -> dict[str, Any]:
+        """
+        The job's outcome now, or after up to C{wait} seconds (see
+        L{Client.result}).
+        """
+        return self.client.result(str(self), wait)
+
+
+class Batch:
+    """
+    An open batch (L{Client.batch}, L{Client.open_batch}): jobs pushed
+    through it join it; C{commit()} ends the adding.  As a context manager
+    it commits on a clean exit.
+    """
+
+    def __init__(self, client: Client, batch_id: str, status: dict[str, Any]) -> None:
+        self.client = client
+        self.id = batch_id
+        self.status_when_opened = status
+
+    def __repr__(self) -> str:
+        return f"<procession.client.Batch {self.id}>"
+
+    def push(self, type: str, args: Any = None, **fields: Any) -> Pushed:
+        """
+        Push one job into this batch (as L{Client.push}).
+        """
+        return self.client.push(type, args, batch=self.id, **fields)
+
+    def push_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """
+        Push many jobs into this batch (as L{Client.push_many}).
+        """
+        return self.client.push_many({**job, "batch": self.id} for job in jobs)
+
+    def commit(self) -> dict[str, Any]:
+        """
+        No more jobs: the callbacks fire once every job has finished (at
+        once if all have).  Its status.
+        """
+        return self.client._batch_request({"action": "commit", "id": self.id})
+
+    def status(self) -> dict[str, Any]:
+        """
+        The batch's state, counts and callbacks.
+        """
+        return self.client.batch_status(self.id)
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        if kind is None:
+            self.commit()
 
 
 def _in_batch(error: ProcessionError, start: int) -> ProcessionError:

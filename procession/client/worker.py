@@ -98,7 +98,7 @@ log = logging.getLogger(__name__)
 
 # Codes that mean a job is no longer this worker's: its ack is refused, and
 # another worker may be running it.
-GONE = frozenset({"lease_lost", "not_held", "not_found"})
+GONE = frozenset({"lease_lost", "not_held", "not_found", "cancelled"})
 MAX_MESSAGE = 4096
 MAX_BACKTRACE_LINES = 200
 MAX_LINE = 1000
@@ -128,6 +128,19 @@ class Job:
     created_at: str | None = None
     enqueued_at: str | None = None
     meta: Any = None
+    #: The batch the job belongs to (docs/workflows.rst), if any.
+    batch: str | None = None
+    #: Set when the server cancels the job (a ``CANCEL`` frame): the handler
+    #: should stop (see L{cancelled} and L{check_cancelled}).
+    cancel_event: threading.Event = field(factory=threading.Event, eq=False, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """
+        Whether the server has cancelled this job: its result would be
+        dropped, so the handler may as well stop.
+        """
+        return self.cancel_event.is_set()
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> "Job":
@@ -146,6 +159,7 @@ class Job:
             created_at=body.get("created_at"),
             enqueued_at=body.get("enqueued_at"),
             meta=body.get("meta"),
+            batch=body.get("batch"),
         )
 
 
@@ -160,6 +174,51 @@ def current_job() -> Job | None:
     handler.
     """
     return getattr(_local, "job", None)
+
+
+class Cancelled(Exception):
+    """
+    Raised by L{check_cancelled} in a handler whose job the server has
+    cancelled.  The runner sends nothing for a cancelled job: the server
+    has finished it already.
+    """
+
+
+def cancelled() -> bool:
+    """
+    Whether the job the calling handler runs has been cancelled (by an
+    operator, or because a job it runs after died): a long handler checks
+    this now and then, as BullMQ's AbortSignal or Celery's revoke.
+    """
+    job = current_job()
+    return job is not None and job.cancelled
+
+
+def check_cancelled() -> None:
+    """
+    Raise L{Cancelled} if the calling handler's job has been cancelled.
+    """
+    if cancelled():
+        raise Cancelled("the server cancelled this job")
+
+
+def progress(percent: float, message: str = "") -> None:
+    """
+    Report how far the calling handler's job has got (0 to 100, and a
+    short message): sent as ``PROGRESS`` by the worker's connection, shown
+    by the API and the UI.  Does nothing outside a handler.
+    """
+    job = current_job()
+    worker = getattr(_local, "worker", None)
+    if job is None or worker is None:
+        return
+    if not 0 <= percent <= 100:
+        raise ValueError("percent must be from 0 to 100")
+    frame = encode_frame(
+        "PROGRESS", {"id": job.id, "progress": percent, "message": message[:1024]}
+    )
+    worker._progress.put((job, frame))
+    worker._poke()
 
 
 class JobError(Exception):
@@ -440,6 +499,8 @@ class Worker:
         self._outbox: queue.SimpleQueue[tuple[_Session, Job, str, bytes]] = (
             queue.SimpleQueue()
         )
+        # PROGRESS frames from handlers (see progress()).
+        self._progress: queue.SimpleQueue[tuple[Job, bytes]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -651,6 +712,7 @@ class Worker:
         """
         function = self.handlers.get(job.type)
         _local.job = job
+        _local.worker = self
         try:
             if function is None:
                 raise UnknownJobType(
@@ -764,6 +826,7 @@ class _Session:
             while True:
                 now = time.monotonic()
                 self._take_results()
+                self._take_progress()
                 self._resend(now)
                 self._heartbeat(now)
                 self._control(now)
@@ -824,6 +887,31 @@ class _Session:
             del self.held[job.id]
             self.finishing[job.id] = _Outcome(job, verb, frame)
             self.request(verb, frame, job.id)
+
+    def _take_progress(self) -> None:
+        reports = self.worker._progress
+        while True:
+            try:
+                job, frame = reports.get_nowait()
+            except queue.Empty:
+                return
+            if self.held.get(job.id) is job:
+                self.request("PROGRESS", frame, job.id)
+
+    def _cancelled(self, body: bytes) -> None:
+        """
+        The server cancelled a job this connection holds (``CANCEL``): the
+        handler is told; whatever it returns is dropped.
+        """
+        try:
+            job_id = json.loads(body)["id"]
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolViolation(message="a CANCEL frame without an id") from None
+        job = self.held.pop(job_id, None)
+        self.leases.pop(job_id, None)
+        if job is not None:
+            job.cancel_event.set()
+            log.info("Job %s (%s) was cancelled by the server", job.id, job.type)
 
     def _resend(self, now: float) -> None:
         """
@@ -961,6 +1049,8 @@ class _Session:
             self._job(json.loads(body))
         elif verb == b"OK" or verb == b"ERR":
             self._reply(verb, body)
+        elif verb == b"CANCEL":
+            self._cancelled(body)
         elif verb == b"QUIET":
             if not self.quieted:
                 try:
@@ -1005,10 +1095,12 @@ class _Session:
                 self.leases[job_id] = sent + self.held[job_id].timeout
             return
         error = error_from_body(decode_body(body))
-        if kind == "EXTEND":
+        if kind in ("EXTEND", "PROGRESS"):
             if error.code in GONE:
                 job = self.held.pop(job_id or "", None)
                 self.leases.pop(job_id or "", None)
+                if job is not None and error.code == "cancelled":
+                    job.cancel_event.set()
                 if job is not None:
                     log.warning(
                         "Job %s (%s): its lease is lost (%s); its result will be dropped",
@@ -1017,7 +1109,7 @@ class _Session:
                         error.code,
                     )
             else:
-                log.warning("Job %s: EXTEND refused: %s", job_id, error)
+                log.warning("Job %s: %s refused: %s", job_id, kind, error)
         elif kind == "READY":
             if error.code == "shutting_down":
                 self.quieted = True

@@ -219,3 +219,41 @@ class WorkerNotFound(ProcessionError):
 
     code = "worker_not_found"
     http_status = 404
+
+
+class JobCancelled(LeaseLost):
+    """
+    The job was cancelled while a worker held it: the worker should stop
+    (its ack, fail, extend or progress is refused with this).
+    """
+
+    code = "cancelled"
+    http_status = 409
+
+
+class BatchNotFound(ProcessionError):
+    """
+    No batch has that id (or it has expired).
+    """
+
+    code = "batch_not_found"
+    http_status = 404
+
+
+class BatchNotOpen(ProcessionError):
+    """
+    The batch takes no jobs now: it is committed (reopen it from one of its
+    jobs) or done.
+    """
+
+    code = "batch_not_open"
+    http_status = 409
+
+
+class BatchExists(ProcessionError):
+    """
+    A batch with that id exists already.
+    """
+
+    code = "batch_exists"
+    http_status = 409

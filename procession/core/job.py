@@ -59,11 +59,18 @@ SUBMISSION_FIELDS = frozenset(
         "timeout",
         "meta",
         "limit_key",
+        "batch",
+        "after",
+        "on_parent_dead",
     }
 )
 
 #: The longest C{limit_key} (docs/limits.rst).
 LIMIT_KEY_LENGTH = 128
+
+# The most jobs one job may run after.
+MAX_PARENTS = 100
+ON_PARENT_DEAD = ("cancel", "run")
 
 
 def new_job_id() -> str:
@@ -142,6 +149,11 @@ class NewJob:
     created_at: int
     # The key its queue's per_key limits count it under ('' for none).
     limit_key: str = ""
+    # Workflows (docs/workflows.rst): the batch it belongs to, the ids of
+    # the jobs it runs after, and what it does when one of those dies.
+    batch: str | None = None
+    after: tuple[str, ...] = ()
+    on_parent_dead: str = "cancel"
 
     def script_args(self, now_ms: int) -> list[str | int | float]:
         """
@@ -183,7 +195,25 @@ class NewJob:
             parts += [',"meta":', self.meta]
         if self.limit_key:
             parts += [',"limit_key":', json.dumps(self.limit_key, ensure_ascii=False)]
+        if self.batch is not None:
+            parts += [',"batch":', json.dumps(self.batch)]
         return "".join(parts)
+
+    def flow_value(self, parent_queues: dict[str, str]) -> str:
+        """
+        The push script's workflow value for this job (workflow.lua's
+        C{flow.check}): '' for a job in no batch and after no job, else
+        JSON naming its batch and its parents with their queues.
+        """
+        if self.batch is None and not self.after:
+            return ""
+        spec: dict[str, Any] = {}
+        if self.batch is not None:
+            spec["b"] = self.batch
+        if self.after:
+            spec["a"] = [[parent_queues[p], p] for p in self.after]
+            spec["p"] = self.on_parent_dead
+        return json.dumps(spec, separators=(",", ":"))
 
 
 def push_reply(job_id: str, outcome: bool | str) -> dict[str, Any]:
@@ -309,6 +339,8 @@ def parse_submission(
             field="limit_key",
         )
 
+    batch, after, on_parent_dead = _parse_flow(obj, job_id)
+
     meta = obj.get("meta", None)
     if meta is not None and not isinstance(meta, dict):
         raise InvalidJob("meta must be a JSON object", field="meta")
@@ -348,6 +380,129 @@ def parse_submission(
         run_at=run_at,
         created_at=now_ms,
         limit_key=limit_key,
+        batch=batch,
+        after=after,
+        on_parent_dead=on_parent_dead,
+    )
+
+
+def _parse_flow(
+    obj: dict[str, Any], job_id: str
+) -> tuple[str | None, tuple[str, ...], str]:
+    """
+    Check a submission's C{batch}, C{after} and C{on_parent_dead}.
+    """
+    batch = obj.get("batch")
+    if batch is not None and (not isinstance(batch, str) or not BATCH_ID.match(batch)):
+        raise InvalidJob(
+            "batch must be a batch id: 1 to 64 printable ASCII characters "
+            "without spaces",
+            field="batch",
+        )
+    after = obj.get("after", [])
+    if (
+        not isinstance(after, list)
+        or len(after) > MAX_PARENTS
+        or not all(isinstance(p, str) and JOB_ID.match(p) for p in after)
+        or len(set(after)) != len(after)
+        or job_id in after
+    ):
+        raise InvalidJob(
+            f"after must be a list of at most {MAX_PARENTS} distinct job ids "
+            "(not the job's own)",
+            field="after",
+        )
+    on_parent_dead = obj.get("on_parent_dead", "cancel")
+    if on_parent_dead not in ON_PARENT_DEAD:
+        raise InvalidJob(
+            'on_parent_dead must be "cancel" or "run"', field="on_parent_dead"
+        )
+    return batch, tuple(after), on_parent_dead
+
+
+BATCH_ID = re.compile(r"[\x21-\x7e]{1,64}\Z")
+BATCH_FIELDS = frozenset({"id", "description", "on_success", "on_complete"})
+MAX_DESCRIPTION = 1024
+
+
+@frozen
+class BatchSpec:
+    """
+    A validated request to create a batch: its id, description and
+    callbacks (each a job pushed once when the batch is done, under the
+    id C{<batch id>:success} or C{<batch id>:complete}).
+    """
+
+    id: str
+    description: str
+    on_success: NewJob | None
+    on_complete: NewJob | None
+
+    @staticmethod
+    def callback_value(job: NewJob | None) -> str:
+        """
+        A callback as batch.lua keeps it: the push values, its queue and
+        its created_at, as JSON ('' for none).
+        """
+        if job is None:
+            return ""
+        return json.dumps(
+            {"v": job.script_args(job.created_at), "q": job.queue, "c": job.created_at},
+            separators=(",", ":"),
+        )
+
+
+def parse_batch_spec(obj: object, now_ms: int, max_size: int) -> BatchSpec:
+    """
+    Check a request to create a batch (HTTP C{POST /api/v1/batches}, TCP
+    C{BATCH {"action": "new"}}).
+
+    @raise InvalidRequest: naming the field at fault.
+    """
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise InvalidRequest("a batch must be a JSON object")
+    unknown = sorted(set(obj) - BATCH_FIELDS - {"action"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    batch_id = obj.get("id")
+    if batch_id is None:
+        batch_id = new_job_id()
+    elif not isinstance(batch_id, str) or not BATCH_ID.match(batch_id):
+        raise InvalidRequest(
+            "id must be 1 to 64 printable ASCII characters without spaces",
+            field="id",
+        )
+    description = obj.get("description", "")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise InvalidRequest(
+            f"description must be a string of at most {MAX_DESCRIPTION} characters",
+            field="description",
+        )
+    callbacks: dict[str, NewJob | None] = {}
+    for name, suffix in (("on_success", "success"), ("on_complete", "complete")):
+        value = obj.get(name)
+        if value is None:
+            callbacks[name] = None
+            continue
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"{name} must be a job (a JSON object)", field=name)
+        for taken in ("id", "batch", "after", "on_parent_dead"):
+            if taken in value:
+                raise InvalidRequest(
+                    f"{name} may not give {taken!r}: a callback's id is "
+                    f"<batch id>:{suffix}",
+                    field=name,
+                )
+        try:
+            callbacks[name] = parse_submission(
+                {**value, "id": f"{batch_id}:{suffix}"}, now_ms, max_size
+            )
+        except ProcessionError as e:
+            raise InvalidRequest(f"{name}: {e.message}", field=name)
+    return BatchSpec(
+        batch_id, description, callbacks["on_success"], callbacks["on_complete"]
     )
 
 
@@ -618,6 +773,18 @@ def job_from_hash(fields: dict[str, str], errors: list[str]) -> dict[str, Any]:
         job["limit_key"] = fields["limit_key"]
     result = fields.get("result")
     job["result"] = _stored(result) if result else None
+    # Workflow fields only when they apply (docs/workflows.rst).
+    if fields.get("batch"):
+        job["batch"] = fields["batch"]
+    if fields.get("after"):
+        job["after"] = json.loads(fields["after"])
+        job["on_parent_dead"] = fields.get("opd") or "cancel"
+    if fields.get("progress"):
+        job["progress"] = {
+            "percent": float(fields["progress"]),
+            "message": fields.get("progress_message") or None,
+            "at": format_time(int(fields.get("progress_at") or 0)),
+        }
     job["errors"] = [_stored(e) for e in errors]
     return job
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 #: Every state a job can be in, in the order of its life.
 STATES = (
+    "waiting",
     "scheduled",
     "queued",
     "running",
@@ -17,7 +18,10 @@ STATES = (
 )
 
 #: The states a job leaves only by an operator or a worker: not finished.
-UNFINISHED = ("queued", "scheduled", "retrying", "running")
+UNFINISHED = ("waiting", "queued", "scheduled", "retrying", "running")
+
+#: The states of a job that has finished (what a caller awaiting it waits for).
+FINISHED = ("completed", "dead", "cancelled")
 
 #: The states whose jobs a queue summary counts, in the order of summary.lua.
 SIZED_STATES = ("queued", "scheduled", "retrying", "running", "dead")

@@ -12,6 +12,7 @@ from typing import Any
 
 from procession.http.admin_api import AdminRoutes
 from procession.http.worker_api import WorkerRoutes
+from procession.http.workflow_api import WorkflowRoutes
 from procession.service.admin import Admin
 from procession.service.dispatcher import Dispatcher
 from procession.core.errors import ProcessionError
@@ -19,7 +20,7 @@ from procession.http.ui.routes import UIRoutes
 from procession.http.web import app, json_response
 
 
-class HTTPServer(WorkerRoutes, AdminRoutes, UIRoutes):
+class HTTPServer(WorkflowRoutes, WorkerRoutes, AdminRoutes, UIRoutes):
     """
     The HTTP server of one procession process.
 

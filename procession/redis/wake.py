@@ -21,7 +21,8 @@ class WakeListener:
     every push (on any server but the one of C{server_id}, which wakes its
     own consumers) and any other change that queued work, and
     C{on_connect()} after every (re)connection, when messages may have been
-    missed.
+    missed, and C{on_flow(kind, job_id)} for the messages about one job
+    (C{!done <id>}, C{!cancel <id>}: see L{procession.service.workflows}).
     """
 
     def __init__(
@@ -31,16 +32,24 @@ class WakeListener:
         on_wake: Callable[[str], None],
         on_connect: Callable[[], None],
         server_id: str | None = None,
+        on_flow: Callable[[str, str], None] | None = None,
     ) -> None:
         self._address = address
         self._channel = channel
         self._on_wake = on_wake
         self._server_id = server_id
         self._on_connect = on_connect
+        self._on_flow = on_flow
         self._factory: Any = None
         self._watch: MasterWatch | None = None
 
     def _heard(self, message: str) -> None:
+        if message.startswith("!"):
+            # About one job (workflow.lua): '!done <id>', '!cancel <id>'.
+            if self._on_flow is not None:
+                kind, _, job_id = message[1:].partition(" ")
+                self._on_flow(kind, job_id)
+            return
         queue, _, origin = message.partition(" ")
         # A server's own pushes woke its consumers already.
         if not origin or origin != self._server_id:

@@ -581,12 +581,19 @@ class ProcessionService(service.MultiService):
             max_dead=options["max-dead"],
             server_timeout=options["server-timeout"],
         )
+        workflows = self.dispatcher.workflows
+
+        def reconnected() -> None:
+            self.dispatcher.wake_all()
+            workflows.reconnected()
+
         self.wake_listener = WakeListener(
             address,
             self.store.channel,
             self.dispatcher.wake,
-            self.dispatcher.wake_all,
+            reconnected,
             self.store.server_id,
+            on_flow=workflows.heard,
         )
         self.wake_listener.start()
 

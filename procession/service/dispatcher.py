@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from procession.core.errors import (
+    JobCancelled,
     JobNotFound,
     LeaseLost,
     ProcessionError,
@@ -38,6 +39,7 @@ from procession.core.job import QUEUE_NAME, ClaimedJob, NewJob
 from procession.service.cluster import Cluster
 from procession.service.coalescer import Coalescer
 from procession.service.pollers import Pollers
+from procession.service.workflows import Workflows
 from procession.store.jobs import Store
 from procession.net.transport import corked
 
@@ -219,6 +221,7 @@ class Dispatcher:
         self._fail = Coalescer(store.fail)
         self._extend = Coalescer(store.extend)
         self.pollers = Pollers(reactor)
+        self.workflows = Workflows(store, reactor, keep_completed)
 
     # -- life cycle
 
@@ -685,6 +688,8 @@ class Dispatcher:
 
 
 def _checked(outcome: str, job_id: str) -> None:
+    if outcome == "cancelled":
+        raise JobCancelled(f"job {job_id!r} was cancelled", id=job_id)
     if outcome == "lease_lost":
         raise LeaseLost(
             f"the lease on job {job_id!r} expired or was revoked", id=job_id

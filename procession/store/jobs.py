@@ -26,16 +26,23 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from procession.core.errors import (
+    BatchExists,
+    BatchNotFound,
+    BatchNotOpen,
     IllegalState,
     ProcessionError,
+    InvalidJob,
+    JobCancelled,
     InvalidRequest,
     JobNotFound,
     LeaseLost,
     StoreUnavailable,
 )
 from procession.core.job import (
+    BatchSpec,
     ClaimedJob,
     ClaimedJobs,
+    format_time,
     NewJob,
     backoff_jitter,
     job_from_hash,
@@ -71,6 +78,10 @@ SCRIPT_NAMES = (
     "server_lost",
     "set_limits",
     "limits",
+    # workflows (workflow.lua, docs/workflows.rst)
+    "await",
+    "progress",
+    "batch",
 )
 
 # Scripts that are not about one queue: they run without common.lua, on
@@ -100,7 +111,11 @@ def load_scripts() -> dict[str, Script]:
     Read the Lua scripts shipped with the package.
     """
     folder = files("procession.store").joinpath("lua")
-    common = folder.joinpath("common.lua").read_text("utf-8")
+    common = (
+        folder.joinpath("common.lua").read_text("utf-8")
+        + "\n"
+        + folder.joinpath("workflow.lua").read_text("utf-8")
+    )
     scripts = {}
     for name in SCRIPT_NAMES + REGISTRY_SCRIPT_NAMES:
         text = folder.joinpath(f"{name}.lua").read_text("utf-8")
@@ -340,6 +355,7 @@ class Store:
 
         async def push() -> list[bool | str]:
             await self._register(by_queue)
+            parents = await self._parent_queues(jobs)
             created: list[bool | str | None] = [None] * len(jobs)
             now = self.now_ms()
             calls = []
@@ -352,7 +368,10 @@ class Store:
                 ]
                 for i in indexes:
                     args.extend(jobs[i].script_args(now))
-                call = self.run_replicated("push", queue, args, [self.keys.ids])
+                    args.append(jobs[i].flow_value(parents))
+                call = self.run_replicated(
+                    "push", queue, args, [self.keys.ids]
+                ).addErrback(_flow_refused)
                 calls.append((indexes, call))
             if len(calls) == 1:
                 indexes, call = calls[0]
@@ -373,6 +392,25 @@ class Store:
             return created  # type: ignore[return-value]
 
         return defer.Deferred.fromCoroutine(push())
+
+    async def _parent_queues(self, jobs: Sequence[NewJob]) -> dict[str, str]:
+        """
+        The queue of every job that C{jobs} run after.
+
+        @raise InvalidJob: one of them does not exist.
+        """
+        wanted = {p for job in jobs for p in job.after}
+        if not wanted:
+            return {}
+        found = {}
+        for parent in sorted(wanted):
+            try:
+                found[parent] = await self.locate(parent)
+            except JobNotFound:
+                raise InvalidJob(
+                    f"no job {parent!r} to run after", field="after", id=parent
+                )
+        return found
 
     def run_replicated(
         self,
@@ -809,6 +847,126 @@ class Store:
         reply = await self.run("limits", queue, [now])
         return LimitStatus.from_script(queue, now, reply)
 
+    # -- workflows (docs/workflows.rst)
+
+    def await_job(self, queue: str, job_id: str) -> defer.Deferred[str]:
+        """
+        Mark a job as awaited (its finish is then published as C{!done
+        <id>} on the wake channel); its state now.
+
+        @raise JobNotFound: when there is no such job.
+        """
+        return self.run("await", queue, [job_id]).addCallback(self._checked, job_id)
+
+    def progress(
+        self, queue: str, items: Sequence[tuple[str, str, float, str]]
+    ) -> defer.Deferred[list[str]]:
+        """
+        Record how far jobs have got: C{items} are (id, lease, percent,
+        message).
+
+        @return: per job C{'ok'}, C{'not_found'}, C{'lease_lost'} or
+            C{'cancelled'} (see L{lease_checked}).
+        """
+        args: list[Any] = [self.now_ms()]
+        for job_id, lease, percent, message in items:
+            args.extend([job_id, lease, repr(float(percent)), message])
+        return self.run("progress", queue, args)
+
+    @staticmethod
+    def lease_checked(outcome: str, job_id: str) -> str:
+        """
+        The outcome of a lease holder's request (ack, fail, extend,
+        progress), or its error: the job was cancelled (the worker should
+        stop), the lease is lost, the job is gone.
+        """
+        if outcome == "cancelled":
+            raise JobCancelled(f"job {job_id!r} was cancelled", id=job_id)
+        if outcome == "lease_lost":
+            raise LeaseLost(
+                f"the lease on job {job_id!r} expired or was revoked", id=job_id
+            )
+        if outcome == "not_found":
+            raise JobNotFound(f"no job {job_id!r}", id=job_id)
+        return outcome
+
+    async def batch_new(self, spec: BatchSpec, retention: float) -> None:
+        """
+        Create an open batch.
+
+        @param retention: seconds to keep it once done.
+        @raise BatchExists: when its id is taken.
+        """
+        outcome = await self.run_on(
+            "batch",
+            [self.keys.batch_prefix],
+            [
+                "new",
+                self.now_ms(),
+                spec.id,
+                spec.description,
+                BatchSpec.callback_value(spec.on_success),
+                BatchSpec.callback_value(spec.on_complete),
+                int(retention * 1000),
+            ],
+        )
+        if outcome == "exists":
+            raise BatchExists(f"batch {spec.id!r} exists", id=spec.id)
+        for job in (spec.on_success, spec.on_complete):
+            if job is not None:
+                await self._register([job.queue])
+
+    async def batch_change(self, batch_id: str, action: str) -> None:
+        """
+        Commit (C{action} 'commit') or reopen ('open') a batch.
+
+        @raise BatchNotFound: no such batch.
+        @raise IllegalState: reopening a batch that is done.
+        """
+        outcome = await self.run_on(
+            "batch", [self.keys.batch_prefix], [action, self.now_ms(), batch_id]
+        )
+        if outcome == "not_found":
+            raise BatchNotFound(f"no batch {batch_id!r}", id=batch_id)
+        if outcome == "illegal_state":
+            raise IllegalState(
+                f"batch {batch_id!r} is done: it takes no more jobs", id=batch_id
+            )
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        """
+        A batch's state, counts and callbacks.
+
+        @raise BatchNotFound: no such batch (or it has expired).
+        """
+        fields = _as_dict(await self.command("HGETALL", self.keys.batch(batch_id)))
+        if not fields:
+            raise BatchNotFound(f"no batch {batch_id!r}", id=batch_id)
+        return batch_from_hash(fields)
+
+    async def batch_jobs(self, batch_id: str) -> dict[str, str]:
+        """
+        The ids of a batch's jobs, with their queues.
+        """
+        return _as_dict(await self.command("HGETALL", self.keys.batch_jobs(batch_id)))
+
+    async def list_batches(self, limit: int) -> list[dict[str, Any]]:
+        """
+        The newest batches, newest first.  Entries of expired batches are
+        dropped from the index on the way.
+        """
+        index = self.keys.batches
+        ids = await self.command("ZREVRANGE", index, 0, max(0, limit * 2))
+        found: list[dict[str, Any]] = []
+        for batch_id in ids:
+            if len(found) >= limit:
+                break
+            try:
+                found.append(await self.get_batch(batch_id))
+            except BatchNotFound:
+                await self.command("ZREM", index, batch_id)
+        return found
+
     # -- reads
 
     async def get_job(self, queue: str, job_id: str) -> dict[str, Any]:
@@ -947,7 +1105,7 @@ class Store:
         stats = _as_dict(replies[-1])
         return {
             "name": queue,
-            "sizes": {s: sizes[s] for s in names if s != "done"},
+            "sizes": {s: sizes[s] for s in names if s not in ("done", "dependent")},
             "paused": bool(int(replies[-2])),
             "pushed": int(stats.get("pushed", 0)),
             "processed": int(stats.get("processed", 0)),
@@ -1008,6 +1166,69 @@ def _partial(
     error.details["ids"] = [j.id for j in jobs]
     error.details["created"] = [c if c is None else c is True for c in created]
     return error
+
+
+def batch_from_hash(fields: dict[str, str]) -> dict[str, Any]:
+    """
+    A batch's hash as the JSON object the APIs return.
+    """
+    batch_id = fields["id"]
+    counts = {
+        n: int(fields.get(n) or 0) for n in ("total", "pending", "completed", "dead")
+    }
+    callbacks: dict[str, Any] = {}
+    for name, suffix, at in (
+        ("on_success", "success", "success_at"),
+        ("on_complete", "complete", "complete_at"),
+    ):
+        if fields.get(name):
+            pushed = fields.get(at)
+            callbacks[name] = {
+                "id": f"{batch_id}:{suffix}",
+                "pushed_at": format_time(int(pushed)) if pushed else None,
+            }
+        else:
+            callbacks[name] = None
+    return {
+        "id": batch_id,
+        "description": fields.get("description", ""),
+        "state": fields.get("state"),
+        **counts,
+        "created_at": format_time(int(fields["created_at"])),
+        "committed_at": format_time(int(fields["committed_at"]))
+        if fields.get("committed_at")
+        else None,
+        "finished_at": format_time(int(fields["finished_at"]))
+        if fields.get("finished_at")
+        else None,
+        "on_success": callbacks["on_success"],
+        "on_complete": callbacks["on_complete"],
+    }
+
+
+def _flow_refused(failure: Any) -> Any:
+    """
+    Map the push script's refusals (C{PROCESSION <code> <id>}) to errors.
+    """
+    import txredisapi
+
+    if failure.check(txredisapi.ResponseError):
+        words = str(failure.value).split(" ")
+        if len(words) == 3 and words[0] == "PROCESSION":
+            code, target = words[1], words[2]
+            if code == "batch_not_found":
+                raise BatchNotFound(f"no batch {target!r}", id=target)
+            if code == "batch_not_open":
+                raise BatchNotOpen(
+                    f"batch {target!r} takes no jobs now (commit ended it; "
+                    "reopen it from one of its jobs)",
+                    id=target,
+                )
+            if code == "parent_not_found":
+                raise InvalidJob(
+                    f"no job {target!r} to run after", field="after", id=target
+                )
+    return failure
 
 
 def _as_dict(reply: Any) -> dict[str, str]:

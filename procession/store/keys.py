@@ -16,6 +16,12 @@ C{ns:server:<id>}, each live server's description), and the id index
 (C{ns:ids}): the one key that scripts of a queue (push, delete, purge,
 sweep) touch besides their queue's, because a job's id is unique across
 queues; and the lease owners' registry (C{ns:owners}).
+
+The exception is workflows (lua/workflow.lua): batches (C{ns:batch:<id>},
+C{ns:batch:<id>:jobs}, C{ns:batches}) and jobs that run after jobs of
+other queues make the scripts that finish jobs reach keys outside the
+job's queue, named from the namespace; they need one Redis, not a
+cluster.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ QUEUE_KEYS = (
     "running",
     "dead",
     "done",
+    "dependent",
+    "children:<id>",
     "created",
     "seq",
     "paused",
@@ -63,11 +71,20 @@ STATE_SETS = {
     "dead": "dead",
     "completed": "done",
     "cancelled": "done",
+    "waiting": "dependent",
 }
 assert set(STATE_SETS) == set(STATES)
 
 #: The queue's zsets, one per stored state (L{STATE_SETS}' values).
-STATE_SET_NAMES = ("queued", "scheduled", "retrying", "running", "dead", "done")
+STATE_SET_NAMES = (
+    "queued",
+    "scheduled",
+    "retrying",
+    "running",
+    "dead",
+    "done",
+    "dependent",
+)
 
 
 @frozen
@@ -120,6 +137,35 @@ class Keys:
         A live server's description (JSON text, expiring).
         """
         return f"{self.namespace}:server:{server_id}"
+
+    # -- workflows (lua/workflow.lua builds the same names)
+
+    def batch(self, batch_id: str) -> str:
+        """
+        A batch's hash: its state, counts and callbacks.
+        """
+        return f"{self.namespace}:batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        """
+        A batch's job ids, each with its queue.
+        """
+        return f"{self.batch(batch_id)}:jobs"
+
+    @property
+    def batches(self) -> str:
+        """
+        Every batch, by creation time.
+        """
+        return f"{self.namespace}:batches"
+
+    @property
+    def batch_prefix(self) -> str:
+        """
+        The C{KEYS[1]} of batch.lua: a prefix of the namespace that is no
+        queue's (only the namespace is read from it).
+        """
+        return f"{self.namespace}:{{batch}}:"
 
     def prefix(self, queue: str) -> str:
         """

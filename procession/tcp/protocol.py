@@ -25,8 +25,14 @@ from twisted.python.failure import Failure
 
 from procession import __version__
 from procession.service.dispatcher import Dispatcher
+from procession.service.workflows import (
+    MAX_AWAIT,
+    parse_await_wait,
+    parse_progress,
+)
 from procession.core.errors import (
     BadFrame,
+    JobCancelled,
     FrameTooLarge,
     InvalidRequest,
     NotAuthenticated,
@@ -52,6 +58,7 @@ from procession.core.job import (
     failure_reply,
     format_time,
     parse_batch,
+    parse_batch_spec,
     parse_extend_seconds,
     parse_failure,
     parse_queues,
@@ -66,6 +73,9 @@ MAX_CREDIT = 10_000
 # With this many replies pending, stop reading the connection until some
 # are written: a client that floods pipelined requests slows itself down.
 MAX_PENDING_REPLIES = 1_000
+# How many ids of jobs cancelled in its hands a connection remembers, to
+# answer the worker's later ACK or FAIL for them with 'cancelled'.
+MAX_CANCELLED_REMEMBERED = 1_000
 # The longest frame before HELLO: a HELLO is small.
 HANDSHAKE_MAX_FRAME = 16 * 1024
 
@@ -115,6 +125,8 @@ class WorkerProtocol(protocol.Protocol):
         self._paused = False
         self._closing_after_replies = False
         self._handshake_timer: Any = None
+        # Jobs cancelled while this connection held them (see cancelled()).
+        self.cancelled_ids: dict[str, None] = {}
 
     # -- connection
 
@@ -465,6 +477,9 @@ class WorkerProtocol(protocol.Protocol):
         if not isinstance(job_id, str):
             raise InvalidRequest("id must be a string", field="id")
         held = self.held.get(job_id)
+        if held is None and job_id in self.cancelled_ids:
+            del self.cancelled_ids[job_id]
+            raise JobCancelled(f"job {job_id!r} was cancelled", id=job_id)
         if held is None or held.finishing:
             raise NotHeld(f"this connection does not hold job {job_id!r}", id=job_id)
         return body, job_id, held
@@ -547,6 +562,72 @@ class WorkerProtocol(protocol.Protocol):
             held.queue, job_id, held.lease, seconds
         ).addCallback(lambda expiry: {"id": job_id, "expires_at": format_time(expiry)})
 
+    # -- workflows (docs/workflows.rst)
+
+    def do_AWAIT(self, body: Any, size: int) -> Any:
+        body = _object(body, "AWAIT")
+        job_id = body.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            raise InvalidRequest("id must be a job id", field="id")
+        wait = parse_await_wait(body.get("wait", MAX_AWAIT))
+        return defer.Deferred.fromCoroutine(
+            self.dispatcher.workflows.await_job(job_id, wait)
+        )
+
+    def do_BATCH(self, body: Any, size: int) -> Any:
+        body = _object(body, "BATCH")
+        action = body.get("action", "new")
+        workflows = self.dispatcher.workflows
+        if action == "new":
+            spec = parse_batch_spec(
+                body, self.factory.now_ms(), self.factory.max_job_size
+            )
+            return defer.Deferred.fromCoroutine(workflows.create_batch(spec))
+        if action not in ("commit", "open", "status"):
+            raise InvalidRequest(
+                'action must be "new", "commit", "open" or "status"', field="action"
+            )
+        if set(body) - {"action", "id"}:
+            raise InvalidRequest(f'BATCH "{action}" takes only an id')
+        batch_id = body.get("id")
+        if not isinstance(batch_id, str) or not batch_id:
+            raise InvalidRequest("id must be a batch id", field="id")
+        change = {
+            "commit": workflows.commit_batch,
+            "open": workflows.open_batch,
+            "status": workflows.get_batch,
+        }[action]
+        return defer.Deferred.fromCoroutine(change(batch_id))
+
+    def do_PROGRESS(self, body: Any, size: int) -> Any:
+        body, job_id, held = self._take(body, "PROGRESS")
+        percent, message = parse_progress(body)
+        return defer.Deferred.fromCoroutine(
+            self.dispatcher.workflows.progress(
+                held.queue, job_id, held.lease, percent, message
+            )
+        ).addCallback(lambda _: {"id": job_id})
+
+    def cancelled(self, job_id: str) -> bool:
+        """
+        The job was cancelled (or killed, or deleted) while this connection
+        held it: send C{CANCEL}, and free its credit.  The worker's later
+        ACK, FAIL, EXTEND or PROGRESS for it is answered C{cancelled}.
+        Whether this connection held it.
+        """
+        held = self.held.get(job_id)
+        if held is None or held.finishing or self.closing:
+            return False
+        del self.held[job_id]
+        _stop_waiting(held)
+        self.unfinished -= 1
+        self.cancelled_ids[job_id] = None
+        if len(self.cancelled_ids) > MAX_CANCELLED_REMEMBERED:
+            del self.cancelled_ids[next(iter(self.cancelled_ids))]
+        self._write_frame("CANCEL", _compact({"id": job_id}))
+        self._has_room()
+        return True
+
     _handlers: dict[str, Callable[..., Any]] = {
         "HELLO": do_HELLO,
         "PING": do_PING,
@@ -557,6 +638,9 @@ class WorkerProtocol(protocol.Protocol):
         "ACK": do_ACK,
         "FAIL": do_FAIL,
         "EXTEND": do_EXTEND,
+        "AWAIT": do_AWAIT,
+        "BATCH": do_BATCH,
+        "PROGRESS": do_PROGRESS,
     }
 
     # -- the dispatcher's consumer interface
@@ -685,6 +769,16 @@ class WorkerFactory(protocol.Factory):
         self.handshake_timeout = handshake_timeout
         self.connections: set[WorkerProtocol] = set()
         self._count = 0
+        dispatcher.workflows.on_revoked.append(self.job_revoked)
+
+    def job_revoked(self, job_id: str) -> None:
+        """
+        A running job's lease was revoked (cancelled, killed, deleted):
+        tell the worker of this server that holds it, if one does.
+        """
+        for connection in self.connections:
+            if connection.cancelled(job_id):
+                return
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)

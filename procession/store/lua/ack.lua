@@ -4,8 +4,9 @@
 -- ARGV[1]  now (ms)
 -- then 3 values per job: id, lease token, result (JSON text, '' for none)
 --
--- Returns per job 'ok', 'not_found' or 'lease_lost'.  A refused ack
--- changes nothing.
+-- Returns per job 'ok', 'not_found', 'lease_lost' or 'cancelled'.  A
+-- refused ack changes nothing.  A completed job counts in its batch and
+-- releases the jobs that wait for it (workflow.lua).
 local now = tonumber(ARGV[1])
 local replies = {}
 local done = 0
@@ -19,6 +20,7 @@ for i = 2, #ARGV, 3 do
       'result', ARGV[i + 2])
     leave_running(id, server)
     redis.call('ZADD', prefix .. 'done', now, id)
+    flow.finished(id, 'completed', now)
     done = done + 1
     replies[#replies + 1] = 'ok'
   end

@@ -19,6 +19,9 @@
 --   running      zset: score lease expiry ms, member id
 --   dead         zset: score time of death ms, member id
 --   done         zset: score finish time ms, member id (completed, cancelled)
+--   dependent    zset: score created_at ms, member id: the jobs in state
+--                'waiting', for the jobs they run after (workflow.lua)
+--   children:<id> set: '<queue> <id>' of each job waiting for job <id>
 --   created      zset: every job of the queue, newest last: score 0, member
 --                <15-digit created_at ms><id>, so that ZREVRANGEBYLEX walks
 --                jobs by (created_at, id) and a listing resumes exactly
@@ -71,6 +74,12 @@
 
 local prefix = KEYS[1]
 local MAX_ERRORS = 10
+
+-- Batches, dependencies and waiters (workflow.lua, loaded after this file,
+-- fills it in): flow.finished(id, state, now) runs whenever a job reaches
+-- completed, dead or cancelled or is erased unfinished; flow.revoked(id)
+-- whenever a running job's lease is taken from its worker by an operator.
+local flow = {}
 
 local function jobkey(id)
   return prefix .. 'job:' .. id
@@ -164,6 +173,11 @@ end
 -- its id in the id index (ids: <ns>:ids).  The caller takes it off its
 -- state set.
 local function erase(id, ids)
+  local state = redis.call('HGET', jobkey(id), 'state')
+  if state and state ~= 'completed' and state ~= 'dead' and state ~= 'cancelled' then
+    -- A job deleted before it finished never completes.
+    flow.finished(id, 'cancelled', 0)
+  end
   local created_at = redis.call('HGET', jobkey(id), 'created_at')
   if created_at then
     redis.call('ZREM', prefix .. 'created', created_member(id, created_at))
@@ -182,6 +196,7 @@ local function make_dead(id, now)
   redis.call('HSET', jobkey(id), 'state', 'dead', 'finished_at', now)
   redis.call('HDEL', jobkey(id), 'lease', 'run_at')
   redis.call('ZADD', prefix .. 'dead', now, id)
+  flow.finished(id, 'dead', now)
 end
 
 local function count(field, now, n)
@@ -217,6 +232,9 @@ local function unlist(id, state)
     redis.call('ZREM', prefix .. 'queued', redis.call('HGET', key, 'qm'))
   elseif state == 'running' then
     leave_running(id)
+    flow.revoked(id)
+  elseif state == 'waiting' then
+    redis.call('ZREM', prefix .. 'dependent', id)
   elseif state == 'scheduled' or state == 'retrying' or state == 'dead' then
     redis.call('ZREM', prefix .. state, id)
   elseif state == 'completed' or state == 'cancelled' then
@@ -451,6 +469,9 @@ local function check_lease(id, lease)
   local fields = redis.call('HMGET', key, 'state', 'lease', 'server')
   if not fields[1] then
     return 'not_found'
+  end
+  if fields[1] == 'cancelled' then
+    return 'cancelled'
   end
   if fields[1] ~= 'running' or fields[2] ~= lease then
     return 'lease_lost'

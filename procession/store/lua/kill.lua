@@ -3,7 +3,7 @@
 -- KEYS[1]  the queue's key prefix
 -- ARGV[1]  now (ms)           ARGV[2]  the job's id
 --
--- Works on queued, scheduled, retrying and running jobs; a running job's
+-- Works on waiting, queued, scheduled, retrying and running jobs; a running job's
 -- lease is revoked.  Returns the former state, or 'not_found' or
 -- 'illegal_state'.
 local now = tonumber(ARGV[1])
@@ -12,7 +12,7 @@ local state = redis.call('HGET', jobkey(id), 'state')
 if not state then
   return 'not_found'
 end
-if state ~= 'queued' and state ~= 'scheduled' and state ~= 'retrying'
+if state ~= 'waiting' and state ~= 'queued' and state ~= 'scheduled' and state ~= 'retrying'
     and state ~= 'running' then
   return 'illegal_state'
 end

@@ -6,9 +6,11 @@
 -- ARGV[3]  the queue's name
 -- ARGV[4]  the wake message: '<queue> <server id>' (the pushing server
 --          wakes its own consumers, and ignores its own messages)
--- then 10 values per job: id, type, args, priority, max_attempts, timeout,
+-- then 11 values per job: id, type, args, priority, max_attempts, timeout,
 --   meta, run_at (ms), wire (the start of its JOB frame, made for now:
---   procession.job.NewJob.wire), limit_key ('' for none; docs/limits.rst)
+--   procession.job.NewJob.wire), limit_key ('' for none; docs/limits.rst),
+--   and its workflow value ('' or JSON: its batch and the jobs it runs
+--   after, see workflow.lua)
 --
 -- Returns, per job, 1 when it was created and 0 when a job with that id
 -- already existed (which is left exactly as it was: pushes are idempotent),
@@ -19,12 +21,23 @@
 -- state: nothing has to be read back or removed.  The wake-up is published
 -- only when another server's consumers may wait on the queue (the waiting
 -- set, see common.lua): the pushing server wakes its own.
+-- A job in a batch counts as pending in it; one that runs after unfinished
+-- jobs waits (state 'waiting').  A push that names a batch that is not
+-- open, or a parent that does not exist, is refused whole (an error reply
+-- 'PROCESSION <code> <id>').
+local STRIDE = 11
 local now = tonumber(ARGV[1])
+for i = 5, #ARGV, STRIDE do
+  local refused = flow.check(ARGV[i], ARGV[i + 10])
+  if refused then
+    return refused
+  end
+end
 local queue = ARGV[3]
 local created = {}
 local queued = 0
 local n = 0
-for i = 5, #ARGV, 10 do
+for i = 5, #ARGV, STRIDE do
   local id = ARGV[i]
   local key = jobkey(id)
   local owner = redis.call('HGET', KEYS[2], id)
@@ -36,7 +49,27 @@ for i = 5, #ARGV, 10 do
     redis.call('HSET', KEYS[2], id, queue)
     local run_at = tonumber(ARGV[i + 7])
     local limit_key = ARGV[i + 9]
-    if run_at > now then
+    local flow_text = ARGV[i + 10]
+    if flow_text ~= '' then
+      -- in a batch, or after other jobs (workflow.lua)
+      redis.call('HSET', key,
+        'id', id, 'type', ARGV[i + 1], 'queue', queue, 'args', ARGV[i + 2],
+        'priority', ARGV[i + 3], 'max_attempts', ARGV[i + 4],
+        'timeout', ARGV[i + 5], 'meta', ARGV[i + 6], 'attempt', 0,
+        'created_at', now, 'wire', ARGV[i + 8])
+      if limit_key ~= '' then
+        redis.call('HSET', key, 'limit_key', limit_key)
+      end
+      if flow.pushed(id, queue, flow_text, now, run_at) then
+        -- waiting for its parents (or cancelled: a parent is dead)
+      elseif run_at > now then
+        redis.call('HSET', key, 'state', 'scheduled', 'run_at', run_at)
+        redis.call('ZADD', prefix .. 'scheduled', run_at, id)
+      else
+        enqueue(id, now, false)
+        queued = queued + 1
+      end
+    elseif run_at > now then
       redis.call('HSET', key,
         'id', id, 'type', ARGV[i + 1], 'queue', queue, 'args', ARGV[i + 2],
         'priority', ARGV[i + 3], 'max_attempts', ARGV[i + 4],

@@ -20,5 +20,8 @@ end
 unlist(id, state)
 redis.call('HDEL', key, 'finished_at')
 enqueue(id, now, false)
+if state == 'dead' then
+  flow.revived(id, now)
+end
 wake(ARGV[2], ARGV[3])
 return state

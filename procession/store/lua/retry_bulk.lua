@@ -21,6 +21,9 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', prefix .. state, id)
   redis.call('HDEL', jobkey(id), 'finished_at')
   enqueue(id, now, false)
+  if state == 'dead' then
+    flow.revived(id, now)
+  end
 end
 if #ids > 0 then
   wake(ARGV[2], ARGV[3])
