@@ -6,6 +6,7 @@ docs/reliability.rst's "Bad input" table promises for each.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import defer
@@ -299,3 +300,119 @@ class UniqueIdTests(TestCase):
         )
         self.assertEqual(batch["created"], [True, False])
         self.assertEqual(batch["queues"], ["qa", "qa"])
+
+
+WORKER_TOKEN = "w0rker-s3cret"
+ADMIN_TOKEN = "adm1n-s3cret"
+
+
+def openapi_routes() -> list[tuple[str, str, str]]:
+    """
+    Every operation of procession/http/openapi.json: (method, path with its
+    parameters filled in, kind): C{worker}, C{admin} or C{open}.
+    """
+    from procession.http.admin_api import openapi_document
+
+    document = json.loads(openapi_document())
+    routes = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            schemes = {
+                name for entry in operation.get("security", [{}]) for name in entry
+            }
+            if operation.get("security") == []:
+                kind = "open"
+            elif "workerToken" in schemes:
+                kind = "worker"
+            else:
+                kind = "admin"
+            filled = path.replace("{id}", "nosuch").replace("{name}", "default")
+            routes.append((method.upper(), filled, kind))
+    return routes
+
+
+class TokenRuleTests(TestCase):
+    """
+    Item 7: whatever secret is configured protects everything.  Every
+    route of the OpenAPI description, under every configuration of tokens,
+    with every token.
+    """
+
+    def allowed(self, kind: str, given: str | None, configured: dict[str, str]) -> int:
+        """
+        The status class the rule gives: 0 for let in, else 401 or 403.
+        """
+        worker, admin = configured.get("worker"), configured.get("admin")
+        if kind == "open" or (worker is None and admin is None):
+            return 0
+        if given is not None and given == admin:
+            return 0
+        if given is not None and given == worker:
+            return 0 if kind == "worker" or admin is None else 403
+        return 401
+
+    async def check(self, configured: dict[str, str], *args: str) -> None:
+        server = await ServerFixture(self, *args).start()
+        http = HTTP(server.http_port)
+        await server.connect(token=configured.get("worker") or configured.get("admin"))
+        for method, path, kind in openapi_routes():
+            for given in (None, "wrong", WORKER_TOKEN, ADMIN_TOKEN):
+                params = {"state": "dead", "wait": "0"}
+                body = [] if path == "/api/v1/acks" else {}
+                response = await http.request(
+                    method,
+                    path,
+                    params=params,
+                    body=body if method == "POST" else None,
+                    token=given,
+                )
+                want = self.allowed(kind, given, configured)
+                what = f"{method} {path} with {given} under {configured}: {response}"
+                if want:
+                    self.assertEqual(response.code, want, what)
+                else:
+                    self.assertNotIn(response.code, (401, 403), what)
+                    self.assertLess(response.code, 500, what)
+
+    async def test_worker_token_only(self) -> None:
+        """
+        With only a worker token, it is needed on management routes too.
+        """
+        await self.check({"worker": WORKER_TOKEN}, "--token", WORKER_TOKEN)
+
+    async def test_admin_token_only(self) -> None:
+        await self.check({"admin": ADMIN_TOKEN}, "--admin-token", ADMIN_TOKEN)
+
+    async def test_both_tokens(self) -> None:
+        await self.check(
+            {"worker": WORKER_TOKEN, "admin": ADMIN_TOKEN},
+            "--token",
+            WORKER_TOKEN,
+            "--admin-token",
+            ADMIN_TOKEN,
+        )
+
+    async def test_no_token(self) -> None:
+        await self.check({})
+
+    async def test_metrics_and_ui_with_worker_token(self) -> None:
+        """
+        With only a worker token, C{--metrics-auth} metrics and the UI need
+        it: the UI's login takes it.
+        """
+        server = await ServerFixture(
+            self, "--token", WORKER_TOKEN, "--metrics-auth"
+        ).start()
+        http = HTTP(server.http_port)
+        self.assertEqual((await http.get("/metrics", token=None)).code, 401)
+        self.assertEqual((await http.get("/metrics", token=WORKER_TOKEN)).code, 200)
+        from tests.test_ui import Browser
+
+        browser = Browser(server.http_port)
+        page = await browser.get("/queues")
+        self.assertEqual((page.code, page.location.split("?")[0]), (303, "/login"))
+        refused = await browser.post("/login", {"token": "wrong"})
+        self.assertEqual(refused.code, 401)
+        await browser.post("/login", {"token": WORKER_TOKEN})
+        page = await browser.get("/queues")
+        self.assertEqual(page.code, 200, page)

@@ -257,3 +257,32 @@ class BatchExists(ProcessionError):
 
     code = "batch_exists"
     http_status = 409
+
+
+class CrossOrigin(ProcessionError):
+    """
+    A request that would change state, sent by a page of another site (its
+    C{Origin} is not this server's).
+    """
+
+    code = "cross_origin"
+    http_status = 403
+
+
+class HostNotAllowed(ProcessionError):
+    """
+    A request naming a C{Host} this server does not answer for (DNS
+    rebinding), see C{--allowed-hosts}.
+    """
+
+    code = "host_not_allowed"
+    http_status = 421
+
+
+class UnsupportedMediaType(ProcessionError):
+    """
+    An API write whose body is not declared C{application/json}.
+    """
+
+    code = "unsupported_media_type"
+    http_status = 415

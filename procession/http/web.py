@@ -174,17 +174,16 @@ def authorize(
     """
     Check the request's bearer token for a route of C{kind}.
 
-    The admin token opens every route; the worker token only worker routes.
-    A route whose kind has no token configured is open (loopback default).
+    Whatever secret is configured protects everything: with both tokens,
+    the admin token opens every route and the worker token only worker
+    routes; with one token, that token opens every route; with none, every
+    route is open (the loopback default).
 
     @raise NotAuthenticated: no token, or an unknown one (401).
-    @raise Forbidden: a worker token on an admin route (403).
+    @raise Forbidden: a worker token on an admin route while an admin
+        token is set (403).
     """
-    # With only an admin token set, worker routes need it too: an HTTP
-    # listener that needs a token for management is not left open to
-    # anyone who wants to push or take jobs.
-    needed = admin_token if kind == ADMIN else (worker_token or admin_token)
-    if needed is None:
+    if worker_token is None and admin_token is None:
         return
     token = bearer(request)
     if token is None:
@@ -192,10 +191,25 @@ def authorize(
     if admin_token is not None and _same(token, admin_token):
         return
     if worker_token is not None and _same(token, worker_token):
-        if kind == WORKER:
+        if kind == WORKER or admin_token is None:
             return
         raise Forbidden("this route needs the admin token")
     raise NotAuthenticated("the token is not valid")
+
+
+def known_token(
+    request: Any, worker_token: str | None, admin_token: str | None
+) -> bool:
+    """
+    Whether the request carries a token that opens some route (or none is
+    needed): what a request must show before its body is read.
+    """
+    if worker_token is None and admin_token is None:
+        return True
+    token = bearer(request)
+    if token is None:
+        return False
+    return any(t is not None and _same(token, t) for t in (admin_token, worker_token))
 
 
 def _unbound(handler: Any) -> Any:

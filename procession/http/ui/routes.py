@@ -300,13 +300,25 @@ class UIRoutes:
 
     admin: Admin
     admin_token: str | None
+    worker_token: str | None
     _ui_state: UIState | None = None
+
+    @property
+    def ui_token(self) -> str | None:
+        """
+        The token the UI asks for: the admin token, or the worker token
+        when it is the only one (whatever secret is configured protects
+        everything).
+        """
+        if self.admin_token is not None:
+            return self.admin_token
+        return self.worker_token
 
     # -- plumbing
 
     def _ui(self) -> UIState:
         if self._ui_state is None:
-            self._ui_state = UIState(environment(), Signer.for_token(self.admin_token))
+            self._ui_state = UIState(environment(), Signer.for_token(self.ui_token))
         return self._ui_state
 
     def _now(self) -> float:
@@ -320,15 +332,15 @@ class UIRoutes:
         """
         signer = self._ui().signer
         token = bearer(request)
-        if self.admin_token is not None and token is not None:
-            if same_token(token, self.admin_token):
+        if self.ui_token is not None and token is not None:
+            if same_token(token, self.ui_token):
                 return Visitor(session=None, bearer=True)
         cookie = request.getCookie(SESSION_COOKIE)
         session = cookie.decode("ascii", "replace") if cookie else None
         if signer.session_valid(session, self._now()):
             assert session is not None
             return Visitor(session, signer.csrf_token(session))
-        if self.admin_token is None and issue:
+        if self.ui_token is None and issue:
             session = signer.new_session(self._now())
             self._set_session(request, session)
             return Visitor(session, signer.csrf_token(session))
@@ -379,7 +391,7 @@ class UIRoutes:
         full = {
             "now_ms": int(self._now() * 1000),
             "csrf": visitor.csrf if visitor else "",
-            "login_mode": self.admin_token is not None,
+            "login_mode": self.ui_token is not None,
             "logged_in": visitor is not None and visitor.session is not None,
             "notice": notice,
             "path": request.path.decode("utf-8", "replace"),
@@ -473,7 +485,7 @@ class UIRoutes:
         """
         _security_headers(request)
         target = safe_next(_form(request, "next"))
-        if self.admin_token is None or self._visitor(request, issue=False):
+        if self.ui_token is None or self._visitor(request, issue=False):
             return self._redirect(request, target)
         return self._render(
             request,
@@ -489,9 +501,9 @@ class UIRoutes:
         """
         _security_headers(request)
         target = safe_next(_form(request, "next"))
-        if self.admin_token is None:
+        if self.ui_token is None:
             return self._redirect(request, target)
-        if not same_token(_form(request, "token"), self.admin_token):
+        if not same_token(_form(request, "token"), self.ui_token):
             log.info("A UI login with a wrong token")
             return self._render(
                 request,
@@ -510,7 +522,7 @@ class UIRoutes:
         End the session in this browser.
         """
         self._set_session(request, "", max_age=0)
-        if self.admin_token is None:
+        if self.ui_token is None:
             return Redirect("/")
         return Redirect("/login?notice=loggedout")
 
@@ -582,7 +594,7 @@ class UIRoutes:
         """
         _security_headers(request)
         request.setHeader(b"Content-Type", b"application/json")
-        if self._visitor(request, issue=False) is None and self.admin_token is not None:
+        if self._visitor(request, issue=False) is None and self.ui_token is not None:
             request.setResponseCode(401)
             return b'{"error":"log in"}'
         try:
