@@ -416,3 +416,222 @@ class TokenRuleTests(TestCase):
         await browser.post("/login", {"token": WORKER_TOKEN})
         page = await browser.get("/queues")
         self.assertEqual(page.code, 200, page)
+
+
+async def raw_http(port: int, head: bytes, body: bytes = b"") -> tuple[int, Any, bytes]:
+    """
+    Send a request's bytes on a bare connection and read until the server
+    closes it (at most 5 s): the status, the JSON body, everything read.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    from tests.test_http_worker import RawClient
+
+    client = RawClient()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    client.transport.write(head + body)
+    closed = client.closed
+    timer = reactor.callLater(5, client.transport.abortConnection)
+    await closed
+    if timer.active():
+        timer.cancel()
+    data = client.data
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
+    _, _, text = data.partition(b"\r\n\r\n")
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        decoded = None
+    return status, decoded, data
+
+
+def head(
+    method: str, path: str, port: int, *headers: str, host: str | None = None
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}"]
+    lines += list(headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class BodyLimitTests(TestCase):
+    """
+    Item 5: bodies are refused from the request head, before they are
+    read: 401 first without a token, 413 past the limit, and UI form
+    routes have a small limit too.
+    """
+
+    async def test_unauthenticated_huge_body(self) -> None:
+        """
+        C{Content-Length: 1 GiB} to the push route without a token is
+        answered 401 at once, though not a byte of the body is sent.
+        """
+        server = await ServerFixture(self, "--token", WORKER_TOKEN).start()
+        port = server.http_port
+        status, body, _ = await raw_http(
+            port,
+            head(
+                "POST",
+                "/api/v1/jobs",
+                port,
+                "Content-Type: application/json",
+                f"Content-Length: {1 << 30}",
+            ),
+        )
+        self.assertEqual(status, 401)
+        self.assertEqual(body["error"]["code"], "unauthorized")
+        # With the token, the same head is 413 from its length.
+        status, body, _ = await raw_http(
+            port,
+            head(
+                "POST",
+                "/api/v1/jobs",
+                port,
+                "Content-Type: application/json",
+                f"Authorization: Bearer {WORKER_TOKEN}",
+                f"Content-Length: {1 << 30}",
+                "Expect: 100-continue",
+            ),
+        )
+        self.assertEqual(status, 413)
+        self.assertEqual(body["error"]["code"], "frame_too_large")
+
+    async def test_form_routes(self) -> None:
+        """
+        A 400 MB form to /login is 413 from its head; a chunked one is
+        refused once it passes 64 KiB, and the server drops the rest.
+        """
+        server = await ServerFixture(self, "--admin-token", ADMIN_TOKEN).start()
+        port = server.http_port
+        status, body, _ = await raw_http(
+            port,
+            head(
+                "POST",
+                "/login",
+                port,
+                "Content-Type: application/x-www-form-urlencoded",
+                f"Content-Length: {400 << 20}",
+            ),
+        )
+        self.assertEqual((status, body["error"]["limit"]), (413, 64 * 1024))
+        chunk = b"%x\r\n%s\r\n" % (16 * 1024, b"a" * 16 * 1024)
+        status, body, _ = await raw_http(
+            port,
+            head(
+                "POST",
+                "/login",
+                port,
+                "Content-Type: application/x-www-form-urlencoded",
+                "Transfer-Encoding: chunked",
+            ),
+            chunk * 8,
+        )
+        self.assertEqual(status, 413)
+        # A form within the limit is served as before.
+        status, _, data = await raw_http(
+            port,
+            head(
+                "POST",
+                "/login",
+                port,
+                "Content-Type: application/x-www-form-urlencoded",
+                "Content-Length: 11",
+                "Connection: close",
+            ),
+            b"token=wrong",
+        )
+        self.assertEqual(status, 401, data)
+
+
+class CrossSiteTests(TestCase):
+    """
+    Item 6: with no token (the loopback default), pages of other sites
+    cannot change state, and requests naming a foreign Host are refused.
+    """
+
+    async def setUp(self) -> None:
+        self.server = await ServerFixture(self).start()
+        self.port = self.server.http_port
+        self.http = HTTP(self.port)
+
+    async def test_text_plain_push(self) -> None:
+        """
+        An C{enctype=text/plain} form's push is 415; nothing is stored.
+        """
+        body = b'{"type":"t","id":"csrf","x":"="}'
+        status, reply, _ = await raw_http(
+            self.port,
+            head(
+                "POST",
+                "/api/v1/jobs",
+                self.port,
+                "Content-Type: text/plain",
+                f"Content-Length: {len(body)}",
+            ),
+            body,
+        )
+        self.assertEqual(
+            (status, reply["error"]["code"]), (415, "unsupported_media_type")
+        )
+        found = await self.http.get("/api/v1/jobs/csrf")
+        self.assertEqual(found.code, 404)
+
+    async def test_foreign_origin(self) -> None:
+        """
+        Body-less POSTs from another site's page (pause a queue, kill its
+        jobs) are 403; from this server's own origin they work.
+        """
+        await self.http.post("/api/v1/jobs", body={"type": "t", "id": "victim"})
+        for path in (
+            "/api/v1/queues/default/pause",
+            "/api/v1/queues/default/kill?state=queued",
+        ):
+            status, reply, _ = await raw_http(
+                self.port,
+                head("POST", path, self.port, "Origin: http://evil.example"),
+            )
+            self.assertEqual((status, reply["error"]["code"]), (403, "cross_origin"))
+        status, reply, _ = await raw_http(
+            self.port, head("POST", "/queues/default/pause", self.port, "Origin: null")
+        )
+        self.assertEqual(status, 403)
+        queue = await self.http.get("/api/v1/queues/default")
+        self.assertFalse(queue.json["paused"])
+        self.assertEqual(queue.json["sizes"]["queued"], 1)
+        status, reply, _ = await raw_http(
+            self.port,
+            head(
+                "POST",
+                "/api/v1/queues/default/pause",
+                self.port,
+                f"Origin: http://127.0.0.1:{self.port}",
+                "Connection: close",
+            ),
+        )
+        self.assertEqual(status, 200)
+
+    async def test_host(self) -> None:
+        """
+        A loopback listener answers loopback Host names only (DNS
+        rebinding), unless --allowed-hosts lists the name.
+        """
+        status, reply, _ = await raw_http(
+            self.port,
+            head("GET", "/api/v1/queues", self.port, host="evil.example"),
+        )
+        self.assertEqual((status, reply["error"]["code"]), (421, "host_not_allowed"))
+        for host in (f"localhost:{self.port}", "127.0.0.1", f"[::1]:{self.port}"):
+            status, _, data = await raw_http(
+                self.port,
+                head("GET", "/healthz", self.port, "Connection: close", host=host),
+            )
+            self.assertEqual(status, 200, data)
+        other = await ServerFixture(self, "--allowed-hosts", "jobs.example.com").start()
+        for host, want in (("jobs.example.com", 200), ("evil.example", 421)):
+            status, _, data = await raw_http(
+                other.http_port,
+                head(
+                    "GET", "/healthz", other.http_port, "Connection: close", host=host
+                ),
+            )
+            self.assertEqual(status, want, data)

@@ -134,7 +134,7 @@ class WorkerAPITestCase(TestCase):
         )
         self.addCleanup(self._abort, client)
         client.transport.write(
-            f"GET {NEXT}?{query} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+            f"GET {NEXT}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
         )
         return client
 

@@ -10,12 +10,14 @@ take C{self} as that server.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 from typing import Any
 
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.http import RESPONSES
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
@@ -48,30 +50,147 @@ class Request(server.Request):
     """
     A request of the HTTP API or the UI.
 
+    Its head is checked by the site's L{Gate} as soon as it has arrived,
+    before the body is read: a request refused then is answered from the
+    head and never stored (L{_refuse}).  A body without a length
+    (chunked) is counted as it arrives, and refused past the limit.
+
     The API takes JSON bodies only, so its POSTs skip Twisted's look at the
     content type for form fields (made with the C{email} package: a tenth
     of an HTTP push's time); the UI's forms are parsed as usual.
     """
 
+    refused = False
+    _limit: int | None = None
+    _received = 0
+    _linger: Any = None
+
+    def gotLength(self, length: int | None) -> None:
+        gate = getattr(self.channel.site, "gate", None)
+        if gate is not None:
+            path = self.channel._path
+            error = gate.check_head(self, self.channel._command, path, length)
+            if error is not None:
+                self.content = io.BytesIO()
+                self._refuse(error)
+                return
+            self._limit = gate.limit(path)
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self._received += len(data)
+        if self._limit is not None and self._received > self._limit:
+            self._refuse(
+                FrameTooLarge(
+                    f"the body is over the limit of {self._limit} bytes",
+                    limit=self._limit,
+                )
+            )
+            return
+        super().handleContentChunk(data)
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.refused:
+            return
         self._parsePOSTFormSubmission = not path.startswith(b"/api/")
         super().requestReceived(command, path, version)
+
+    def _refuse(self, error: ProcessionError) -> None:
+        """
+        Answer C{error} from the head alone and end the connection: the
+        answer is sent, then the connection's sending side is closed, and
+        what the client still sends is read and dropped (closing with
+        unread data would make the kernel reset the connection, which can
+        destroy the answer before the client reads it) until it closes, or
+        L{REFUSAL_LINGER} seconds, or L{REFUSAL_DRAIN} bytes.
+        """
+        self.refused = True
+        # No "100 Continue" after the answer.
+        self.requestHeaders.removeHeader(b"expect")
+        channel = self.channel
+        transport = channel.transport
+        transport.write(refusal(error))
+        drained = [0]
+
+        def drop(data: bytes) -> None:
+            drained[0] += len(data)
+            if drained[0] > REFUSAL_DRAIN:
+                transport.abortConnection()
+
+        channel.dataReceived = drop
+        channel.setTimeout(None)
+        close_sending = getattr(transport, "loseWriteConnection", None)
+        if close_sending is None:
+            transport.loseConnection()
+            return
+        close_sending()
+        clock = getattr(channel.site, "clock", None) or _reactor()
+        self._linger = clock.callLater(REFUSAL_LINGER, transport.abortConnection)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        super().connectionLost(reason)
+
+
+#: How long a refused request's connection lingers, reading and dropping
+#: what the client sends, before it is closed (seconds).
+REFUSAL_LINGER = 2.0
+#: The most bytes of a refused request's body read and dropped.
+REFUSAL_DRAIN = 1 << 20
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def refusal(error: ProcessionError) -> bytes:
+    """
+    A complete HTTP response for a request refused from its head, with the
+    JSON error body every route uses; the connection closes after it.
+    """
+    body = json.dumps({"error": error.as_dict()}, separators=(",", ":")).encode()
+    reason = RESPONSES.get(error.http_status) or {421: b"Misdirected Request"}.get(
+        error.http_status, b"Error"
+    )
+    head = (
+        b"HTTP/1.1 %d %s\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: %d\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"Connection: close\r\n\r\n"
+    ) % (error.http_status, reason, len(body))
+    return head + body
 
 
 class Site(server.Site):
     """
-    The HTTP server's site: L{Request}s, and an access log only when asked
-    for (C{--http-access-log}): a line per request costs a tenth of a
-    request's time, and workers make many.
+    The HTTP server's site: L{Request}s checked by C{gate} (a
+    L{procession.http.gate.Gate}) before their bodies are read, and an
+    access log only when asked for (C{--http-access-log}): a line per
+    request costs a tenth of a request's time, and workers make many.
     """
 
-    def __init__(self, resource: Any, access_log: bool = False) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        access_log: bool = False,
+        gate: Any = None,
+        clock: Any = None,
+    ) -> None:
         super().__init__(resource, requestFactory=Request)
         self.access_log = access_log
+        self.gate = gate
+        self.clock = clock
         self.displayTracebacks = False
 
     def log(self, request: Any) -> None:
-        if self.access_log:
+        if self.access_log and not getattr(request, "refused", False):
             super().log(request)
 
 

@@ -116,6 +116,16 @@ class Options(usage.Options):
 
     optParameters = [
         ["tcp", None, "7000", "The worker protocol's listener.", endpoint_description],
+        [
+            "allowed-hosts",
+            None,
+            None,
+            "Host names (comma-separated, no ports; * for any) that HTTP "
+            "requests may name in their Host header besides loopback ones, "
+            "for a proxy in front: a loopback listener answers only requests "
+            "for loopback names unless listed here (a defence against DNS "
+            "rebinding); another listener checks only when this is given.",
+        ],
         ["http", None, "8080", "The HTTP listener.", endpoint_description],
         [
             "faktory",
@@ -524,6 +534,7 @@ class ProcessionService(service.MultiService):
         from procession.http.site import HTTPServer
         from procession.http.limits import HTTPConnectionLimit, check_descriptor_limit
         from procession.tcp.protocol import WorkerFactory
+        from procession.http.gate import Gate, parse_allowed_hosts
         from procession.http.web import Site
         from procession.redis.address import RedisAddress
         from procession.redis.connection import connect
@@ -630,6 +641,13 @@ class ProcessionService(service.MultiService):
         site = Site(
             self.http_server.app.resource(),
             access_log=bool(options["http-access-log"]),
+            gate=Gate(
+                worker_token=options["token"],
+                admin_token=options["admin-token"],
+                max_body=options["max-job-size"],
+                allowed_hosts=parse_allowed_hosts(options["allowed-hosts"]),
+            ),
+            clock=self.reactor,
         )
         self.http_limit = HTTPConnectionLimit(
             site, options["max-http-connections"], self.reactor
