@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from procession.core.errors import StoreUnavailable
@@ -635,3 +636,107 @@ class CrossSiteTests(TestCase):
                 ),
             )
             self.assertEqual(status, want, data)
+
+
+class _Silent(Protocol):
+    """
+    A client that writes and never reads: its transport stops reading at
+    once, so the server's replies pile up on the server's side.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.lines = 0
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.lines += data.count(b"\n")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+def unsent(transport: Any) -> int:
+    """
+    The bytes a server-side TCP transport holds, written and not sent.
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class OutputBoundTests(TestCase):
+    """
+    Item 4: a client that sends short bad frames and never reads the
+    replies stops being read once the server holds a bounded amount of
+    unsent output (before HELLO, on a server with a token).
+    """
+
+    async def test_unread_replies(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.task import deferLater
+
+        server = await ServerFixture(self, "--token", WORKER_TOKEN).start()
+        client = _Silent()
+        await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", server.tcp_port), client
+        )
+        self.addCleanup(lambda: client.closed)
+        self.addCleanup(client.transport.abortConnection)
+        frames = 60_000
+        # Each 2-byte frame earns a reply of about 60 bytes: 3.6 MB unread.
+        client.transport.write(b"X\n" * frames)
+        [connection] = server.service.worker_factory.connections
+        for _ in range(20):
+            await deferLater(reactor, 0.05, lambda: None)
+        held = unsent(connection.transport)
+        self.assertLess(held, 256 * 1024)
+        self.assertIn("output", connection._pauses)
+        # Once the client reads, every frame is answered, in order.
+        client.transport.resumeProducing()
+        client.transport.write(b"PING\n")
+        deadline = reactor.seconds() + 30
+        while client.lines < frames + 2 and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(client.lines, frames + 2)  # HI, the errors, PING's OK
+
+
+class SlashIdTests(TestCase):
+    """
+    Item 8: job ids that begin with "/" (which a push accepts) are handled
+    by every HTTP route, never with a 500.
+    """
+
+    async def test_leading_slash(self) -> None:
+        from urllib.parse import quote
+
+        server = await ServerFixture(self).start()
+        http = HTTP(server.http_port)
+        for job_id in ("/w1", "//w2", "a//b", "/"):
+            pushed = await http.post("/api/v1/jobs", body={"type": "t", "id": job_id})
+            self.assertEqual(pushed.code, 201, pushed)
+            for encoded in (job_id, quote(job_id, safe="")):
+                got = await http.get("/api/v1/jobs/" + encoded)
+                self.assertEqual((got.code, got.json["id"]), (200, job_id))
+            job = await http.get("/api/v1/jobs/next", params={"wait": "1"})
+            self.assertEqual(job.json["id"], job_id)
+            acked = await http.post(
+                "/api/v1/jobs/" + job_id + "/ack", body={"lease": job.json["lease"]}
+            )
+            self.assertEqual(acked.code, 200, acked)
+            for method, path in (
+                ("POST", "/retry"),
+                ("POST", "/kill"),
+                ("DELETE", ""),
+            ):
+                response = await http.request(
+                    method,
+                    "/api/v1/jobs/" + job_id + path,
+                    body={} if method == "POST" else None,
+                )
+                self.assertLess(response.code, 500, response)
+            missing = await http.get("/api/v1/jobs/" + job_id)
+            self.assertEqual(missing.code, 404, missing)

@@ -20,6 +20,7 @@ from twisted.web import server
 from twisted.web.http import RESPONSES
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import PathConverter, RequestRedirect
 
 from procession.core.json_checks import (
     MAX_DECODE_NESTING,
@@ -41,6 +42,24 @@ from procession.core.errors import (
 log = Logger()
 
 app = Klein()
+
+
+class _IdPath(PathConverter):
+    """
+    A path segment that may begin with "/": job ids may (C{/w1}), and
+    werkzeug's own C{path} may not.
+    """
+
+    regex = ".+?"
+    part_isolating = False
+
+
+# A job id may begin with "/" (or hold "//"): werkzeug would answer such a
+# path with a redirect to the path with its slashes merged, another job's.
+app.url_map.merge_slashes = False
+# werkzeug's matcher copies the flag when the map is made (Klein makes it).
+app.url_map._matcher.merge_slashes = False
+app.url_map.converters["path"] = _IdPath
 
 WORKER = "worker"
 ADMIN = "admin"
@@ -355,6 +374,14 @@ def _domain_error(request: Any, failure: Any) -> bytes:
 @app.handle_errors(WerkzeugNotFound)
 @_unbound
 def _no_route(request: Any, failure: Any) -> bytes:
+    return error_response(request, RouteNotFound("no such route"))
+
+
+@app.handle_errors(RequestRedirect)
+@_unbound
+def _redirect(request: Any, failure: Any) -> bytes:
+    # Routing never redirects (no route ends with a slash, slashes are not
+    # merged); should it, the path is not a route.
     return error_response(request, RouteNotFound("no such route"))
 
 

@@ -122,7 +122,9 @@ class WorkerProtocol(protocol.Protocol):
         self._pieces: list[bytes] = []
         self._pending = 0
         self._replies: deque[list[Any]] = deque()
-        self._paused = False
+        # Why reading is stopped: "replies" (too many replies owed),
+        # "output" (too much written and not sent yet); empty: reading.
+        self._pauses: set[str] = set()
         self._closing_after_replies = False
         self._handshake_timer: Any = None
         # Jobs cancelled while this connection held them (see cancelled()).
@@ -146,6 +148,10 @@ class WorkerProtocol(protocol.Protocol):
             self.closing = True
             return
         self.factory.connections.add(self)
+        # The transport tells us (pauseProducing) when what it has not sent
+        # yet passes its buffer size: a client that does not read its
+        # replies stops being read, whatever the replies are.
+        self.transport.registerProducer(self, True)
         try:
             self.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
@@ -211,6 +217,11 @@ class WorkerProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        if self._pauses:
+            # Read before the pause took hold: handled on resuming.
+            self._pieces.append(data)
+            self._pending += len(data)
+            return
         if b"\n" not in data:
             # No frame ends here: keep the piece without copying what came
             # before, so a frame dribbled in tiny pieces costs linear time.
@@ -234,7 +245,7 @@ class WorkerProtocol(protocol.Protocol):
         Handle the frames in C{data}, keeping an unfinished last one.
         """
         start = 0
-        while not self.closing:
+        while not self.closing and not self._pauses:
             end = data.find(b"\n", start)
             if end < 0:
                 break
@@ -253,8 +264,49 @@ class WorkerProtocol(protocol.Protocol):
         rest = data[start:]
         self._pieces = [rest] if rest else []
         self._pending = len(rest)
-        if self._pending > self._frame_limit():
+        # Paused, the rest may hold whole frames, read again on resuming.
+        if not self._pauses and self._pending > self._frame_limit():
             self._too_large()
+
+    # -- flow control: stop reading while replies cannot be sent
+
+    def pauseProducing(self) -> None:
+        """
+        The transport holds more unsent output than its buffer size: read
+        nothing more until it has sent it.
+        """
+        self._hold("output")
+
+    def resumeProducing(self) -> None:
+        """
+        The transport has sent what it held.
+        """
+        self._release("output")
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going away; L{connectionLost} cleans up.
+        """
+
+    def _hold(self, reason: str) -> None:
+        if not self._pauses and not self.closing:
+            self.transport.pauseProducing()
+        self._pauses.add(reason)
+
+    def _release(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if self._pauses or self.closing:
+            return
+        self.transport.resumeProducing()
+        if self._pieces and any(b"\n" in piece for piece in self._pieces):
+            # Frames read before the pause and not handled yet.
+            data = b"".join(self._pieces)
+            self._pieces = []
+            self._pending = 0
+            with corked():
+                self._frames(data)
 
     def _frame_limit(self) -> int:
         """
@@ -302,9 +354,8 @@ class WorkerProtocol(protocol.Protocol):
     def _new_reply(self) -> list[Any]:
         slot: list[Any] = [None]
         self._replies.append(slot)
-        if len(self._replies) >= MAX_PENDING_REPLIES and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
+        if len(self._replies) >= MAX_PENDING_REPLIES:
+            self._hold("replies")
         return slot
 
     def _settle(self, slot: list[Any], frame: tuple[str, str | None]) -> None:
@@ -313,9 +364,8 @@ class WorkerProtocol(protocol.Protocol):
         while replies and replies[0][0] is not None:
             verb, body = replies.popleft()[0]
             self._write_frame(verb, body)
-        if self._paused and len(replies) < MAX_PENDING_REPLIES // 2:
-            self._paused = False
-            self.transport.resumeProducing()
+        if "replies" in self._pauses and len(replies) < MAX_PENDING_REPLIES // 2:
+            self._release("replies")
         if self._closing_after_replies and not replies:
             self.transport.loseConnection()
 
