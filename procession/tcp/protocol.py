@@ -17,7 +17,11 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    ISSLTransport,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -97,7 +101,7 @@ class Held:
         self.unsettled: Any = None
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class WorkerProtocol(protocol.Protocol):
     """
     One worker (or producer) connection.
@@ -150,8 +154,12 @@ class WorkerProtocol(protocol.Protocol):
         self.factory.connections.add(self)
         # The transport tells us (pauseProducing) when what it has not sent
         # yet passes its buffer size: a client that does not read its
-        # replies stops being read, whatever the replies are.
-        self.transport.registerProducer(self, True)
+        # replies stops being read, whatever the replies are.  A TLS
+        # transport pauses its producer while its handshake runs, and a
+        # paused connection reads nothing, so the handshake could never
+        # end: register once it has (handshakeCompleted).
+        if not ISSLTransport.providedBy(self.transport):
+            self.transport.registerProducer(self, True)
         try:
             self.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
@@ -168,6 +176,13 @@ class WorkerProtocol(protocol.Protocol):
         self._handshake_timer = self.factory.clock.callLater(
             self.factory.handshake_timeout, self._handshake_expired
         )
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is over: now the transport may pause us.
+        """
+        if not self.closing:
+            self.transport.registerProducer(self, True)
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
