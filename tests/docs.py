@@ -40,6 +40,8 @@ VARYING = frozenset(
         "cursor",
         "version",
         "server",
+        "committed_at",
+        "pushed_at",
     }
 )
 

@@ -7,15 +7,22 @@ HTTP API, several servers on the test Redis.
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
+import sys
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.client import ServerFixture
+from tests.docs import examples, run, same_line, section_text
 from tests.http import HTTP
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -535,3 +542,58 @@ class ProgressAndCancelTests(TestCase):
             self.assertEqual(
                 (response.code, response.json["error"]["code"]), (409, "cancelled")
             )
+
+
+class DocsTests(TestCase):
+    """
+    docs/workflows.rst's examples, run as written against a live server:
+    the curl session, and the worked example in Python.
+    """
+
+    def text(self) -> str:
+        with open(os.path.join(ROOT, "docs", "workflows.rst"), encoding="utf-8") as f:
+            return f.read()
+
+    async def test_curl_session(self) -> None:
+        text = section_text(self.text(), ["Results", "Batches", "Dependencies"])
+        session = examples(text)
+        self.assertGreater(len(session), 12)
+        server = await ServerFixture(self, "--token", "s3cret").start()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PROCESSION_URL": f"http://127.0.0.1:{server.http_port}",
+            "PROCESSION_TOKEN": "s3cret",
+        }
+        seen: dict[str, str] = {}
+        for example in session:
+            self.assertTrue(example.command.startswith("curl "), example.command)
+            actual = await run(example, env, seen)
+            self.assertEqual(
+                len(actual), len(example.output), (example.command, actual)
+            )
+            for documented, line in zip(example.output, actual):
+                self.assertTrue(
+                    same_line(documented, line, seen),
+                    f"{example.command}\ndocumented: {documented}\nactual:     {line}",
+                )
+
+    async def test_python_example(self) -> None:
+        section = section_text(self.text(), ["A worked example in Python"])
+        code = re.search(
+            r"code-block:: python\n\n(.*?)\nIt prints::\n\n(.*?)\n\n", section, re.S
+        )
+        assert code is not None
+        source = "\n".join(line[4:] for line in code.group(1).splitlines())
+        printed = [line.strip() for line in code.group(2).splitlines()]
+        server = await ServerFixture(self).start()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": ROOT,
+            "PROCESSION_HOST": "127.0.0.1",
+            "PROCESSION_PORT": str(server.tcp_port),
+        }
+        out, err, code_ = await getProcessOutputAndValue(
+            sys.executable, ["-c", source], env=env, reactor=reactor
+        )
+        self.assertEqual(code_, 0, err.decode("utf-8", "replace"))
+        self.assertEqual(out.decode("utf-8").splitlines(), printed)
