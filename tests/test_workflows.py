@@ -597,3 +597,55 @@ class DocsTests(TestCase):
         )
         self.assertEqual(code_, 0, err.decode("utf-8", "replace"))
         self.assertEqual(out.decode("utf-8").splitlines(), printed)
+
+
+class UITests(TestCase):
+    """
+    The operator UI's Batches pages, and progress and dependencies on the
+    job and running pages.
+    """
+
+    async def test_batches_job_and_running_pages(self) -> None:
+        a = await ServerFixture(self).start()
+        http = HTTP(a.http_port)
+        producer = await a.connect("producer")
+        await producer.ok(
+            "BATCH",
+            {"id": "ui-b", "description": "ui <batch>", "on_success": {"type": "zip"}},
+        )
+        await producer.ok(
+            "PUSHB", [{"type": "t", "id": f"u{n}", "batch": "ui-b"} for n in range(3)]
+        )
+        await producer.ok("BATCH", {"action": "commit", "id": "ui-b"})
+        await producer.ok("PUSH", {"type": "t", "id": "after-u0", "after": ["u0"]})
+        worker = await a.connect("worker")
+        await worker.ok("READY", {"queues": ["default"], "credit": 1})
+        job = await worker.next_job()
+        self.assertEqual(job["id"], "u0")
+        await worker.ok("PROGRESS", {"id": "u0", "progress": 30, "message": "a third"})
+
+        listing = (await http.get("/batches")).content.decode()
+        self.assertIn('href="/batches/ui-b"', listing)
+        self.assertIn("ui &lt;batch&gt;", listing)
+        self.assertIn('<progress max="3" value="0">', listing)
+        running = (await http.get("/running")).content.decode()
+        self.assertIn('<progress max="100" value="30.0">', running)
+        self.assertIn("a third", running)
+        page = (await http.get("/jobs/after-u0")).content.decode()
+        self.assertIn("Runs after", page)
+        self.assertIn("/jobs/u0", page)
+        self.assertIn("state-running", page)
+        page = (await http.get("/jobs/u0")).content.decode()
+        self.assertIn('href="/batches/ui-b"', page)
+
+        await worker.ok("ACK", {"id": "u0"})
+        for _ in range(2):
+            job = await worker.next_job()
+            await worker.ok("ACK", {"id": job["id"]})
+        detail = (await http.get("/batches/ui-b")).content.decode()
+        self.assertIn('<progress max="3" value="3">', detail)
+        self.assertIn("/jobs/ui-b%3Asuccess", detail)
+        for n in range(3):
+            self.assertIn(f"/jobs/u{n}", detail)
+        missing = await http.get("/batches/none")
+        self.assertEqual(missing.code, 404)

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from procession.http.ui import humanize
 from procession.http.admin_api import queue_name
 from procession.core.errors import (
+    BatchNotFound,
     IllegalState,
     InvalidRequest,
     JobNotFound,
@@ -42,7 +43,7 @@ from procession.core.errors import (
     QueueNotFound,
     WorkerNotFound,
 )
-from procession.core.job import JOB_ID
+from procession.core.job import BATCH_ID, JOB_ID
 from procession.core.listing import decode_cursor, encode_cursor
 from procession.core.states import SIZED_STATES
 from procession.service.admin import Admin
@@ -77,6 +78,8 @@ CONTENT_SECURITY_POLICY = (
 PAGE_SIZE = 50
 # The most running jobs the running page shows.
 MAX_RUNNING = 1000
+# The most jobs a batch's page lists.
+MAX_BATCH_JOBS_SHOWN = 200
 # The most jobs one bulk action on "every matching job" walks when it
 # filters by type (without a type filter it runs the store's bulk scripts).
 MAX_BULK_WALK = 100_000
@@ -299,6 +302,8 @@ class UIRoutes:
     """
 
     admin: Admin
+    # The queue service: its workflows (batches) for the Batches pages.
+    dispatcher: Any
     admin_token: str | None
     worker_token: str | None
     _ui_state: UIState | None = None
@@ -829,13 +834,63 @@ class UIRoutes:
             raise JobNotFound(f"There is no job {id!r}.", id=id)
         job = await self.admin.get_job(id)
         actions = [a for a, states in JOB_ACTIONS.items() if job["state"] in states]
+        parents = []
+        for parent in job.get("after", []):
+            try:
+                state = (await self.admin.get_job(parent))["state"]
+            except JobNotFound:
+                state = None
+            parents.append({"id": parent, "state": state})
         return Render(
             "job.html",
             {
                 "job": job,
+                "parents": parents,
                 "actions": actions,
                 "title": f"Job {id}",
                 "section": section_of(job["state"]),
+                "refresh": job["state"] in ("running", "waiting"),
+            },
+        )
+
+    # -- batches (docs/workflows.rst)
+
+    @app.route("/batches", methods=["GET"])
+    @page
+    async def ui_batches(self, request: Any) -> Render:
+        """
+        The newest batches: progress, counts, callbacks.
+        """
+        batches = await self.dispatcher.workflows.list_batches(PAGE_SIZE)
+        return Render(
+            "batches.html",
+            {
+                "batches": batches,
+                "title": "Batches",
+                "section": "batches",
+                "refresh": True,
+            },
+        )
+
+    @app.route("/batches/<id>", methods=["GET"])
+    @page
+    async def ui_batch(self, request: Any, id: str) -> Render:
+        """
+        One batch: its progress, counts, callbacks and jobs.
+        """
+        if not BATCH_ID.match(id):
+            raise BatchNotFound(f"There is no batch {id!r}.", id=id)
+        workflows = self.dispatcher.workflows
+        batch = await workflows.get_batch(id)
+        jobs = await workflows.batch_jobs(id, MAX_BATCH_JOBS_SHOWN)
+        return Render(
+            "batch.html",
+            {
+                "batch": batch,
+                "jobs": jobs,
+                "title": f"Batch {id}",
+                "section": "batches",
+                "refresh": batch["state"] != "done",
             },
         )
 
