@@ -32,7 +32,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.client import client as client_module
+from procession.core.errors import ERRORS
 from procession.client import (
     Client,
     ConnectionFailed,
@@ -467,7 +467,7 @@ class AddressTests(SynchronousTestCase):
             line.split("``")[1] for line in table.splitlines() if line.startswith("``")
         }
         self.assertIn("lease_lost", documented)
-        self.assertEqual(documented - set(client_module.ERRORS), set())
+        self.assertEqual(documented - set(ERRORS), set())
 
     def test_no_server(self) -> None:
         """

@@ -1,7 +1,8 @@
 """
 The code's form: ruff's formatter and linter (configured in
-pyproject.toml) find nothing to change, so the test command checks the
-style as well as the behaviour.
+pyproject.toml) find nothing to change, and mypy (with the mypy-zope
+plugin, configured there too) finds no error in procession/, so the test
+command checks the style and the types as well as the behaviour.
 """
 
 from __future__ import annotations
@@ -33,4 +34,14 @@ class StyleTests(SynchronousTestCase):
 
     def test_lint(self) -> None:
         result = ruff("check")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_types(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--no-error-summary"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)

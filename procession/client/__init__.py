@@ -4,43 +4,47 @@ protocol), the worker runner (C{python -m procession.client.worker}) and the
 operator's command line (C{procession}).
 
 Standard library and L{procession.core} only: no Twisted, nothing of the
-server, so an application imports it cheaply.
+server, so an application imports it cheaply.  Its errors are the
+server's own (L{procession.core.errors}); C{Unauthorized} and C{NotFound}
+are the client's names for C{NotAuthenticated} and C{JobNotFound}.
 """
 
 from procession.client.client import (
-    BadFrame,
     Batch,
+    Pushed,
+    Client,
+    Connection,
+    ConnectionClosed,
+    NotFound,
+    Pipeline,
+    Unauthorized,
+    make_job,
+    resolve_address,
+)
+from procession.core.errors import (
+    BadFrame,
     BatchExists,
     BatchNotFound,
     BatchNotOpen,
+    ConnectionFailed,
     IllegalState,
     JobCancelled,
     JobFailed,
-    Pushed,
     WaitTimeout,
-    Client,
-    ConnectionClosed,
-    ConnectionFailed,
     FrameTooLarge,
     InvalidJob,
     InvalidRequest,
     JobTooLarge,
     LeaseLost,
-    NotFound,
     NotHeld,
     OutOfOrder,
-    Pipeline,
     ProcessionError,
     ProtocolViolation,
     ShuttingDown,
     StoreUnavailable,
     TooManyConnections,
-    Unauthorized,
     UnknownVerb,
-    Connection,
     error_from_body,
-    make_job,
-    resolve_address,
 )
 
 __all__ = [

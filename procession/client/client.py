@@ -22,7 +22,8 @@ and stores nothing twice.  The client reconnects by itself and keeps trying
 for ``retry_for`` seconds before it gives up with L{ConnectionFailed}.
 
 The server's ``ERR`` replies become L{ProcessionError} subclasses, one per
-code of docs/protocol.rst (L{InvalidJob}, L{Unauthorized}, ...).
+code of docs/protocol.rst (L{InvalidJob}, L{Unauthorized}, ...): the
+classes the server raises, from L{procession.core.errors}.
 
 A L{Client} may be shared by threads (a lock serializes its requests) and
 survives C{fork}: a child process opens its own connection.
@@ -49,246 +50,46 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-# The job's rules live with the server's; procession.core.job is pure (no
-# Twisted), so the client shares them instead of copying them.
+# The job's rules, the errors and the protocol's limits live with the
+# server's; procession.core is pure (no Twisted), so the client shares them
+# instead of copying them.
+from procession.core.errors import (
+    ConnectionFailed,
+    FrameTooLarge,
+    InvalidJob,
+    JobFailed,
+    JobNotFound,
+    NotAuthenticated,
+    ProcessionError,
+    ProtocolViolation,
+    WaitTimeout,
+    error_from_body,
+)
 from procession.core.job import SUBMISSION_FIELDS as JOB_FIELDS
 from procession.core.job import new_job_id
+from procession.core.wire import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_PORT,
+    MAX_BATCH,
+    PROTOCOL_VERSION,
+    WORKER_NAME_LIMIT,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7000
-PROTOCOL_VERSION = 1
-# The server's limits (docs/protocol.rst); the real max_frame comes in HI.
-DEFAULT_MAX_FRAME = 1 << 20
-MAX_BATCH = 10_000
-WORKER_NAME_LIMIT = 128
 # Requests in flight at once when pipelining, and their bytes: enough to
 # keep the pipe full, few enough that the server never pauses reading.
 PIPELINE_WINDOW = 500
 PIPELINE_WINDOW_BYTES = 4 << 20
+
 # -- errors
 
 
-class ProcessionError(Exception):
-    """
-    An error the server reported in an ``ERR`` frame (or, for
-    L{ConnectionFailed}, the lack of a server).
-
-    @ivar code: the protocol's error code, e.g. ``"invalid_job"``.
-    @ivar message: the server's human-readable message.
-    @ivar details: the other fields of the ``ERR`` body (``field``,
-        ``index``, ``id``, ``limit``...).
-    """
-
-    code = "internal"
-
-    def __init__(
-        self,
-        code: str | None = None,
-        message: str = "",
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        if code is not None:
-            self.code = code
-        self.message = message
-        self.details = dict(details or {})
-        super().__init__(f"{self.code}: {message}" if message else self.code)
-
-    @property
-    def field(self) -> str | None:
-        """
-        The offending field, when the server named one.
-        """
-        return self.details.get("field")
-
-    @property
-    def index(self) -> int | None:
-        """
-        The offending job's position in a batch, when it is one.
-        """
-        return self.details.get("index")
-
-
-class BadFrame(ProcessionError):
-    """The server could not parse a frame (bad UTF-8 or JSON)."""
-
-    code = "bad_frame"
-
-
-class UnknownVerb(ProcessionError):
-    """The server does not know the verb."""
-
-    code = "unknown_verb"
-
-
-class OutOfOrder(ProcessionError):
-    """A request before ``HELLO``, or a second ``HELLO``."""
-
-    code = "out_of_order"
-
-
-class InvalidRequest(ProcessionError):
-    """A well-formed request with a wrong field."""
-
-    code = "invalid_request"
-
-
-class InvalidJob(ProcessionError):
-    """A job breaks the job rules; C{field} says which."""
-
-    code = "invalid_job"
-
-
-class JobTooLarge(ProcessionError):
-    """A job over the server's ``--max-job-size``."""
-
-    code = "job_too_large"
-
-
-class FrameTooLarge(ProcessionError):
-    """A frame over the server's ``--max-frame`` (checked before sending)."""
-
-    code = "frame_too_large"
-
-
-class Unauthorized(ProcessionError):
-    """A missing or wrong token."""
-
-    code = "unauthorized"
-
-
-class TooManyConnections(ProcessionError):
-    """The server is at ``--max-connections``."""
-
-    code = "too_many_connections"
-
-
-class NotHeld(ProcessionError):
-    """An ack, fail or extend of a job this connection does not hold."""
-
-    code = "not_held"
-
-
-class LeaseLost(ProcessionError):
-    """The lease on a job expired or was revoked; another worker may run it."""
-
-    code = "lease_lost"
-
-
-class NotFound(ProcessionError):
-    """The job no longer exists."""
-
-    code = "not_found"
-
-
-class JobCancelled(LeaseLost):
-    """The job was cancelled while this worker held it: stop working on it."""
-
-    code = "cancelled"
-
-
-class IllegalState(ProcessionError):
-    """The job or batch is not in a state that allows this."""
-
-    code = "illegal_state"
-
-
-class BatchNotFound(ProcessionError):
-    """No batch has that id (or it has expired)."""
-
-    code = "batch_not_found"
-
-
-class BatchNotOpen(ProcessionError):
-    """The batch takes no jobs now: reopen it from one of its jobs first."""
-
-    code = "batch_not_open"
-
-
-class BatchExists(ProcessionError):
-    """A batch with that id exists already."""
-
-    code = "batch_exists"
-
-
-class JobFailed(ProcessionError):
-    """
-    L{Pushed.wait}: the job finished without completing (C{state} is
-    ``dead`` or ``cancelled``); C{error} is its last error, if any.
-    """
-
-    code = "job_failed"
-
-    @property
-    def state(self) -> str | None:
-        return self.details.get("state")
-
-    @property
-    def error(self) -> Any:
-        return self.details.get("error")
-
-
-class WaitTimeout(ProcessionError, TimeoutError):
-    """L{Pushed.wait}: the job had not finished when the time ran out."""
-
-    code = "wait_timeout"
-
-
-class StoreUnavailable(ProcessionError):
-    """Redis did not answer the server in time; a resend may succeed."""
-
-    code = "store_unavailable"
-
-
-class ShuttingDown(ProcessionError):
-    """The server is stopping and takes no new jobs."""
-
-    code = "shutting_down"
-
-
-class ConnectionFailed(ProcessionError, ConnectionError):
-    """
-    The server could not be reached, or did not answer, within the time
-    allowed (C{retry_for}); C{__cause__} holds the last network error.
-    """
-
-    code = "connection_failed"
-
-
-class ProtocolViolation(ProcessionError):
-    """
-    The server sent something the protocol does not allow (not a
-    procession server, or a newer protocol).
-    """
-
-    code = "protocol_violation"
-
-
-ERRORS: dict[str, type[ProcessionError]] = {
-    cls.code: cls
-    for cls in (
-        BadFrame,
-        UnknownVerb,
-        OutOfOrder,
-        InvalidRequest,
-        InvalidJob,
-        JobTooLarge,
-        FrameTooLarge,
-        Unauthorized,
-        TooManyConnections,
-        NotHeld,
-        LeaseLost,
-        NotFound,
-        StoreUnavailable,
-        ShuttingDown,
-        JobCancelled,
-        IllegalState,
-        BatchNotFound,
-        BatchNotOpen,
-        BatchExists,
-    )
-}
+# The server's names for two errors, under the names the client has
+# always given them.
+Unauthorized = NotAuthenticated
+NotFound = JobNotFound
 
 # Errors after which the server closes the connection.
 CLOSING_ERRORS = frozenset({"frame_too_large", "unauthorized", "too_many_connections"})
@@ -297,18 +98,6 @@ CLOSING_ERRORS = frozenset({"frame_too_large", "unauthorized", "too_many_connect
 RETRYABLE_ERRORS = frozenset(
     {"store_unavailable", "shutting_down", "too_many_connections"}
 )
-
-
-def error_from_body(body: Any) -> ProcessionError:
-    """
-    The exception for the decoded body of an ``ERR`` frame.
-    """
-    if not isinstance(body, dict):
-        return ProcessionError("internal", str(body))
-    code = str(body.get("code", "internal"))
-    details = {k: v for k, v in body.items() if k not in ("code", "message")}
-    cls = ERRORS.get(code, ProcessionError)
-    return cls(code, str(body.get("message", "")), details)
 
 
 # -- frames and jobs
@@ -1172,7 +961,7 @@ def _in_batch(error: ProcessionError, start: int) -> ProcessionError:
         prefix = f"job {index}: "
         if error.message.startswith(prefix):
             error.message = f"job {index + start}: " + error.message[len(prefix) :]
-            error.args = (f"{error.code}: {error.message}",)
+            error.args = (error.message,)
     return error
 
 

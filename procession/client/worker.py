@@ -84,14 +84,16 @@ from attrs import define, field, frozen
 from procession.client.client import (
     Backoff,
     Connection,
-    ProcessionError,
-    ProtocolViolation,
     Unauthorized,
     decode_body,
     default_worker_name,
     encode_frame,
-    error_from_body,
     resolve_address,
+)
+from procession.core.errors import (
+    ProcessionError,
+    ProtocolViolation,
+    error_from_body,
 )
 
 log = logging.getLogger(__name__)

@@ -1,26 +1,62 @@
 """
-Domain errors.
+Domain errors: one hierarchy for the server and the client.
 
 Each error carries the stable C{code} that the wire protocol puts in its
 C{ERR} frames and the HTTP API in its error bodies, so the mapping from a
-failure to what a client sees lives here and nowhere else.
+failure to what a client sees lives here and nowhere else.  The server
+raises them; the client (L{procession.client}) turns an C{ERR} body back
+into the same class (L{error_from_body}).
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 
 class ProcessionError(Exception):
     """
     Base of every error a client may be told about.
+
+    @ivar code: the protocol's error code, e.g. C{"invalid_job"}.
+    @ivar message: the human-readable message.
+    @ivar details: the other fields of the error's body (C{field},
+        C{index}, C{id}, C{limit}...).
     """
 
     code = "internal"
     http_status = 500
 
-    def __init__(self, message: str, **details: object) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        **more: Any,
+    ) -> None:
         super().__init__(message)
+        if code is not None:
+            self.code = code
         self.message = message
-        self.details = details
+        self.details: dict[str, Any] = {**(details or {}), **more}
+
+    def __str__(self) -> str:
+        # The code first, as a client reading a log needs it.
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+    @property
+    def field(self) -> str | None:
+        """
+        The offending field, when one is named.
+        """
+        return self.details.get("field")
+
+    @property
+    def index(self) -> int | None:
+        """
+        The offending job's position in a batch, when it is one.
+        """
+        return self.details.get("index")
 
     def as_dict(self) -> dict[str, object]:
         """
@@ -286,3 +322,83 @@ class UnsupportedMediaType(ProcessionError):
 
     code = "unsupported_media_type"
     http_status = 415
+
+
+class ConnectionFailed(ProcessionError, ConnectionError):
+    """
+    The client could not reach the server, or had no answer, within the
+    time allowed (C{retry_for}); C{__cause__} holds the last network error.
+    Never sent by the server.
+    """
+
+    code = "connection_failed"
+
+
+class ProtocolViolation(ProcessionError):
+    """
+    The client got something the protocol does not allow (not a
+    procession server, or a newer protocol).  Never sent by the server.
+    """
+
+    code = "protocol_violation"
+
+
+class JobFailed(ProcessionError):
+    """
+    The client's C{Pushed.wait}: the job finished without completing
+    (C{state} is C{dead} or C{cancelled}); C{error} is its last error, if
+    any.  Never sent by the server.
+    """
+
+    code = "job_failed"
+
+    @property
+    def state(self) -> str | None:
+        """
+        The state the job finished in.
+        """
+        return self.details.get("state")
+
+    @property
+    def error(self) -> Any:
+        """
+        The job's last error, if any.
+        """
+        return self.details.get("error")
+
+
+class WaitTimeout(ProcessionError, TimeoutError):
+    """
+    The client's C{Pushed.wait}: the job had not finished when the time ran
+    out.  Never sent by the server.
+    """
+
+    code = "wait_timeout"
+
+
+def _codes() -> dict[str, type[ProcessionError]]:
+    table: dict[str, type[ProcessionError]] = {}
+    todo = list(ProcessionError.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        table.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    return table
+
+
+#: The error class of each code.
+ERRORS: dict[str, type[ProcessionError]] = _codes()
+
+
+def error_from_body(body: Any) -> ProcessionError:
+    """
+    The exception for the decoded body of an C{ERR} frame or an HTTP error
+    (C{{"code": ..., "message": ..., more details}}): the class of its
+    code, else L{ProcessionError} with that code.
+    """
+    if not isinstance(body, dict):
+        return ProcessionError(str(body))
+    code = str(body.get("code", "internal"))
+    details = {k: v for k, v in body.items() if k not in ("code", "message")}
+    cls = ERRORS.get(code, ProcessionError)
+    return cls(str(body.get("message", "")), code=code, details=details)

@@ -16,7 +16,7 @@ import re
 import time
 from functools import lru_cache
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeGuard, overload
 
 from attrs import frozen
 
@@ -27,6 +27,7 @@ from procession.core.errors import (
     JobTooLarge,
     ProcessionError,
 )
+from procession.core.wire import MAX_BATCH, MAX_QUEUES, WORKER_NAME_LIMIT
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 JOB_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
@@ -38,11 +39,6 @@ MAX_TIMEOUT = 7 * 86400.0
 MAX_ATTEMPTS_LIMIT = 1000
 PRIORITY_LIMIT = 1_000_000
 MAX_TYPE_LENGTH = 256
-# The most jobs one batch push may hold.
-MAX_BATCH = 10_000
-WORKER_NAME_LIMIT = 128
-# The most queues one worker may take jobs from.
-MAX_QUEUES = 100
 MAX_RETRY_IN = 365 * 86400.0
 
 
@@ -80,6 +76,12 @@ def new_job_id() -> str:
     return os.urandom(12).hex()
 
 
+@overload
+def format_time(ms: int) -> str: ...
+@overload
+def format_time(ms: None) -> None: ...
+@overload
+def format_time(ms: int | None) -> str | None: ...
 def format_time(ms: int | None) -> str | None:
     """
     Milliseconds since the epoch as an RFC 3339 UTC time, or L{None}.
@@ -120,7 +122,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)

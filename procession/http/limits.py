@@ -71,6 +71,10 @@ class _Refusal(protocol.Protocol):
     L{REFUSAL_LINGER} seconds.
     """
 
+    # Set before connectionMade, never None while connected (Twisted types
+    # it Optional[ITransport], without abortConnection).
+    transport: Any
+
     def __init__(self, limit: "HTTPConnectionLimit") -> None:
         self.limit = limit
         self.received = bytearray()
@@ -102,6 +106,8 @@ class _Drop(protocol.Protocol):
     A connection over the limit while L{MAX_REFUSING} others are being
     refused: closed at once, unanswered.
     """
+
+    transport: Any
 
     def connectionMade(self) -> None:
         self.transport.abortConnection()

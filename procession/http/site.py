@@ -49,7 +49,8 @@ class HTTPServer(WorkflowRoutes, WorkerRoutes, AdminRoutes, UIRoutes):
         self.dispatcher = dispatcher
         if admin is None and dispatcher is not None:
             admin = Admin(dispatcher)
-        self.admin: Admin = admin  # type: ignore[assignment]
+        # None only for tests that render pages without a service.
+        self.admin = admin
         self.worker_token = worker_token
         self.admin_token = admin_token
         self.max_body = max_body

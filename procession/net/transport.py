@@ -89,4 +89,6 @@ def immediate_writes(transport: Any) -> None:
         if data:
             write(data)
 
-    transport.write = write_at_once
+    # An instance attribute over the method: the Redis client calls
+    # transport.write, and must get the write-now path.
+    transport.write = write_at_once  # type: ignore[method-assign]

@@ -37,6 +37,27 @@ class RedisAddress:
     sentinel_username: str | None = None
     sentinel_password: str | None = None
 
+    def tcp_host(self) -> str:
+        """
+        The host to connect to over TCP.
+
+        @raise ValueError: the address names none (a socket path, or
+            sentinels).
+        """
+        if not self.host:
+            raise ValueError("this Redis address has no host")
+        return self.host
+
+    def master_name(self) -> str:
+        """
+        The name of the master the sentinels watch.
+
+        @raise ValueError: the address names none (no sentinels).
+        """
+        if not self.master:
+            raise ValueError("this Redis address names no Sentinel master")
+        return self.master
+
     @classmethod
     def from_url(cls, url: str) -> "RedisAddress":
         """

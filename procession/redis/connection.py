@@ -54,7 +54,7 @@ def _fast_connections(factory: Any) -> None:
     an ack's command has thousands of values).  Same bytes, same values.
     """
 
-    class Connection(factory.protocol):  # type: ignore[name-defined,misc]
+    class Connection(factory.protocol):
         def connectionMade(self) -> Any:
             immediate_writes(self.transport)
             return super().connectionMade()

@@ -519,7 +519,7 @@ class EmbeddedRedis(Service):
             self._release()
             raise
         self._write_lock_owner()
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         self._ready_deadline = self._reactor.callLater(
             self.ready_timeout, self._on_ready_timeout
         )
@@ -567,13 +567,11 @@ class EmbeddedRedis(Service):
     def _probe(self) -> None:
         self._probe_call = None
         assert self._socket_path is not None
-        endpoint = UNIXClientEndpoint(  # type: ignore[no-untyped-call]
+        endpoint = UNIXClientEndpoint(
             self._reactor, self._socket_path, timeout=self.probe_timeout
         )
         protocol = _PingProtocol()
-        attempt: Deferred[Any] = endpoint.connect(  # type: ignore[no-untyped-call]
-            _PingFactory(protocol)
-        )
+        attempt: Deferred[Any] = endpoint.connect(_PingFactory(protocol))
         attempt.addCallback(lambda _: protocol.answered)
         attempt.addTimeout(self.probe_timeout, self._reactor)
         self._probe_attempt = attempt
@@ -669,7 +667,7 @@ class EmbeddedRedis(Service):
 
         @return: a L{Deferred} that fires once the process has exited.
         """
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         if self._waiting_for_ready():
             self._settle_ready(
                 None, RedisStartError("redis-server was stopped before it was ready.")

@@ -211,10 +211,12 @@ class SentinelPool:
         if address.username:
             kwargs["username"] = address.username
         self.handler = self.sentinel.master_for(
-            address.master, dbid=address.db, poolsize=poolsize, **kwargs
+            address.master_name(), dbid=address.db, poolsize=poolsize, **kwargs
         )
         self.handler._factory.maxDelay = SENTINEL_MAX_RETRY_DELAY
-        self.watch = MasterWatch(self.sentinel, address.master, self.handler._factory)
+        self.watch = MasterWatch(
+            self.sentinel, address.master_name(), self.handler._factory
+        )
         self.watch.start()
 
     @property

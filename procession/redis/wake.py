@@ -61,6 +61,7 @@ class WakeListener:
         """
         import txredisapi
         from twisted.internet import reactor
+        from twisted.internet.interfaces import IStreamClientEndpoint
         from twisted.internet.endpoints import (
             HostnameEndpoint,
             UNIXClientEndpoint,
@@ -107,17 +108,19 @@ class WakeListener:
             factory.initialDelay = 0.1
             factory.startConnecting(txredisapi._SentinelEndpoint(factory))
             self._factory = factory
-            self._watch = MasterWatch(self._sentinel, address.master, factory)
+            self._watch = MasterWatch(self._sentinel, address.master_name(), factory)
             self._watch.start()
             return
+        endpoint: IStreamClientEndpoint
         if address.path:
             endpoint = UNIXClientEndpoint(reactor, address.path, timeout=5)
         else:
-            endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=5)
+            host = address.tcp_host()
+            endpoint = HostnameEndpoint(reactor, host, address.port, timeout=5)
             if address.tls:
                 from twisted.internet.ssl import optionsForClientTLS
 
-                endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+                endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
         factory.startConnecting(endpoint)
         self._factory = factory
 

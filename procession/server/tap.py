@@ -88,7 +88,7 @@ class Options(usage.Options):
         "server runs its own redis-server, keeping its data in --data-dir."
     )
 
-    optFlags = [
+    optFlags: list[list[Any]] = [
         [
             "insecure",
             None,
@@ -114,7 +114,7 @@ class Options(usage.Options):
         ],
     ]
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["tcp", None, "7000", "The worker protocol's listener.", endpoint_description],
         [
             "allowed-hosts",

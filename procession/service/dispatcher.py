@@ -61,8 +61,17 @@ class Consumer(Protocol):
     Something that takes jobs: a worker connection or an HTTP long-poll.
     """
 
-    name: str
-    queues: Sequence[str]
+    @property
+    def name(self) -> str:
+        """
+        Its name, as its jobs record it (C{worker}).
+        """
+
+    @property
+    def queues(self) -> Sequence[str]:
+        """
+        The queues it takes jobs from, the one it likes best first.
+        """
 
     def room(self) -> int:
         """

@@ -638,9 +638,12 @@ class Store:
             max_dead,
             error,
         ]
-        return self.run("sweep", queue, args, [self.keys.ids]).addCallback(
-            lambda r: tuple(int(n) for n in r)
-        )
+
+        def counted(reply: list[Any]) -> tuple[int, int, int]:
+            promoted, reclaimed, removed = (int(n) for n in reply)
+            return promoted, reclaimed, removed
+
+        return self.run("sweep", queue, args, [self.keys.ids]).addCallback(counted)
 
     def server_lost(
         self,
@@ -1061,8 +1064,8 @@ class Store:
             jobs = []
             for flat in reply[1:]:
                 fields = _as_dict(flat)
-                position = f"{int(fields['created_at']):015d}{fields['id']}"
-                jobs.append((position, fields))
+                at = f"{int(fields['created_at']):015d}{fields['id']}"
+                jobs.append((at, fields))
             pages.append(QueuePage(jobs, reply[0] or None))
         chosen, position = merge(pages, limit)
         listed = []

@@ -53,6 +53,7 @@ from procession.core.json_checks import (
     may_hold_surrogates,
     too_deep,
 )
+from procession.core.wire import DEFAULT_MAX_FRAME, MAX_CREDIT, PROTOCOL_VERSION
 from procession.net.transport import corked, write_now
 from procession.core.job import (
     ClaimedJob,
@@ -72,8 +73,6 @@ from procession.core.job import (
 
 log = Logger()
 
-PROTOCOL_VERSION = 1
-MAX_CREDIT = 10_000
 # With this many replies pending, stop reading the connection until some
 # are written: a client that floods pipelined requests slows itself down.
 MAX_PENDING_REPLIES = 1_000
@@ -106,6 +105,11 @@ class WorkerProtocol(protocol.Protocol):
     """
     One worker (or producer) connection.
     """
+
+    # A TCP or UNIX transport, set before connectionMade and never None
+    # while connected (Twisted types it Optional[ITransport], without the
+    # producer and TCP methods used here).
+    transport: Any
 
     def __init__(self, factory: "WorkerFactory", number: int) -> None:
         self.factory = factory
@@ -161,8 +165,8 @@ class WorkerProtocol(protocol.Protocol):
         if not ISSLTransport.providedBy(self.transport):
             self.transport.registerProducer(self, True)
         try:
-            self.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
-            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            self.transport.setTcpKeepAlive(True)
+            self.transport.setTcpNoDelay(True)
         except AttributeError:
             pass
         hi = {
@@ -820,7 +824,7 @@ class WorkerFactory(protocol.Factory):
         dispatcher: Dispatcher,
         clock: IReactorTime,
         token: str | None = None,
-        max_frame: int = 1 << 20,
+        max_frame: int = DEFAULT_MAX_FRAME,
         max_job_size: int = 1 << 20,
         max_connections: int = 10_000,
         handshake_timeout: float = 10.0,

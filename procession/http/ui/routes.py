@@ -549,12 +549,13 @@ class UIRoutes:
         now_ms = admin.now_ms()
         summaries, totals = await admin.totals()
         queues = [s.name for s in summaries]
+        charts: list[defer.Deferred[Any]] = [
+            defer.ensureDeferred(minute_chart(admin, queues, now_ms)),
+            defer.ensureDeferred(hour_chart(admin, queues, now_ms)),
+            admin.redis_info(),
+        ]
         hour, day, info = await defer.gatherResults(
-            [
-                defer.ensureDeferred(minute_chart(admin, queues, now_ms)),
-                defer.ensureDeferred(hour_chart(admin, queues, now_ms)),
-                admin.redis_info(),
-            ],
+            charts,
             consumeErrors=True,
         ).addErrback(lambda f: f.value.subFailure)
         t = totals.throughput
