@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 
 from twisted.internet import tcp
 
+from procession.net.internals import nothing_buffered
+
 # How many corked() blocks are open (the reactor runs in one thread).
 _corks = 0
 
@@ -53,9 +55,7 @@ def _unsent(transport: Any, data: bytes) -> bytes:
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
+        and nothing_buffered(transport)
     ):
         sent = transport.writeSomeData(data)
         if isinstance(sent, int) and sent > 0:

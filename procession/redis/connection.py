@@ -11,6 +11,7 @@ from procession.redis.sentinel import SentinelPool
 
 
 from procession.net.transport import immediate_writes
+from procession.redis.internals import pool_factory
 
 
 def connect(address: RedisAddress, poolsize: int = 1) -> Any:
@@ -41,7 +42,7 @@ def connect(address: RedisAddress, poolsize: int = 1) -> Any:
             connectTimeout=5,
             **common,
         )
-    _fast_connections(pool._factory)
+    _fast_connections(pool_factory(pool))
     return pool
 
 

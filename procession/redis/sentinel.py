@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from procession.redis.address import RedisAddress
+from procession.redis.internals import pool_factory
 from twisted.logger import Logger
 
 log = Logger()
@@ -213,15 +214,15 @@ class SentinelPool:
         self.handler = self.sentinel.master_for(
             address.master_name(), dbid=address.db, poolsize=poolsize, **kwargs
         )
-        self.handler._factory.maxDelay = SENTINEL_MAX_RETRY_DELAY
+        pool_factory(self.handler).maxDelay = SENTINEL_MAX_RETRY_DELAY
         self.watch = MasterWatch(
-            self.sentinel, address.master_name(), self.handler._factory
+            self.sentinel, address.master_name(), pool_factory(self.handler)
         )
         self.watch.start()
 
     @property
     def _factory(self) -> Any:
-        return self.handler._factory
+        return pool_factory(self.handler)
 
     def suspect(self) -> None:
         """

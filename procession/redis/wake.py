@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 from procession.redis.address import RedisAddress
+from procession.redis.internals import sentinel_endpoint
 from procession.redis.sentinel import SENTINEL_MAX_RETRY_DELAY, MasterWatch, _sentinel
 from twisted.logger import Logger
 
@@ -106,7 +107,7 @@ class WakeListener:
             factory.is_master = True
             factory.maxDelay = SENTINEL_MAX_RETRY_DELAY
             factory.initialDelay = 0.1
-            factory.startConnecting(txredisapi._SentinelEndpoint(factory))
+            factory.startConnecting(sentinel_endpoint(factory))
             self._factory = factory
             self._watch = MasterWatch(self._sentinel, address.master_name(), factory)
             self._watch.start()

@@ -31,6 +31,12 @@ from twisted.internet.address import IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from procession.net.internals import (
+    endpoint_address,
+    endpoint_tls_context,
+    keep_shared_unix_socket,
+)
+
 log = Logger()
 
 # Where a child finds the listeners it adopts: its file descriptors 3 and 4.
@@ -98,14 +104,14 @@ def listen_shared(reactor: Any, description: str, factory: Any) -> Any:
     endpoint = _tcp_endpoint(reactor, description)
     if endpoint is None or not hasattr(socket, "SO_REUSEPORT"):
         return endpoint_listen(reactor, description, factory)
-    interface = endpoint._interface
+    interface, port, backlog = endpoint_address(endpoint)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     try:
-        s = reuseport_socket(family, interface, endpoint._port, endpoint._backlog)
+        s = reuseport_socket(family, interface, port, backlog)
     except OSError as e:
         from twisted.internet.error import CannotListenError
 
-        return defer.fail(CannotListenError(interface, endpoint._port, e))
+        return defer.fail(CannotListenError(interface, port, e))
     return defer.succeed(adopt(reactor, s.detach(), description, factory))
 
 
@@ -129,7 +135,7 @@ def adopt(reactor: Any, fd: int, description: str, factory: Any) -> Any:
     try:
         listening.setblocking(False)
         endpoint = _tcp_endpoint(reactor, description)
-        context = getattr(endpoint, "_sslContextFactory", None)
+        context = endpoint_tls_context(endpoint)
         if context is not None:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -143,10 +149,7 @@ def adopt(reactor: Any, fd: int, description: str, factory: Any) -> Any:
         # down (for every process sharing it) and removes its file: neither
         # is this process's to do, the parent's listener lives on.  (An
         # adopted TCP port already leaves the socket alone.)
-        from twisted.internet import tcp
-
-        port._shouldShutdown = False
-        port.connectionLost = lambda reason: tcp.Port.connectionLost(port, reason)
+        keep_shared_unix_socket(port)
     return port
 
 

@@ -19,6 +19,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
+from procession.net.internals import forget_exit_signal
+
 log = Logger()
 
 LOOPBACK = "127.0.0.1"
@@ -897,8 +899,7 @@ class ProcessionService(service.MultiService):
         # twist re-raises the signal that stopped the reactor once the
         # reactor has returned, so even a clean SIGTERM shutdown would end
         # "killed by SIGTERM".  A clean stop is a success: exit 0.
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None
+        forget_exit_signal(self.reactor)
 
 
 def _describe(port: Any) -> str:

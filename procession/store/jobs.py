@@ -51,6 +51,7 @@ from procession.core.listing import SCAN_BUDGET, QueuePage, merge
 from procession.core.queue_limits import MAX_REINDEX, LimitStatus, QueueLimits
 from procession.core.stats import QueueSummary
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
+from procession.redis.internals import pool_factory
 from procession.store.keys import STATE_SET_NAMES, STATE_SETS, Keys
 from procession.store.registry import OwnerRegistry, ServerRegistry
 
@@ -243,7 +244,7 @@ class Store:
         """
         Whether a connection to Redis is up now.
         """
-        factory = getattr(self.redis, "_factory", None)
+        factory = pool_factory(self.redis)
         return factory is None or factory.size > 0
 
     def command(self, *args: Any) -> defer.Deferred[Any]:

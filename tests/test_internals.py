@@ -1,0 +1,103 @@
+"""
+Tests for L{procession.net.internals} and L{procession.redis.internals}:
+the private attributes of Twisted and txredisapi that procession uses are
+still there in the installed versions.  A failure here names the one that
+went: read the new version's source and change the one function that uses
+it (and setup.cfg's version bounds).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import txredisapi
+from twisted.internet import defer, endpoints, protocol, reactor, tcp
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from procession.net import internals as net
+from procession.redis import internals as redis
+
+
+class TwistedInternalsTests(TestCase):
+    async def test_connection_attributes(self) -> None:
+        """
+        A real TCP connection has what L{net.nothing_buffered} reads, and
+        says nothing is buffered before anything is written.
+        """
+        accepted: defer.Deferred[tcp.Connection] = defer.Deferred()
+
+        class Server(protocol.Protocol):
+            def connectionMade(self) -> None:
+                accepted.callback(self.transport)
+
+        port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, protocol.Factory.forProtocol(Server), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        transport = await accepted
+        self.addCleanup(transport.loseConnection)
+        self.assertIsInstance(transport, tcp.Connection)
+        for name in net.CONNECTION_ATTRIBUTES:
+            self.assertTrue(hasattr(transport, name), name)
+        self.assertTrue(net.nothing_buffered(transport))
+        transport.loseConnection()
+        # Let the reactor close it before the cleanups run.
+        await deferLater(reactor, 0, lambda: None)
+
+    def test_endpoint_attributes(self) -> None:
+        """
+        TCP server endpoints keep what they were made with where
+        L{net.endpoint_address} reads it.
+        """
+        for text in ("tcp:7123:interface=127.0.0.1:backlog=9", "tcp6:7123:backlog=9"):
+            endpoint = endpoints.serverFromString(reactor, text)
+            for name in net.ENDPOINT_ATTRIBUTES:
+                self.assertTrue(hasattr(endpoint, name), (text, name))
+            interface, port, backlog = net.endpoint_address(endpoint)
+            self.assertEqual((port, backlog), (7123, 9))
+        context = object()
+        ssl = endpoints.SSL4ServerEndpoint(reactor, 7123, context)  # type: ignore[arg-type]
+        self.assertIs(net.endpoint_tls_context(ssl), context)
+
+    def test_port_and_reactor_attributes(self) -> None:
+        """
+        A listening port has C{_shouldShutdown}; the reactor has
+        C{_exitSignal}, which L{net.forget_exit_signal} clears.
+        """
+        self.assertTrue(hasattr(tcp.Port, "_shouldShutdown"))
+        self.assertTrue(hasattr(reactor, "_exitSignal"))
+
+        class Reactor:
+            _exitSignal: int | None = 15
+
+        fake = Reactor()
+        net.forget_exit_signal(fake)
+        self.assertIsNone(fake._exitSignal)
+
+
+class TxredisapiInternalsTests(TestCase):
+    async def test_pool_factory(self) -> None:
+        """
+        A lazy txredisapi pool has a factory with what procession uses.
+        """
+        pool = txredisapi.lazyUnixConnectionPool(
+            "/nonexistent/redis.sock", reconnect=False
+        )
+        self.addCleanup(pool.disconnect)
+        factory = redis.pool_factory(pool)
+        self.assertIsNotNone(factory)
+        for name in redis.FACTORY_ATTRIBUTES:
+            self.assertTrue(hasattr(factory, name), name)
+        self.assertIsNone(redis.pool_factory(object()))
+
+    def test_protocol_and_sentinel_endpoint(self) -> None:
+        """
+        The protocol methods L{procession.redis.connection} overrides and
+        the Sentinel endpoint class exist.
+        """
+        for name in redis.PROTOCOL_METHODS:
+            self.assertTrue(callable(getattr(txredisapi.RedisProtocol, name)), name)
+        self.assertTrue(callable(txredisapi._SentinelEndpoint))
