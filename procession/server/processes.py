@@ -286,12 +286,6 @@ class Children(service.Service):
             RESTART_DELAY, self._spawn, child.number
         )
 
-    def pids(self) -> list[int]:
-        """
-        The pids of the children running now.
-        """
-        return [t.pid for _, t in self.running_children.values() if t.pid]
-
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         for call in self._restarts.values():

@@ -117,7 +117,6 @@ class WorkerProtocol(protocol.Protocol):
         self.number = number
         self.name = f"conn-{number}"
         self.worker: str | None = None
-        self.authenticated = not factory.token
         self.hello = False
         self.queues: tuple[str, ...] = ()
         self.credit = 0
@@ -478,7 +477,6 @@ class WorkerProtocol(protocol.Protocol):
                     NotAuthenticated("a valid token is needed to connect")
                 )
                 return _NO_REPLY
-        self.authenticated = True
         self.hello = True
         self.worker = worker
         self.name = f"{worker}#{self.number}"
