@@ -720,7 +720,7 @@ class ClaimedJob:
         return cls(jid, queue, lease, int(attempt), payload, float(timeout))
 
 
-class ClaimedJobs(list):  # type: ignore[type-arg]
+class ClaimedJobs(list):
     """
     The jobs one claim leased (a list of L{ClaimedJob}), and
     C{wait}: L{None}, unless the queue's limits held the claim back

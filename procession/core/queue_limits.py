@@ -11,7 +11,7 @@ script (procession/store/lua/claim.lua) enforces them.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeGuard
 
 from attrs import frozen
 
@@ -35,7 +35,7 @@ LIMIT_FIELDS = frozenset({"concurrency", "rate", "per_key"})
 RATE_FIELDS = frozenset({"limit", "per"})
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

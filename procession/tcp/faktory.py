@@ -181,6 +181,10 @@ class FaktoryProtocol(protocol.Protocol):
     One connection from a Faktory client (producer or worker).
     """
 
+    # A TCP or UNIX transport, set before connectionMade and never None
+    # while connected (Twisted types it Optional[ITransport]).
+    transport: Any
+
     def __init__(self, factory: "FaktoryFactory", number: int) -> None:
         self.factory = factory
         self.dispatcher = factory.dispatcher
@@ -214,8 +218,8 @@ class FaktoryProtocol(protocol.Protocol):
             return
         self.factory.connections.add(self)
         try:
-            self.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
-            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            self.transport.setTcpKeepAlive(True)
+            self.transport.setTcpNoDelay(True)
         except AttributeError:
             pass
         hi = '+HI {"v":2'

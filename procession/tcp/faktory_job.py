@@ -13,7 +13,7 @@ Faktory's C{custom}.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from procession.core.errors import InvalidJob, InvalidRequest
 from procession.core.job import (
@@ -37,7 +37,7 @@ MAX_BACKTRACE = 50
 META_KEY = "_faktory"
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -189,7 +189,7 @@ def from_wire(
 
 def _time(ms: object) -> str | None:
     if _is_int(ms):
-        return format_time(int(ms))  # type: ignore[arg-type]
+        return format_time(ms)
     return None
 
 
