@@ -85,12 +85,14 @@ class Request(server.Request):
     _linger: Any = None
 
     def gotLength(self, length: int | None) -> None:
-        gate = getattr(self.channel.site, "gate", None)
+        # Twisted's HTTPChannel, with the site that made it (untyped there).
+        channel: Any = self.channel
+        gate = getattr(channel.site, "gate", None)
         if gate is not None:
-            path = self.channel._path
-            error = gate.check_head(self, self.channel._command, path, length)
+            path = channel._path
+            error = gate.check_head(self, channel._command, path, length)
             if error is not None:
-                self.content = io.BytesIO()
+                self.content = io.BytesIO()  # type: ignore[assignment]
                 self._refuse(error)
                 return
             self._limit = gate.limit(path)
@@ -128,8 +130,8 @@ class Request(server.Request):
         self.refused = True
         # No "100 Continue" after the answer.
         self.requestHeaders.removeHeader(b"expect")
-        channel = self.channel
-        transport = channel.transport
+        channel: Any = self.channel
+        transport: Any = channel.transport
         transport.write(refusal(error))
         drained = [0]
 
