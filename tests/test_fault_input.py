@@ -740,3 +740,45 @@ class SlashIdTests(TestCase):
                 self.assertLess(response.code, 500, response)
             missing = await http.get("/api/v1/jobs/" + job_id)
             self.assertEqual(missing.code, 404, missing)
+
+
+class FaktorySurrogateTests(TestCase):
+    """
+    Item 1 on the Faktory front end: a lone surrogate in a PUSH is an
+    C{-ERR}, and nothing is stored.
+    """
+
+    async def test_push(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from tests.redis import free_port
+        from tests.test_http_worker import RawClient
+
+        port = free_port()
+        server = await ServerFixture(
+            self, "--faktory", f"tcp:{port}:interface=127.0.0.1"
+        ).start()
+        client = RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(client.transport.abortConnection)
+        client.transport.write(
+            b'HELLO {"wid":"w","v":2}\r\n'
+            + b'PUSH {"jid":"s1","jobtype":"t","args":["\\ud800"]}\r\n'
+            + b'PUSH {"jid":"s2","jobtype":"t","args":['
+            + b"[" * 600
+            + b"]" * 600
+            + b"]}\r\n"
+            + b"END\r\n"
+        )
+        from twisted.internet.task import deferLater
+
+        for _ in range(100):
+            if client.data.count(b"\r\n") >= 4:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        lines = client.data.split(b"\r\n")
+        self.assertEqual(lines[1], b"+OK", client.data)
+        self.assertTrue(lines[2].startswith(b"-ERR invalid JSON: args[0]"), lines)
+        self.assertTrue(lines[3].startswith(b"-ERR invalid JSON: nested"), lines)
+        self.assertEqual(await server.store.known_queues(), [])

@@ -35,6 +35,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procession import __version__
+from procession.core.json_checks import (
+    MAX_DECODE_NESTING,
+    lone_surrogate,
+    may_hold_surrogates,
+    too_deep,
+)
 from procession.core.errors import (
     InvalidRequest,
     JobNotFound,
@@ -707,12 +713,26 @@ _NO_REPLY = object()
 
 
 def _json(payload: str, message: str | None = None) -> Any:
+    # The one place this front end decodes JSON: the checks every front
+    # end makes (procession.core.json_checks).
+    if too_deep(payload, MAX_DECODE_NESTING):
+        raise FaktoryError(
+            message or f"invalid JSON: nested more than {MAX_DECODE_NESTING} deep"
+        )
     try:
-        return json.loads(payload)
+        value = json.loads(payload)
     except RecursionError:
         raise FaktoryError(message or "invalid JSON: nested too deeply")
     except ValueError as e:
         raise FaktoryError(message or f"invalid JSON: {str(e)[:200]}")
+    if may_hold_surrogates(payload):
+        path = lone_surrogate(value)
+        if path is not None:
+            raise FaktoryError(
+                f"invalid JSON: {path} is not valid Unicode (a lone UTF-16 "
+                "surrogate escape)"
+            )
+    return value
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
