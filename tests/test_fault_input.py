@@ -782,3 +782,79 @@ class FaktorySurrogateTests(TestCase):
         self.assertTrue(lines[2].startswith(b"-ERR invalid JSON: args[0]"), lines)
         self.assertTrue(lines[3].startswith(b"-ERR invalid JSON: nested"), lines)
         self.assertEqual(await server.store.known_queues(), [])
+
+
+class StatePageTests(TestCase):
+    """
+    Item 10: the UI's state pages find their jobs in time proportional to
+    the page, whatever else the queues hold: a dead job older than 5,000
+    others is on the first page of /dead, and paging walks every job once.
+    """
+
+    async def setUp(self) -> None:
+        self.server = await ServerFixture(self).start()
+        self.http = HTTP(self.server.http_port)
+
+    async def page_ids(self, path: str) -> tuple[list[str], str | None]:
+        import html
+        import re
+
+        page = await self.http.get(path)
+        self.assertEqual(page.code, 200, page)
+        text = page.content.decode("utf-8")
+        ids = re.findall(r'name="job" value="[^"/]*/([^"]*)"', text)
+        following = re.search(r'<a href="([^"]*)" rel="next">', text)
+        return [html.unescape(i) for i in ids], (
+            html.unescape(following.group(1)) if following else None
+        )
+
+    async def test_old_dead_job(self) -> None:
+        client = await self.server.connect()
+        await client.ok("PUSH", {"type": "t", "id": "oldest"})
+        killed = await self.http.post("/api/v1/jobs/oldest/kill", body={})
+        self.assertEqual(killed.code, 200, killed)
+        for start in range(0, 5100, 1000):
+            await client.ok(
+                "PUSHB",
+                [{"type": "t", "id": f"j{i}"} for i in range(start, start + 1000)],
+            )
+        ids, _ = await self.page_ids("/dead")
+        self.assertEqual(ids, ["oldest"])
+        queued, following = await self.page_ids("/queued")
+        self.assertEqual(queued, [f"j{i}" for i in range(50)])
+        self.assertIsNotNone(following)
+
+    async def test_paging(self) -> None:
+        """
+        120 dead jobs in two queues, and jobs leaving the state between
+        pages: every job that stays is listed once, most recent death
+        first.
+        """
+        client = await self.server.connect()
+        store = self.server.store
+        expected = []
+        for i in range(120):
+            queue = "qa" if i % 2 else "qb"
+            await client.ok("PUSH", {"type": "t", "id": f"d{i}", "queue": queue})
+            await self.http.post(f"/api/v1/jobs/d{i}/kill", body={})
+            expected.append(f"d{i}")
+        seen: list[str] = []
+        path: str | None = "/dead"
+        pages = 0
+        while path is not None:
+            ids, path = await self.page_ids(path)
+            seen += ids
+            pages += 1
+            if pages == 1:
+                # The last job of the page leaves the state meanwhile.
+                await self.http.post(f"/api/v1/jobs/{ids[-1]}/retry", body={})
+                expected.remove(ids[-1])
+        self.assertEqual(pages, 3)
+        dead_order = [
+            j
+            for j in await store.state_members("qa", "dead")
+            + await store.state_members("qb", "dead")
+        ]
+        self.assertEqual(sorted(set(seen) - {seen[49]}), sorted(expected))
+        self.assertEqual(len(seen), len(set(seen)))
+        self.assertEqual(len(dead_order), 119)

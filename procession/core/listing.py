@@ -67,6 +67,83 @@ def parse_limit(text: str | None) -> int:
     return int(text)
 
 
+_STATE_POSITION = re.compile(r"(-?[0-9][0-9.e+-]{0,30}|-?inf) ([\x21-\x7e]{1,160})\Z")
+
+
+def encode_state_cursor(position: tuple[str, str]) -> str:
+    """
+    The opaque cursor of a position in a state's zset (its score as Redis
+    wrote it, its member).
+    """
+    return encode_cursor(f"{position[0]} {position[1]}")
+
+
+def decode_state_cursor(cursor: str) -> tuple[str, str]:
+    """
+    The position in a state's zset that a cursor stands for.
+
+    @raise InvalidRequest: when C{cursor} is not one this server gave out.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        text = raw.decode("ascii")
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("cursor is not valid", field="cursor")
+    match = _STATE_POSITION.match(text)
+    if match is None:
+        raise InvalidRequest("cursor is not valid", field="cursor")
+    try:
+        float(match.group(1))
+    except ValueError:
+        raise InvalidRequest("cursor is not valid", field="cursor")
+    return match.group(1), match.group(2)
+
+
+@frozen
+class StatePage:
+    """
+    What one queue's walk of a state's zset found: its matching jobs after
+    the start position, in the zset's order, each with its position (score,
+    member), and the last entry examined (None when the zset ran out).
+    """
+
+    jobs: Sequence[tuple[tuple[str, str], dict[str, str]]]
+    stopped_at: tuple[str, str] | None
+
+
+def _order(position: tuple[str, str]) -> tuple[float, str]:
+    return (float(position[0]), position[1])
+
+
+def merge_states(
+    pages: Sequence[StatePage], limit: int, descending: bool
+) -> tuple[list[dict[str, str]], tuple[str, str] | None]:
+    """
+    L{merge} for pages of a state's zsets, walked by (score, member),
+    ascending or descending: at most C{limit} jobs and the position to
+    continue after (None: done).
+    """
+    stops = [p.stopped_at for p in pages if p.stopped_at is not None]
+    first = max if descending else min
+    frontier = first(stops, key=_order) if stops else None
+    candidates = [
+        item
+        for page in pages
+        for item in page.jobs
+        if frontier is None
+        or (
+            _order(item[0]) >= _order(frontier)
+            if descending
+            else _order(item[0]) <= _order(frontier)
+        )
+    ]
+    candidates.sort(key=lambda item: _order(item[0]), reverse=descending)
+    chosen = candidates[:limit]
+    if len(candidates) > limit:
+        return [job for _, job in chosen], chosen[-1][0]
+    return [job for _, job in chosen], frontier
+
+
 @frozen
 class QueuePage:
     """

@@ -221,6 +221,22 @@ class Admin:
             queue, after, limit, state=state, job_type=job_type
         )
 
+    async def state_page(
+        self,
+        queue: str | None,
+        state: str,
+        after: tuple[str, str] | None,
+        limit: int,
+        job_type: str | None = None,
+    ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """
+        One page of the jobs in one state, in that state's order (see
+        L{procession.store.jobs.Store.state_page}).
+        """
+        return await self._store.state_page(
+            queue, state, after, limit, job_type=job_type
+        )
+
     async def locate(self, job_id: str) -> str:
         """
         The queue that holds a job.

@@ -47,13 +47,22 @@ from procession.core.job import (
     backoff_jitter,
     job_from_hash,
 )
-from procession.core.listing import SCAN_BUDGET, QueuePage, merge
+from procession.core.listing import (
+    SCAN_BUDGET,
+    QueuePage,
+    StatePage,
+    merge,
+    merge_states,
+)
 from procession.core.queue_limits import MAX_REINDEX, LimitStatus, QueueLimits
 from procession.core.stats import QueueSummary
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
 from procession.redis.internals import pool_factory
 from procession.store.keys import STATE_SET_NAMES, STATE_SETS, Keys
 from procession.store.registry import OwnerRegistry, ServerRegistry
+
+# The states whose pages are read from their own zsets (L{Store.state_page}).
+STATE_PAGES = ("queued", "scheduled", "retrying", "dead")
 
 log = Logger()
 
@@ -74,6 +83,7 @@ SCRIPT_NAMES = (
     "retry_bulk",
     "kill_bulk",
     "list",
+    "state_page",
     "summary",
     "history",
     "server_lost",
@@ -1069,6 +1079,67 @@ class Store:
                 jobs.append((at, fields))
             pages.append(QueuePage(jobs, reply[0] or None))
         chosen, position = merge(pages, limit)
+        listed = []
+        for fields in chosen:
+            job = job_from_hash(fields, [])
+            del job["errors"]
+            listed.append(job)
+        return listed, position
+
+    async def state_page(
+        self,
+        queue: str | None,
+        state: str,
+        after: tuple[str, str] | None,
+        limit: int,
+        job_type: str | None = None,
+        budget: int = SCAN_BUDGET,
+    ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """
+        One page of the jobs in one state (queued, scheduled, retrying or
+        dead), read from that state's own zset in its order: queued by
+        priority then arrival (the order they will run), scheduled and
+        retrying soonest first, dead most recent first.  Time in
+        proportion to the page (and, with C{job_type}, to C{budget}),
+        whatever else the queues hold.
+
+        @return: the jobs (without their error histories) and the position
+            to continue after (L{procession.core.listing.encode_state_cursor}),
+            or None when the listing is complete.
+        """
+        if state not in STATE_PAGES:
+            raise InvalidRequest(
+                f"state must be one of {', '.join(STATE_PAGES)}", field="state"
+            )
+        queues = [queue] if queue is not None else await self.known_queues()
+        if not queues:
+            return [], None
+        descending = state == "dead"
+        per_queue = max(limit, budget // len(queues))
+        score, member = after or ("", "")
+        args = [
+            STATE_SETS[state],
+            "desc" if descending else "asc",
+            score,
+            member,
+            limit,
+            per_queue,
+            state,
+            job_type or "",
+        ]
+        replies = await defer.gatherResults(
+            [self.run("state_page", q, args) for q in queues], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure)
+        pages = []
+        for reply in replies:
+            rows = reply[2:]
+            jobs = [
+                ((rows[i], rows[i + 1]), _as_dict(rows[i + 2]))
+                for i in range(0, len(rows), 3)
+            ]
+            stopped = (reply[0], reply[1]) if reply[0] != "" else None
+            pages.append(StatePage(jobs, stopped))
+        chosen, position = merge_states(pages, limit, descending)
         listed = []
         for fields in chosen:
             job = job_from_hash(fields, [])

@@ -44,7 +44,10 @@ from procession.core.errors import (
     WorkerNotFound,
 )
 from procession.core.job import BATCH_ID, JOB_ID
-from procession.core.listing import decode_cursor, encode_cursor
+from procession.core.listing import (
+    decode_state_cursor,
+    encode_state_cursor,
+)
 from procession.core.states import SIZED_STATES
 from procession.service.admin import Admin
 from procession.core.states import PURGEABLE
@@ -762,14 +765,14 @@ class UIRoutes:
             queue_name(queue)
         job_type = query(request, "type")
         cursor = query(request, "cursor")
-        jobs, position = await self.admin.list_jobs(
+        jobs, position = await self.admin.state_page(
             queue,
-            decode_cursor(cursor) if cursor is not None else None,
+            state,
+            decode_state_cursor(cursor) if cursor is not None else None,
             PAGE_SIZE,
-            state=state,
             job_type=job_type,
         )
-        next_cursor = encode_cursor(position) if position is not None else None
+        next_cursor = encode_state_cursor(position) if position is not None else None
         return Render(
             "jobs.html",
             {
