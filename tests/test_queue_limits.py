@@ -8,6 +8,9 @@ clock.  tests/test_limits_cluster.py drives them through several servers.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import treq
@@ -708,3 +711,28 @@ class UILimitTests(UITestCase):
         self.assertIn("1 in the current window", page.text)
         self.assertRegex(page.text, r'<dd id="limit-throttled">yes, since <time')
         self.assertIn("when a running job finishes", page.text)
+
+
+class BenchLimitsTests(SynchronousTestCase):
+    """
+    A smoke run of C{python -m bench.limits} with small sizes: its JSON's
+    shape, never its timings.
+    """
+
+    def test_small_run(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        process = subprocess.run(
+            [sys.executable, "-m", "bench.limits", "--jobs", "500", "--keys", "200"]
+            + ["--calls", "5", "--rounds", "1"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        self.assertEqual(process.returncode, 0, process.stderr)
+        report = json.loads(process.stdout)
+        figures = report["figures"]
+        for case in ("off", "on", "keys", "cycle.few", "cycle.crowd"):
+            self.assertGreater(figures[case], 0, case)
+        self.assertEqual(figures["crowd_keys_held_back"], 200)
