@@ -88,6 +88,7 @@ def push(
                 limit_key=lk,
             )
             args.extend(job.script_args(now))
+            args.append(job.flow_value({}))
         s.run("push", [prefix(queue), IDS], args)
 
 
