@@ -869,14 +869,12 @@ class ProcessionService(service.MultiService):
                     grace=grace,
                     held=held,
                 )
-                from twisted.internet.task import deferLater
-
-                deadline = self.reactor.seconds() + grace
-                while (
-                    self.worker_factory.jobs_in_hand()
-                    and self.reactor.seconds() < deadline
-                ):
-                    await deferLater(self.reactor, 0.05, lambda: None)
+                finished = self.worker_factory.when_no_jobs_in_hand()
+                finished.addTimeout(grace, self.reactor)
+                try:
+                    await finished
+                except defer.TimeoutError:
+                    pass
             left = self.worker_factory.jobs_in_hand()
             if left:
                 log.info("Shutting down: giving {left} jobs back", left=left)

@@ -212,6 +212,7 @@ class WorkerProtocol(protocol.Protocol):
         for held in self.held.values():
             _stop_waiting(held)
         self._release_all("the worker's connection was lost")
+        self.factory.job_left()
 
     def _release_all(self, reason: str) -> defer.Deferred[Any]:
         by_queue: dict[str, list[tuple[str, str]]] = {}
@@ -223,6 +224,8 @@ class WorkerProtocol(protocol.Protocol):
         for items in by_queue.values():
             for job_id, _ in items:
                 del self.held[job_id]
+        if by_queue:
+            self.factory.job_left()
         return defer.DeferredList(
             [
                 self.dispatcher.release(queue, items, reason)
@@ -584,6 +587,7 @@ class WorkerProtocol(protocol.Protocol):
                 )
             else:
                 self.held.pop(job_id, None)
+                self.factory.job_left()
                 if again:
                     self._has_room()
             return result
@@ -598,6 +602,7 @@ class WorkerProtocol(protocol.Protocol):
         held.unsettled = None
         if self.held.get(job_id) is held and not held.finishing:
             del self.held[job_id]
+            self.factory.job_left()
             self.unfinished -= 1
             self._has_room()
 
@@ -686,6 +691,7 @@ class WorkerProtocol(protocol.Protocol):
         if held is None or held.finishing or self.closing:
             return False
         del self.held[job_id]
+        self.factory.job_left()
         _stop_waiting(held)
         self.unfinished -= 1
         self.cancelled_ids[job_id] = None
@@ -836,6 +842,7 @@ class WorkerFactory(protocol.Factory):
         self.handshake_timeout = handshake_timeout
         self.connections: set[WorkerProtocol] = set()
         self._count = 0
+        self._no_jobs_waiters: list[defer.Deferred[None]] = []
         dispatcher.workflows.on_revoked.append(self.job_revoked)
 
     def job_revoked(self, job_id: str) -> None:
@@ -909,6 +916,27 @@ class WorkerFactory(protocol.Factory):
         How many jobs the connected workers hold.
         """
         return sum(len(c.held) for c in self.connections)
+
+    def when_no_jobs_in_hand(self) -> defer.Deferred[None]:
+        """
+        Fires once the connected workers hold no job (at once when they
+        hold none); cancelling it stops the wait.
+        """
+        if not self.jobs_in_hand():
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred(self._no_jobs_waiters.remove)
+        self._no_jobs_waiters.append(d)
+        return d
+
+    def job_left(self) -> None:
+        """
+        A connection let go of a job, or closed: tell those waiting in
+        L{when_no_jobs_in_hand} once no job is held.
+        """
+        if self._no_jobs_waiters and not self.jobs_in_hand():
+            waiting, self._no_jobs_waiters = self._no_jobs_waiters, []
+            for d in waiting:
+                d.callback(None)
 
     def release_all(self, reason: str) -> defer.Deferred[Any]:
         """
