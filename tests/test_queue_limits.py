@@ -161,6 +161,84 @@ class StoreLimitTests(TestCase):
         self.assertEqual([j.id for j in await self.claim(4)], ["b", "low"])
 
 
+class FreedSlotWakeTests(TestCase):
+    """
+    Every way a running job leaves a queue held back by its concurrency
+    limit (ack, fail, release, lease expiry in the sweep, the loss of the
+    server that held it, delete) publishes the queue's wake-up at once,
+    heard here as every server hears it: no server has to poll.
+    """
+
+    async def setUp(self) -> None:
+        from procession.redis.address import RedisAddress
+        from procession.redis.wake import WakeListener
+        from tests.redis import shared_redis
+
+        self.clock = FakeClock()
+        self.store = await connected_store(self, self.clock)
+        self.heard: list[str] = []
+        connected: defer.Deferred[None] = defer.Deferred()
+        listener = WakeListener(
+            RedisAddress.from_url(shared_redis().url),
+            self.store.channel,
+            self.heard.append,
+            lambda: connected.called or connected.callback(None),
+        )
+        listener.start()
+        self.addCleanup(listener.stop)
+        await connected
+
+    async def claim(self, held: bool = False) -> Any:
+        self.leases = getattr(self, "leases", 0) + 1
+        return await self.store.claim(
+            "default", [("w", f"l{self.leases}@default")], held=held
+        )
+
+    async def hears(self, count: int) -> None:
+        for _ in range(200):
+            if len(self.heard) >= count:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(self.heard[:count], ["default"] * count)
+
+    async def test_every_way_out_of_running_wakes(self) -> None:
+        await self.store.set_limits("default", QueueLimits(concurrency=1))
+        await self.hears(1)  # setting limits wakes the consumers too
+        await self.store.push(
+            [new_job(self.store.now_ms(), timeout=5) for _ in range(8)]
+        )
+        heard = len(self.heard)
+        ways = [
+            lambda job: self.store.ack("default", [(job.id, job.lease, "")]),
+            lambda job: self.store.fail(
+                "default", [(job.id, job.lease, "{}", 60, True)]
+            ),
+            lambda job: self.store.release("default", [(job.id, job.lease)], "gone"),
+            lambda job: self.store.delete("default", job.id),
+        ]
+        for way in ways:
+            [job] = await self.claim()
+            self.assertEqual(len(await self.claim()), 0)
+            await way(job)
+            heard += 1
+            await self.hears(heard)
+        # A lease that expires, taken back by the sweep.
+        [job] = await self.claim()
+        self.clock.advance(6)
+        await self.store.sweep("default", 100, 3600, 3600, 100)
+        heard += 1
+        await self.hears(heard)
+        # The jobs of a server that is lost.
+        [job] = await self.claim(held=True)
+        self.assertEqual(len(await self.claim()), 0)
+        await self.store.server_lost("default", self.store.server_id, "lost")
+        heard += 1
+        await self.hears(heard)
+        # Given back in its place, it runs again: the slot is free.
+        [again] = await self.claim()
+        self.assertEqual(again.id, job.id)
+
+
 class PerKeyStoreTests(TestCase):
     """
     per_key limits in the claim script: each limit key within its own
@@ -338,6 +416,48 @@ class HTTPLimitTests(TestCase):
         await worker.ok("ACK", {"id": job["id"]})
         second = await worker.next_job()
         self.assertNotEqual(second["id"], job["id"])
+
+    async def test_the_documented_answers(self) -> None:
+        """
+        The answers docs/limits.rst and docs/http-api.rst show are the
+        server's, byte for byte where nothing varies (the held-back
+        example's times and counts do: its shape is checked).
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+        def answers(name: str, start: str) -> list[Any]:
+            with open(os.path.join(root, "docs", name), encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+            return [json.loads(line) for line in lines if line.startswith(start)]
+
+        def keys(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: keys(v) for k, v in value.items()}
+            return None
+
+        server = await ServerFixture(self).start()
+        http = HTTP(server.http_port)
+        put, held = answers("limits.rst", '{"queue":"partner"')
+        response = await http.request(
+            "PUT",
+            "/api/v1/queues/partner/limits",
+            body={"concurrency": 4, "rate": {"limit": 10, "per": 1}},
+        )
+        self.assertEqual(response.json, put)
+        self.assertEqual(keys(response.json), keys(held))
+        put, refused = answers("http-api.rst", '{"queue":"reports"') + answers(
+            "http-api.rst", '{"error":{"code":"invalid_request","message":"concurrency'
+        )
+        response = await http.request(
+            "PUT",
+            "/api/v1/queues/reports/limits",
+            body={"concurrency": 5, "rate": {"limit": 50, "per": 1}},
+        )
+        self.assertEqual(response.json, put)
+        response = await http.request(
+            "PUT", "/api/v1/queues/reports/limits", body={"concurrency": 0}
+        )
+        self.assertEqual((response.code, response.json), (400, refused))
 
     async def test_bad_requests(self) -> None:
         server = await ServerFixture(self).start()
