@@ -193,18 +193,21 @@ class BatchTests(TestCase):
         watcher = await a.connect("callbacks")
         await watcher.ok("READY", {"queues": ["callbacks"], "credit": 5})
 
+        watched: list[bool] = []
+
         async def watch() -> None:
-            while True:
+            while not watched:
                 try:
-                    job = await watcher.next_job(timeout=30)
-                except Exception:
-                    return
+                    job = await watcher.next_job(timeout=0.2)
+                except defer.TimeoutError:
+                    continue
                 callbacks.append((job["id"], reactor.seconds()))
                 await watcher.ok("ACK", {"id": job["id"]})
 
         watching = defer.ensureDeferred(watch())
 
         acked: set[str] = set()
+        retried: set[str] = set()
 
         async def work(server: ServerFixture, name: str, kill_after: int) -> None:
             """
@@ -220,6 +223,8 @@ class BatchTests(TestCase):
                         job = await worker.next_job(timeout=0.5)
                     except defer.TimeoutError:
                         continue
+                    if job["attempt"] > 1:
+                        retried.add(job["id"])
                     if kill_after and done == kill_after:
                         worker.transport.abortConnection()
                         await worker.closed
@@ -241,6 +246,9 @@ class BatchTests(TestCase):
             ]
         )
         self.assertEqual(len(acked), 1000)
+        # The killed workers' jobs ran again: the batch saw interrupted
+        # attempts, not only clean ones.
+        self.assertGreater(len(retried), 0)
 
         async def both() -> bool:
             return len(callbacks) >= 2
@@ -265,7 +273,7 @@ class BatchTests(TestCase):
         self.assertIsNotNone(status["on_success"]["pushed_at"])
         summary = (await http.get("/api/v1/queues/callbacks")).json
         self.assertEqual(summary["totals"]["pushed"], 2, summary)
-        watcher.transport.loseConnection()
+        watched.append(True)
         await watching
 
     async def test_a_dead_job_fires_on_complete_once_and_on_success_never(
