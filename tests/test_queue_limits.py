@@ -459,6 +459,31 @@ class HTTPLimitTests(TestCase):
         )
         self.assertEqual((response.code, response.json), (400, refused))
 
+    async def test_limits_survive_a_restart(self) -> None:
+        """
+        Limits live in Redis: a server started after the one that set
+        them (on the same namespace) enforces them.
+        """
+        first = await ServerFixture(self).start()
+        await HTTP(first.http_port).request(
+            "PUT", "/api/v1/queues/kept/limits", body={"concurrency": 1}
+        )
+        await first.stop()
+        second = await ServerFixture(self, ns=first.namespace).start()
+        got = (await HTTP(second.http_port).get("/api/v1/queues/kept/limits")).json
+        self.assertEqual(got["concurrency"], 1)
+        dispatcher = second.service.dispatcher
+        await dispatcher.push(
+            [new_job(dispatcher.now_ms(), queue="kept") for _ in range(2)]
+        )
+        worker = await second.connect("w")
+        await worker.ok("READY", {"queues": ["kept"], "credit": 2})
+        await worker.next_job()
+        status = (await HTTP(second.http_port).get("/api/v1/queues/kept/limits")).json
+        self.assertEqual(
+            (status["status"]["running"], status["status"]["throttled"]), (1, True)
+        )
+
     async def test_bad_requests(self) -> None:
         server = await ServerFixture(self).start()
         http = HTTP(server.http_port)
@@ -571,9 +596,10 @@ class ClusterLimitTests(TestCase):
         """
         Concurrency 5 on a queue, 4 servers with 30 TCP workers each: the
         number running, sampled from Redis under load, never exceeds 5, and
-        reaches it: while jobs wait, nearly every sample shows all 5 slots
-        in use (a finished job wakes the waiting workers of every server at
-        once, through pub/sub).  Every job completes once.
+        reaches it: while jobs wait, most samples show all 5 slots in use
+        (a finished job wakes the waiting workers of every server at once,
+        through pub/sub; a job takes 50 ms, the time to fill its slot
+        again a few).  Every job completes once.
         """
         servers = [await ServerFixture(self).start()]
         for _ in range(3):
@@ -584,7 +610,7 @@ class ClusterLimitTests(TestCase):
             queue, QueueLimits(concurrency=5)
         )
         self.assertEqual(status.limits.concurrency, 5)
-        total = 300
+        total = 200
         done: list[str] = []
         stopped: list[bool] = []
 
@@ -599,7 +625,7 @@ class ClusterLimitTests(TestCase):
                     job = await client.next_job(timeout=0.5)
                 except defer.TimeoutError:
                     continue
-                await deferLater(reactor, 0.02, lambda: None)
+                await deferLater(reactor, 0.05, lambda: None)
                 await client.ok("ACK", {"id": job["id"]})
                 done.append(job["id"])
 
@@ -630,7 +656,7 @@ class ClusterLimitTests(TestCase):
         self.assertLessEqual(max(n for n, _ in samples), 5)
         loaded = [n for n, waiting in samples if waiting > 0]
         self.assertGreater(len(loaded), 20)
-        self.assertGreaterEqual(loaded.count(5) / len(loaded), 0.8, samples)
+        self.assertGreaterEqual(loaded.count(5) / len(loaded), 0.6, samples)
 
     async def test_rate_with_tcp_and_http_workers(self) -> None:
         """
