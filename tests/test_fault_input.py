@@ -858,3 +858,118 @@ class StatePageTests(TestCase):
         self.assertEqual(sorted(set(seen) - {seen[49]}), sorted(expected))
         self.assertEqual(len(seen), len(set(seen)))
         self.assertEqual(len(dead_order), 119)
+
+
+class SmallerTests(TestCase):
+    """
+    Item 11: the smaller findings.
+    """
+
+    async def setUp(self) -> None:
+        self.server = await ServerFixture(self).start()
+        self.http = HTTP(self.server.http_port)
+
+    async def test_run_at_past_9999(self) -> None:
+        """
+        9999-12-31 with a negative offset is year 10000 in UTC: refused.
+        """
+        client = await self.server.connect()
+        kind, body = await client.send(
+            "PUSH", {"type": "t", "run_at": "9999-12-31T23:00:00-05:00"}
+        )
+        self.assertEqual((body["code"], body["field"]), ("invalid_job", "run_at"))
+        reply = await client.ok(
+            "PUSH", {"type": "t", "run_at": "9999-12-31T23:59:59.999Z", "id": "late"}
+        )
+        self.assertTrue(reply["created"])
+        job = await self.http.get("/api/v1/jobs/late")
+        self.assertEqual(job.json["run_at"], "9999-12-31T23:59:59.999Z")
+
+    async def test_dot_queues(self) -> None:
+        """
+        Queue names C{.} and C{..} are refused, by push, READY and the API.
+        """
+        client = await self.server.connect()
+        for name in (".", ".."):
+            kind, body = await client.send("PUSH", {"type": "t", "queue": name})
+            self.assertEqual((body["code"], body["field"]), ("invalid_job", "queue"))
+            kind, body = await client.send("READY", {"queues": [name]})
+            self.assertEqual(body["code"], "invalid_request")
+        await client.ok("PUSH", {"type": "t", "queue": "..."})
+        self.assertEqual(await self.server.store.known_queues(), ["..."])
+
+    async def test_lease_of_another_queue(self) -> None:
+        """
+        An ack, fail or extend whose lease names another queue than the
+        job's is 409 lease_lost, as documented; a job that exists nowhere
+        is 404.
+        """
+        await self.http.post(
+            "/api/v1/jobs", body={"type": "t", "id": "j", "queue": "qa"}
+        )
+        job = await self.http.get(
+            "/api/v1/jobs/next", params={"queues": "qa", "wait": "1"}
+        )
+        forged = job.json["lease"].split("@")[0] + "@qb"
+        for action, body in (
+            ("ack", {"lease": forged}),
+            ("fail", {"lease": forged}),
+            ("extend", {"lease": forged, "seconds": 10}),
+        ):
+            response = await self.http.post(f"/api/v1/jobs/j/{action}", body=body)
+            self.assertEqual(response.code, 409, response)
+            self.assertEqual(response.json["error"]["code"], "lease_lost")
+        response = await self.http.post(
+            "/api/v1/jobs/nosuch/ack", body={"lease": forged}
+        )
+        self.assertEqual(response.code, 404, response)
+
+    async def test_compact_err_before_close(self) -> None:
+        """
+        ERR frames sent just before the server closes are compact JSON,
+        like every other frame.
+        """
+        server = await ServerFixture(self, "--token", WORKER_TOKEN).start()
+        client = await server.connect(worker=None)
+        await client.send("HELLO", {"worker": "w", "token": "wrong"})
+        await client.closed
+        self.assertTrue(client.frames[-1].startswith(b'ERR {"code":"unauthorized",'))
+        self.assertNotIn(b'": ', client.frames[-1])
+
+    async def test_csrf_from_the_query(self) -> None:
+        """
+        The UI takes its CSRF token from the form's body only.
+        """
+        from tests.test_ui import Browser
+
+        browser = Browser(self.server.http_port)
+        await self.http.post("/api/v1/jobs", body={"type": "t"})
+        page = await browser.get("/queues/default")
+        token = page.csrf()
+        refused = await browser.post(f"/queues/default/pause?csrf={token}", {})
+        self.assertEqual(refused.code, 403, refused)
+        both = await browser.post(
+            f"/queues/default/pause?csrf={token}", {"csrf": token}
+        )
+        self.assertEqual(both.code, 403, both)
+        queue = await self.http.get("/api/v1/queues/default")
+        self.assertFalse(queue.json["paused"])
+        done = await browser.post("/queues/default/pause", {"csrf": token})
+        self.assertEqual(done.code, 303, done)
+
+    async def test_worker_names(self) -> None:
+        """
+        Worker names with a newline, a NUL or another control character
+        are refused, over TCP and HTTP.
+        """
+        for name in ("two\nlines", "nul\x00", "bell\x07"):
+            client = await self.server.connect(worker=None)
+            kind, body = await client.send("HELLO", {"worker": name})
+            self.assertEqual((kind, body["field"]), ("ERR", "worker"))
+        response = await self.http.get(
+            "/api/v1/jobs/next", params={"worker": "a\nb", "wait": "0"}
+        )
+        self.assertEqual(response.code, 400, response)
+        client = await self.server.connect(worker=None)
+        reply = await client.ok("HELLO", {"worker": "ok é"})
+        self.assertTrue(reply["worker"].startswith("ok é#"))

@@ -110,7 +110,7 @@ MIN_EXTEND_INTERVAL = 0.05
 # (backoff from the first to the second, with jitter) until the server
 # answers otherwise.
 RESEND_BACKOFF = (0.25, 2.0)
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
+QUEUE_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,128}\Z")
 
 
 @frozen

@@ -29,7 +29,9 @@ from procession.core.errors import (
 )
 from procession.core.wire import MAX_BATCH, MAX_QUEUES, WORKER_NAME_LIMIT
 
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
+# "." and ".." are not names: as a path segment (UI links, API routes)
+# they mean "here" and "up".
+QUEUE_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,128}\Z")
 JOB_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
 
 DEFAULT_QUEUE = "default"
@@ -115,7 +117,16 @@ def parse_time(text: str) -> int:
     # Exact integer arithmetic: timestamp() is a float and would round
     # some milliseconds down.
     delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    ms = (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    if not 0 <= ms <= LATEST_TIME_MS:
+        # 9999-12-31T20:00:00-05:00 is in year 10000 in UTC, which no RFC
+        # 3339 time can write.
+        raise ValueError("a time from 1970 to 9999-12-31T23:59:59.999Z")
+    return ms
+
+
+#: The last millisecond an RFC 3339 time can write in UTC.
+LATEST_TIME_MS = 253402300799999
 
 
 def _is_int(value: object) -> bool:
@@ -567,9 +578,14 @@ def parse_worker_name(obj: object) -> str:
 
     @raise InvalidRequest: unless it is a string of 1 to 128 characters.
     """
-    if not isinstance(obj, str) or not 0 < len(obj) <= WORKER_NAME_LIMIT:
+    if (
+        not isinstance(obj, str)
+        or not 0 < len(obj) <= WORKER_NAME_LIMIT
+        or not obj.isprintable()
+    ):
         raise InvalidRequest(
-            f"worker must be a name of 1 to {WORKER_NAME_LIMIT} characters",
+            f"worker must be a name of 1 to {WORKER_NAME_LIMIT} printable "
+            "characters (no newline, NUL or other control character)",
             field="worker",
         )
     return obj

@@ -222,6 +222,7 @@ class WorkerRoutes:
     """
 
     dispatcher: Dispatcher
+    admin: Any
     worker_token: str | None
     admin_token: str | None
     max_body: int
@@ -328,7 +329,9 @@ class WorkerRoutes:
         body = request_object(request, self.max_body)
         lease, queue = lease_of(body, id)
         result = encode_result(body.get("result"))
-        await self._settled(lease, self.dispatcher.ack(queue, id, lease, result))
+        await self._settled(
+            lease, self.dispatcher.ack(queue, id, lease, result), id, queue
+        )
         return json_response(request, {"id": id})
 
     @app.route("/api/v1/acks", methods=["POST"])
@@ -394,6 +397,8 @@ class WorkerRoutes:
             self.dispatcher.fail(
                 queue, id, lease, report.error, report.retry_in, report.retry
             ),
+            id,
+            queue,
         )
         return json_response(request, failure_reply(id, state, run_at))
 
@@ -408,28 +413,56 @@ class WorkerRoutes:
         seconds = parse_extend_seconds(body)
         try:
             expiry = await self.dispatcher.extend(queue, id, lease, seconds)
-        except (LeaseLost, JobNotFound):
+        except (LeaseLost, JobNotFound) as e:
             self.dispatcher.pollers.lease_ended(lease)
+            await self._elsewhere(e, id, queue)
             raise
         self.dispatcher.pollers.lease_extended(lease, expiry / 1000)
         return json_response(request, {"id": id, "expires_at": format_time(expiry)})
+
+    async def _elsewhere(self, error: Exception, job_id: str, queue: str) -> None:
+        """
+        A lease names its job's queue: when the job is not in that queue but
+        in another, the lease cannot be the job's, and the answer is
+        C{lease_lost} (409), not C{not_found}.
+        """
+        if not isinstance(error, JobNotFound):
+            return
+        try:
+            other = await self.admin.locate(job_id)
+        except JobNotFound:
+            return
+        if other != queue:
+            raise LeaseLost(
+                f"the lease names queue {queue!r}, and job {job_id!r} is in "
+                f"queue {other!r}",
+                id=job_id,
+            )
 
     def _ack_one(
         self, job_id: str, lease: str, queue: str, result: str
     ) -> defer.Deferred[Any]:
         return defer.Deferred.fromCoroutine(
-            self._settled(lease, self.dispatcher.ack(queue, job_id, lease, result))
+            self._settled(
+                lease,
+                self.dispatcher.ack(queue, job_id, lease, result),
+                job_id,
+                queue,
+            )
         )
 
-    async def _settled(self, lease: str, d: defer.Deferred[Any]) -> Any:
+    async def _settled(
+        self, lease: str, d: defer.Deferred[Any], job_id: str, queue: str
+    ) -> Any:
         """
         Await an ack or fail: unless the store failed (the client may try
         again), the lease is over.
         """
         try:
             outcome = await d
-        except (LeaseLost, JobNotFound):
+        except (LeaseLost, JobNotFound) as e:
             self.dispatcher.pollers.lease_ended(lease)
+            await self._elsewhere(e, job_id, queue)
             raise
         self.dispatcher.pollers.lease_ended(lease)
         return outcome

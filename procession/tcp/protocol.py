@@ -144,7 +144,7 @@ class WorkerProtocol(protocol.Protocol):
         if len(self.factory.connections) >= self.factory.max_connections:
             self._write_frame(
                 "ERR",
-                json.dumps(
+                _compact(
                     {
                         "code": "too_many_connections",
                         "message": "the server is at --max-connections",
@@ -359,7 +359,7 @@ class WorkerProtocol(protocol.Protocol):
         """
         slot = self._new_reply()
         self._close_after_replies()
-        self._settle(slot, ("ERR", json.dumps(error.as_dict())))
+        self._settle(slot, ("ERR", _compact(error.as_dict())))
 
     def _close_after_replies(self) -> None:
         """

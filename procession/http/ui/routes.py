@@ -25,7 +25,7 @@ import functools
 import hashlib
 import json
 from typing import Any, Awaitable, Callable, Sequence
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from attrs import define, field, frozen
@@ -207,6 +207,14 @@ def _form(request: Any, name: str) -> str | None:
         raise InvalidRequest(f"{name} must be UTF-8", field=name) from None
 
 
+def _in_query(request: Any, name: str) -> bool:
+    """
+    Whether the request's URL (not its body) has a parameter C{name}.
+    """
+    query = request.uri.partition(b"?")[2]
+    return name.encode("ascii") in parse_qs(query, keep_blank_values=True)
+
+
 def _forms(request: Any, name: str) -> list[str]:
     try:
         return [v.decode("utf-8") for v in request.args.get(name.encode("ascii"), [])]
@@ -283,8 +291,11 @@ def action(handler: Handler) -> Handler:
             return self._error(
                 request, None, 401, "Log in first: this form needs a session."
             )
-        if not visitor.bearer and not self._ui().signer.csrf_valid(
-            visitor.session, _form(request, "csrf")
+        if not visitor.bearer and (
+            # Only from the form's body: a token in a URL leaks (logs,
+            # Referer, history) and a link could carry it.
+            _in_query(request, "csrf")
+            or not self._ui().signer.csrf_valid(visitor.session, _form(request, "csrf"))
         ):
             return self._error(
                 request,
