@@ -674,12 +674,11 @@ class FinishTests(WorkerAPITestCase):
                 (409, "lease_lost"),
                 lease,
             )
-        # A lease naming another queue sends the ack there, where no such
-        # job is.
+        # A lease naming another queue than the job's cannot be its lease.
         other = job["lease"].replace("@default", "@other")
         response = await self.http.post("/api/v1/jobs/b/ack", body={"lease": other})
         self.assertEqual(
-            (response.code, response.json["error"]["code"]), (404, "not_found")
+            (response.code, response.json["error"]["code"]), (409, "lease_lost")
         )
         for body in (b"[1]", b"5", b"{nope"):
             response = await raw_post(self.http, "/api/v1/jobs/b/ack", body)
