@@ -335,6 +335,27 @@ class BatchTests(TestCase):
         with self.assertRaises(defer.TimeoutError):
             await watcher.next_job(timeout=0.3)
 
+    async def test_a_done_batch_expires_after_the_retention(self) -> None:
+        a = await ServerFixture(self, "--keep-completed", "0.5").start()
+        http = HTTP(a.http_port)
+        producer = await a.connect("producer")
+        await producer.ok("BATCH", {"id": "brief"})
+        await producer.ok("PUSH", {"type": "t", "id": "only", "batch": "brief"})
+        await producer.ok("BATCH", {"action": "commit", "id": "brief"})
+        worker = await a.connect("worker")
+        await worker.ok("READY", {"queues": ["default"], "credit": 1})
+        await worker.next_job()
+        await worker.ok("ACK", {"id": "only"})
+        status = await producer.ok("BATCH", {"action": "status", "id": "brief"})
+        self.assertEqual(status["state"], "done")
+
+        async def gone() -> bool:
+            response = await http.get("/api/v1/batches/brief")
+            return response.code == 404
+
+        await until(gone, timeout=10)
+        self.assertEqual((await http.get("/api/v1/batches")).json["batches"], [])
+
     async def test_open_commit_reopen_and_refusals(self) -> None:
         a = await ServerFixture(self).start()
         http = HTTP(a.http_port)
@@ -518,7 +539,9 @@ class ProgressAndCancelTests(TestCase):
         self.assertEqual((kind, body["field"]), ("ERR", "progress"))
         kind, body = await producer.send("PROGRESS", {"id": "long", "progress": 1})
         self.assertEqual((kind, body["code"]), ("ERR", "not_held"))
-        cancelled = await http.post("/api/v1/jobs/long/cancel", body={})
+        # Cancelled through another server: the pub/sub reaches this one.
+        b = await ServerFixture(self, ns=a.namespace).start()
+        cancelled = await HTTP(b.http_port).post("/api/v1/jobs/long/cancel", body={})
         self.assertEqual(cancelled.code, 200)
         told = await worker.cancels.get().addTimeout(5, reactor)
         self.assertEqual(told, {"id": "long"})
@@ -657,3 +680,73 @@ class UITests(TestCase):
             self.assertIn(f"/jobs/u{n}", detail)
         missing = await http.get("/batches/none")
         self.assertEqual(missing.code, 404)
+
+
+class PythonClientTests(TestCase):
+    """
+    The Python side: the worker runner tells a handler its job was
+    cancelled and sends its progress; Pushed.wait raises for a dead job.
+    """
+
+    async def test_runner_exposes_cancel_and_progress(self) -> None:
+        import threading
+
+        from twisted.internet.threads import deferToThread
+
+        from procession.client import Client, JobFailed, WaitTimeout
+        from procession.client.worker import Worker, cancelled, progress
+
+        a = await ServerFixture(self).start()
+        http = HTTP(a.http_port)
+        started = threading.Event()
+        saw_cancel = threading.Event()
+
+        def long(n: int) -> str:
+            progress(25, "a quarter")
+            started.set()
+            for _ in range(1000):
+                if cancelled():
+                    saw_cancel.set()
+                    return "stopped early"
+                threading.Event().wait(0.01)
+            return "ran to the end"
+
+        def broken() -> None:
+            raise ValueError("no good")
+
+        worker = Worker(
+            {"long": long, "broken": broken},
+            host="127.0.0.1",
+            port=a.tcp_port,
+            concurrency=2,
+            shutdown_timeout=2,
+        )
+        running = deferToThread(worker.run, install_signals=False)
+        client = Client("127.0.0.1", a.tcp_port, retry_for=2)
+        self.addCleanup(client.close)
+        pushed = await deferToThread(client.push, "long", [1], id="long-1")
+        self.assertEqual(pushed, "long-1")
+        await deferToThread(started.wait, 10)
+
+        async def reported() -> Any:
+            job = (await http.get("/api/v1/jobs/long-1")).json
+            return job.get("progress")
+
+        shown = await until(reported)
+        self.assertEqual((shown["percent"], shown["message"]), (25.0, "a quarter"))
+        self.assertEqual((await http.post("/api/v1/jobs/long-1/cancel")).code, 200)
+        self.assertTrue(await deferToThread(saw_cancel.wait, 10))
+        with self.assertRaises(JobFailed) as failed:
+            await deferToThread(pushed.wait, 5)
+        self.assertEqual(failed.exception.state, "cancelled")
+
+        dead = await deferToThread(client.push, "broken", max_attempts=1)
+        with self.assertRaises(JobFailed) as failed:
+            await deferToThread(dead.wait, 10)
+        self.assertEqual(failed.exception.state, "dead")
+        self.assertIn("no good", failed.exception.error["message"])
+        never = await deferToThread(client.push, "nobody-handles", queue="elsewhere")
+        with self.assertRaises(WaitTimeout):
+            await deferToThread(never.wait, 0.3)
+        worker.stop()
+        await running
