@@ -165,6 +165,17 @@ class BatchTests(TestCase):
         jobs they held go back): on_success and on_complete fire exactly
         once, after the last job completed.
         """
+        await self.thousand_jobs(dead=None)
+
+    async def test_thousand_jobs_one_dead_fires_on_complete_only(self) -> None:
+        """
+        The same run with one job dead (failed without retry): on_complete
+        fires exactly once, after the last job finished, and on_success
+        never.
+        """
+        await self.thousand_jobs(dead="img-517")
+
+    async def thousand_jobs(self, dead: str | None) -> None:
         a = await ServerFixture(self).start()
         b = await ServerFixture(self, ns=a.namespace).start()
         c = await ServerFixture(self, ns=a.namespace).start()
@@ -230,7 +241,10 @@ class BatchTests(TestCase):
                         await worker.closed
                         kill_after = 0
                         break
-                    await worker.ok("ACK", {"id": job["id"]})
+                    if job["id"] == dead:
+                        await worker.ok("FAIL", {"id": dead, "retry": False})
+                    else:
+                        await worker.ok("ACK", {"id": job["id"]})
                     acked.add(job["id"])
                     last_ack[0] = reactor.seconds()
                     done += 1
@@ -250,14 +264,17 @@ class BatchTests(TestCase):
         # attempts, not only clean ones.
         self.assertGreater(len(retried), 0)
 
-        async def both() -> bool:
-            return len(callbacks) >= 2
+        expected = (
+            [f"{bid}:complete"] if dead else [f"{bid}:complete", f"{bid}:success"]
+        )
 
-        await until(both)
+        async def fired() -> bool:
+            return len(callbacks) >= len(expected)
+
+        await until(fired)
         # Long enough for a second push, had there been one.
         await sleep(0.5)
-        ids = sorted(job_id for job_id, _ in callbacks)
-        self.assertEqual(ids, [f"{bid}:complete", f"{bid}:success"])
+        self.assertEqual(sorted(job_id for job_id, _ in callbacks), expected)
         self.assertTrue(all(at >= last_ack[0] for _, at in callbacks))
         status = (await http.get(f"/api/v1/batches/{bid}")).json
         self.assertEqual(
@@ -268,11 +285,15 @@ class BatchTests(TestCase):
                 status["completed"],
                 status["dead"],
             ),
-            ("done", 1000, 0, 1000, 0),
+            ("done", 1000, 0, 999 if dead else 1000, 1 if dead else 0),
         )
-        self.assertIsNotNone(status["on_success"]["pushed_at"])
+        self.assertIsNotNone(status["on_complete"]["pushed_at"])
+        if dead:
+            self.assertIsNone(status["on_success"]["pushed_at"])
+            response = await http.get(f"/api/v1/jobs/{bid}:success")
+            self.assertEqual(response.code, 404)
         summary = (await http.get("/api/v1/queues/callbacks")).json
-        self.assertEqual(summary["totals"]["pushed"], 2, summary)
+        self.assertEqual(summary["totals"]["pushed"], len(expected), summary)
         watched.append(True)
         await watching
 
