@@ -84,6 +84,11 @@ PROFILE_CASES = (
 )
 
 
+# The connections of the Faktory drain's worker process (FETCH is one job
+# per request: each connection has one in flight).
+FAKTORY_PROCESSORS = 20
+
+
 @define
 class Settings:
     """
@@ -142,15 +147,22 @@ class Env:
     for procession a fresh server process.  Closing it stops them all.
     """
 
-    def __init__(self, settings: Settings, system: str) -> None:
+    def __init__(self, settings: Settings, system: str, faktory: bool = False) -> None:
         self.system = system
         self.redis = RedisServer(free_port(), settings.transport).start()
         self.resp = RespClient(self.redis)
         self.children: list[Child] = []
         self.server: ProcessionServer | None = None
+        # procession's Faktory listener, for the Faktory cases only (it
+        # adds a tick of its own to the server's Redis calls)
+        self.faktory_port: int | None = None
         try:
             if system == "procession":
-                self.server = ProcessionServer(self.redis.url(), NAMESPACE)
+                extra: list[str] = []
+                if faktory:
+                    self.faktory_port = free_port()
+                    extra = ["--faktory", str(self.faktory_port)]
+                self.server = ProcessionServer(self.redis.url(), NAMESPACE, extra)
         except BaseException:
             self.close()
             raise
@@ -569,6 +581,58 @@ class Bench:
 
         return run
 
+    def faktory_args(self, env: Env, mode: str, jobs: int) -> list[str]:
+        """
+        The command line of L{bench.faktoryload} against the env's Faktory
+        listener.
+        """
+        assert env.faktory_port is not None
+        return [
+            sys.executable, "-m", "bench.faktoryload", mode,
+            "--port", str(env.faktory_port), "--jobs", str(jobs),
+            "--processors", str(FAKTORY_PROCESSORS),
+            "--max-seconds", str(self.settings.max_seconds),
+        ]  # fmt: skip
+
+    def faktory_push(self, env: Env) -> dict[str, Any]:
+        """
+        One job at a time over Faktory's protocol (PUSH, wait for +OK), as
+        Faktory's clients push: beside push.one.
+        """
+        meter = Meter(env)
+        process = subprocess.run(
+            self.faktory_args(env, "push", self.settings.jobs),
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=code_root(),
+            env=environment(),
+            timeout=self.settings.max_seconds + 600,
+        )
+        if process.returncode != 0:
+            raise RuntimeError(f"faktoryload push failed:\n{process.stderr[-3000:]}")
+        out = json.loads(process.stdout.strip().splitlines()[-1])
+        if out["errors"]:
+            raise RuntimeError(f"{out['errors']} Faktory pushes were refused")
+        metrics = meter.finish(out["jobs"], out["seconds"])
+        self.check_stored(env, out["jobs"])
+        return metrics
+
+    def faktory_drain(self, env: Env) -> dict[str, Any]:
+        """
+        One Faktory worker process (FAKTORY_PROCESSORS connections, each
+        FETCH then ACK) drains N queued jobs: beside drain.raw.
+        """
+        jobs = self.settings.jobs
+        self.fill(env, jobs)
+        meter = Meter(env)
+        worker = env.child(self.faktory_args(env, "drain", jobs), "faktory-drain")
+        meter.watch(worker)
+        first, last, done = self.wait_drained(env, worker, meter, jobs, jobs)
+        metrics = meter.finish(done, last - first)
+        worker.wait(30)
+        return metrics
+
     def node(self, env: Env, mode: str, jobs: int, **options: Any) -> dict[str, Any]:
         """
         Run ``bench/node/load.mjs`` (push or fill) for the env's system to
@@ -827,7 +891,8 @@ class Bench:
         for n in range(rounds):
             r.call("CONFIG", "RESETSTAT")
             for i in range(calls):
-                argv = [now, "bench-server"] + [
+                # now, the server, no lease owner, then the slots
+                argv = [now, "bench-server", ""] + [
                     x
                     for j in range(batch)
                     for x in ("bench-claim", f"lease{n}.{i}.{j}@default")
@@ -921,7 +986,9 @@ class Bench:
         for system in COMPETITORS:
             add("push", "one", system, "push.one", self.push("one"))
             add("push", "batch", system, "push.batch", self.push("batch"))
+        add("push", "faktory", "procession", "push.one", self.faktory_push)
         add("drain", "runner", "procession", "drain", self.drain("runner"))
+        add("drain", "faktory", "procession", "drain", self.faktory_drain)
         add("drain", "raw", "procession", "drain", self.drain("raw"))
         add("drain", "simple", "rq", "drain", self.drain("simple"))
         add("drain", "fork", "rq", "drain", self.drain("fork"))
@@ -1007,7 +1074,7 @@ class Bench:
                 self.say(
                     f"[{time.monotonic() - started:6.0f}s] run {rep + 1}/{s.repeat}: {case.id}"
                 )
-                env = Env(s, case.system)
+                env = Env(s, case.system, faktory=case.variant == "faktory")
                 try:
                     metrics = case.run(env)
                 except Exception as e:

@@ -26,6 +26,8 @@ EXPECTED = {
     "push.batch/procession": "jobs_per_s",
     "drain.runner/procession": "jobs_per_s",
     "drain.raw/procession": "jobs_per_s",
+    "push.faktory/procession": "jobs_per_s",
+    "drain.faktory/procession": "jobs_per_s",
     "latency1000.raw/procession": "p99_ms",
     "latency1000.runner/procession": "p99_ms",
     "http.push/procession": "jobs_per_s",
