@@ -233,15 +233,20 @@ class Workflows:
         """
         await self.store.get_batch(batch_id)
         members = await self.store.batch_jobs(batch_id)
-        jobs = []
-        for job_id, queue in sorted(members.items())[:limit]:
+        chosen = sorted(members.items())[:limit]
+
+        async def one(job_id: str, queue: str) -> dict[str, Any] | None:
             try:
                 job = await self.store.get_job(queue, job_id)
             except JobNotFound:
-                continue
+                return None
             del job["errors"]
-            jobs.append(job)
-        return jobs
+            return job
+
+        found = await defer.gatherResults(
+            [defer.ensureDeferred(one(i, q)) for i, q in chosen], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure)
+        return [job for job in found if job is not None]
 
     # -- progress
 
