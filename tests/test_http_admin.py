@@ -130,7 +130,16 @@ class QueueTests(AdminTestCase):
             queue["sizes"],
             {"queued": 0, "scheduled": 1, "retrying": 0, "running": 2, "dead": 1},
         )
-        self.assertEqual(queue["totals"], {"pushed": 6, "processed": 2, "failed": 1})
+        self.assertEqual(
+            queue["totals"],
+            {
+                "pushed": 6,
+                "processed": 2,
+                "failed": 1,
+                "expired": 0,
+                "unique_collisions": 0,
+            },
+        )
         self.assertEqual(queue["throughput"]["processed"]["last_minute"], 2)
         self.assertEqual(queue["throughput"]["failed"]["last_minute"], 1)
         self.assertAlmostEqual(queue["throughput"]["processed"]["last_hour"], 2 / 60, 3)

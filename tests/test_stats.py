@@ -45,7 +45,9 @@ def summary(name: str, reply: list[int], now: int = 10 * MINUTE) -> QueueSummary
 
 class SummaryTests(SynchronousTestCase):
     def test_from_script(self) -> None:
-        s = summary("q", [3, 1, 2, 4, 5, 1, 20, 10, 6, 10 * MINUTE - 2500] + [0] * 8)
+        s = summary(
+            "q", [3, 1, 2, 4, 5, 1, 20, 10, 6, 10 * MINUTE - 2500] + [0] * 8 + [2, 7]
+        )
         self.assertEqual(
             s.sizes,
             {"queued": 3, "scheduled": 1, "retrying": 2, "running": 4, "dead": 5},
@@ -56,7 +58,16 @@ class SummaryTests(SynchronousTestCase):
         body = s.as_json()
         self.assertEqual(body["latency"], 2.5)
         self.assertEqual(body["oldest_enqueued_at"], "1970-01-01T00:09:57.500Z")
-        self.assertEqual(body["totals"], {"pushed": 20, "processed": 10, "failed": 6})
+        self.assertEqual(
+            body["totals"],
+            {
+                "pushed": 20,
+                "processed": 10,
+                "failed": 6,
+                "expired": 2,
+                "unique_collisions": 7,
+            },
+        )
 
     def test_nothing_queued(self) -> None:
         s = summary("q", [0] * 9 + [-1] + [0] * 8)
@@ -65,10 +76,12 @@ class SummaryTests(SynchronousTestCase):
 
     def test_totals(self) -> None:
         a = summary(
-            "a", [1, 0, 0, 2, 0, 0, 5, 3, 1, 10 * MINUTE - 1000, 3, 1] + [0] * 6
+            "a",
+            [1, 0, 0, 2, 0, 0, 5, 3, 1, 10 * MINUTE - 1000, 3, 1] + [0] * 6 + [1, 0],
         )
         b = summary(
-            "b", [2, 1, 0, 0, 1, 1, 7, 4, 2, 10 * MINUTE - 4000, 1, 0] + [0] * 6
+            "b",
+            [2, 1, 0, 0, 1, 1, 7, 4, 2, 10 * MINUTE - 4000, 1, 0] + [0] * 6 + [2, 5],
         )
         body = Totals.of([a, b], tcp_workers=2, http_workers=1).as_json()
         self.assertEqual(
@@ -77,6 +90,8 @@ class SummaryTests(SynchronousTestCase):
                 "pushed": 12,
                 "processed": 7,
                 "failed": 3,
+                "expired": 3,
+                "unique_collisions": 5,
                 "queued": 3,
                 "scheduled": 1,
                 "retrying": 0,

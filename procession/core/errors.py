@@ -248,6 +248,15 @@ class QueueNotFound(ProcessionError):
     http_status = 404
 
 
+class PeriodicNotFound(ProcessionError):
+    """
+    No periodic entry has this name.
+    """
+
+    code = "periodic_not_found"
+    http_status = 404
+
+
 class WorkerNotFound(ProcessionError):
     """
     No worker connected to this server has this name.

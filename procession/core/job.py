@@ -9,6 +9,7 @@ JSON the server sends back) lives here, once each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,12 @@ MAX_TYPE_LENGTH = 256
 MAX_RETRY_IN = 365 * 86400.0
 
 
+# How long a unique lock may last at most, and the states that end it.
+MAX_UNIQUE_FOR = 30 * 86400.0
+UNIQUE_UNTIL = ("start", "success")
+MAX_UNIQUE_KEY = 1024
+MAX_EXPIRES_IN = 10 * 365 * 86400.0
+
 SUBMISSION_FIELDS = frozenset(
     {
         "id",
@@ -60,6 +67,11 @@ SUBMISSION_FIELDS = frozenset(
         "batch",
         "after",
         "on_parent_dead",
+        "unique_for",
+        "unique_key",
+        "unique_until",
+        "expires_at",
+        "expires_in",
     }
 )
 
@@ -167,6 +179,13 @@ class NewJob:
     batch: str | None = None
     after: tuple[str, ...] = ()
     on_parent_dead: str = "cancel"
+    # Unique jobs: the lock's name (a digest of the unique key, '' for
+    # none), how long it may last (ms) and when it frees.
+    unique_lock: str = ""
+    unique_for: int = 0
+    unique_until: str = "success"
+    # Expiring jobs: not run after this time (ms; 0 for never).
+    expires_at: int = 0
 
     def script_args(self, now_ms: int) -> list[str | int | float]:
         """
@@ -185,6 +204,14 @@ class NewJob:
             self.wire(now_ms),
             self.limit_key,
         ]
+
+    def lifetime_args(self) -> list[str | int]:
+        """
+        The values the push script reads after the job's workflow value:
+        its unique lock (name, unique_for ms, unique_until) and its
+        expires_at (ms, 0 for never).
+        """
+        return [self.unique_lock, self.unique_for, self.unique_until, self.expires_at]
 
     def wire(self, created_at: int) -> str:
         """
@@ -229,26 +256,58 @@ class NewJob:
         return json.dumps(spec, separators=(",", ":"))
 
 
-def push_reply(job_id: str, outcome: bool | str) -> dict[str, Any]:
+@frozen
+class UniqueHeld:
+    """
+    A push's outcome when another job holds the job's unique lock: nothing
+    was stored, and C{holder} is that job's id.
+    """
+
+    holder: str
+
+
+#: What a push did with one job: L{True} created; L{False} its queue had a
+#: job with this id; a queue's name: that other queue has one; or
+#: L{UniqueHeld}.  (Each job is left alone unless created.)
+PushOutcome = bool | str | UniqueHeld
+
+
+def unique_lock_name(key: str | None, job_type: str, queue: str, args: object) -> str:
+    """
+    The name of a unique lock: a digest of the unique key, by default the
+    job's type, queue and the canonical JSON of its arguments (keys
+    sorted), so that equal arguments written in another order collide.
+    """
+    if key is None:
+        key = _canonical([job_type, queue, args])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+
+
+def push_reply(job_id: str, outcome: PushOutcome) -> dict[str, Any]:
     """
     What both front ends answer to a push of one job: C{outcome} is the
-    store's (L{True}: created; L{False}: its queue had a job with this id;
-    a queue's name: that other queue has one, which is left alone).
+    store's (L{PushOutcome}).  A job refused by a unique lock is answered
+    with the id of the job holding it, and C{created: false}.
     """
+    if isinstance(outcome, UniqueHeld):
+        return {"id": outcome.holder, "created": False}
     reply: dict[str, Any] = {"id": job_id, "created": outcome is True}
     if isinstance(outcome, str):
         reply["queue"] = outcome
     return reply
 
 
-def batch_reply(jobs: list[NewJob], outcomes: list[bool | str]) -> dict[str, Any]:
+def batch_reply(jobs: list[NewJob], outcomes: list[PushOutcome]) -> dict[str, Any]:
     """
     What both front ends answer to a batch push: the ids and whether each
     was created, and, when a job's id was taken in another queue, the
     queue that holds each job (C{queues}).
     """
     reply: dict[str, Any] = {
-        "ids": [j.id for j in jobs],
+        "ids": [
+            o.holder if isinstance(o, UniqueHeld) else j.id
+            for j, o in zip(jobs, outcomes)
+        ],
         "created": [o is True for o in outcomes],
     }
     if any(isinstance(o, str) for o in outcomes):
@@ -381,6 +440,9 @@ def parse_submission(
             limit=max_size,
         )
 
+    unique_lock, unique_for, unique_until = _parse_unique(obj, job_type, queue, args)
+    expires_at = _parse_expiry(obj, now_ms)
+
     return NewJob(
         id=job_id,
         type=job_type,
@@ -396,6 +458,10 @@ def parse_submission(
         batch=batch,
         after=after,
         on_parent_dead=on_parent_dead,
+        unique_lock=unique_lock,
+        unique_for=unique_for,
+        unique_until=unique_until,
+        expires_at=expires_at,
     )
 
 
@@ -519,11 +585,77 @@ def parse_batch_spec(obj: object, now_ms: int, max_size: int) -> BatchSpec:
     )
 
 
+def _parse_unique(
+    obj: dict[str, Any], job_type: str, queue: str, args: object
+) -> tuple[str, int, str]:
+    """
+    The unique lock of a submission: its name ('' for none), how long it
+    lasts (ms) and when it frees.
+    """
+    if "unique_for" not in obj:
+        for name in ("unique_key", "unique_until"):
+            if name in obj:
+                raise InvalidJob(f"{name} needs unique_for", field=name)
+        return "", 0, "success"
+    unique_for = obj["unique_for"]
+    if not _is_number(unique_for) or not 0 < unique_for <= MAX_UNIQUE_FOR:
+        raise InvalidJob(
+            f"unique_for must be a number of seconds above 0 and at most "
+            f"{int(MAX_UNIQUE_FOR)}",
+            field="unique_for",
+        )
+    key = obj.get("unique_key")
+    if key is not None and (
+        not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY
+    ):
+        raise InvalidJob(
+            f"unique_key must be a string of 1 to {MAX_UNIQUE_KEY} characters",
+            field="unique_key",
+        )
+    until = obj.get("unique_until", "success")
+    if until not in UNIQUE_UNTIL:
+        raise InvalidJob(
+            "unique_until must be 'start' or 'success'", field="unique_until"
+        )
+    try:
+        name = unique_lock_name(key, job_type, queue, args)
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidJob("args must be plain JSON", field="args")
+    return name, max(1, int(unique_for * 1000)), until
+
+
+def _parse_expiry(obj: dict[str, Any], now_ms: int) -> int:
+    """
+    When a submission expires (ms), or 0 for never.
+    """
+    if "expires_at" in obj and "expires_in" in obj:
+        raise InvalidJob("give expires_at or expires_in, not both", field="expires_at")
+    if "expires_at" in obj:
+        try:
+            return parse_time(obj["expires_at"])
+        except (ValueError, OverflowError, OSError):
+            raise InvalidJob(
+                "expires_at must be an RFC 3339 time such as 2026-01-02T03:04:05Z",
+                field="expires_at",
+            )
+    if "expires_in" in obj:
+        expires_in = obj["expires_in"]
+        if not _is_number(expires_in) or not 0 < expires_in <= MAX_EXPIRES_IN:
+            raise InvalidJob(
+                "expires_in must be a number of seconds above 0", field="expires_in"
+            )
+        return now_ms + max(1, int(expires_in * 1000))
+    return 0
+
+
 # json.dumps with any option builds an encoder per call: build them once.
 _compact = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
 _compact_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_canonical = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, allow_nan=False
+).encode
 
 
 def parse_batch(obj: object, now_ms: int, max_size: int) -> list[NewJob]:
@@ -762,6 +894,7 @@ TIME_FIELDS = (
     "run_at",
     "started_at",
     "finished_at",
+    "expires_at",
 )
 
 

@@ -15,6 +15,7 @@ STATES = (
     "completed",
     "dead",
     "cancelled",
+    "expired",
 )
 
 #: The states a job leaves only by an operator or a worker: not finished.

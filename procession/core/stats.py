@@ -98,6 +98,8 @@ class QueueSummary:
     oldest_enqueued_at: int | None
     latency: float
     throughput: Throughput
+    expired: int = 0
+    unique_collisions: int = 0
 
     @classmethod
     def from_script(
@@ -120,6 +122,8 @@ class QueueSummary:
             oldest_enqueued_at=oldest,
             latency=latency,
             throughput=Throughput.from_buckets(now_ms, values[10:18]),
+            expired=values[18] if len(values) > 18 else 0,
+            unique_collisions=values[19] if len(values) > 19 else 0,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -136,6 +140,8 @@ class QueueSummary:
                 "pushed": self.pushed,
                 "processed": self.processed,
                 "failed": self.failed,
+                "expired": self.expired,
+                "unique_collisions": self.unique_collisions,
             },
             "throughput": self.throughput.as_json(),
         }
@@ -157,6 +163,8 @@ class Totals:
     throughput: Throughput
     tcp_workers: int
     http_workers: int
+    expired: int = 0
+    unique_collisions: int = 0
 
     @classmethod
     def of(
@@ -180,6 +188,8 @@ class Totals:
             throughput=throughput,
             tcp_workers=tcp_workers,
             http_workers=http_workers,
+            expired=sum(s.expired for s in summaries),
+            unique_collisions=sum(s.unique_collisions for s in summaries),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -190,6 +200,8 @@ class Totals:
             "pushed": self.pushed,
             "processed": self.processed,
             "failed": self.failed,
+            "expired": self.expired,
+            "unique_collisions": self.unique_collisions,
         }
         totals.update(self.sizes)
         return {

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from procession.http.admin_api import AdminRoutes
+from procession.http.periodic_api import PeriodicRoutes
 from procession.http.worker_api import WorkerRoutes
 from procession.http.workflow_api import WorkflowRoutes
 from procession.service.admin import Admin
@@ -20,7 +21,7 @@ from procession.http.ui.routes import UIRoutes
 from procession.http.web import app, json_response
 
 
-class HTTPServer(WorkflowRoutes, WorkerRoutes, AdminRoutes, UIRoutes):
+class HTTPServer(WorkflowRoutes, WorkerRoutes, AdminRoutes, PeriodicRoutes, UIRoutes):
     """
     The HTTP server of one procession process.
 

@@ -301,6 +301,14 @@ class Options(usage.Options):
             int,
         ],
         [
+            "periodic",
+            None,
+            None,
+            "A TOML file of periodic entries (docs/periodic.rst), loaded at "
+            "start-up and again on SIGHUP; its entries are marked as from "
+            "the file, and entries the file no longer has are removed.",
+        ],
+        [
             "processes",
             None,
             1,
@@ -492,6 +500,7 @@ class ProcessionService(service.MultiService):
         self.store: Any = None
         self.dispatcher: Any = None
         self.wake_listener: Any = None
+        self.periodic: Any = None
         self.worker_factory: Any = None
         self.admin: Any = None
         self.faktory_factory: Any = None
@@ -600,6 +609,15 @@ class ProcessionService(service.MultiService):
             self.dispatcher.wake_all()
             workflows.reconnected()
 
+        from procession.service.periodic import Periodic
+
+        self.periodic = Periodic(
+            self.store,
+            self.reactor,
+            max_job_size=options["max-job-size"],
+            path=options["periodic"],
+        )
+        await self.periodic.load_file()
         self.wake_listener = WakeListener(
             address,
             self.store.channel,
@@ -625,6 +643,9 @@ class ProcessionService(service.MultiService):
         # leases expire.
         await self.dispatcher.cluster.heartbeat()
         self.dispatcher.start()
+        self.periodic.start()
+        if options["periodic"]:
+            self._reload_on_sighup()
         self.tcp_port = await self._listen("tcp", 0, self.worker_factory)
         self.listening["tcp"] = _describe(self.tcp_port)
         self.admin = Admin(self.dispatcher)
@@ -640,6 +661,7 @@ class ProcessionService(service.MultiService):
         )
         if options["faktory"] is not None:
             await self._start_faktory()
+        self.http_server.periodic = self.periodic
         site = Site(
             self.http_server.app.resource(),
             access_log=bool(options["http-access-log"]),
@@ -701,6 +723,17 @@ class ProcessionService(service.MultiService):
             "Serving Faktory clients on {faktory}",
             faktory=self.listening["faktory"],
         )
+
+    def _reload_on_sighup(self) -> None:
+        """
+        Reload the C{--periodic} file on SIGHUP (in the reactor's thread).
+        """
+        import signal
+
+        def hup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.periodic.reload)
+
+        signal.signal(signal.SIGHUP, hup)
 
     def _listen(self, name: str, index: int, factory: Any) -> defer.Deferred[Any]:
         """
@@ -850,6 +883,8 @@ class ProcessionService(service.MultiService):
             await self.http_port.stopListening()
         if self.faktory_port is not None:
             await self.faktory_port.stopListening()
+        if self.periodic is not None:
+            await self.periodic.stop()
         if self.dispatcher is not None:
             self.dispatcher.quiet()
             self.dispatcher.stop_sweeping()

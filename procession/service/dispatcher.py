@@ -35,7 +35,7 @@ from procession.core.errors import (
     ProcessionError,
     ShuttingDown,
 )
-from procession.core.job import QUEUE_NAME, ClaimedJob, NewJob
+from procession.core.job import QUEUE_NAME, ClaimedJob, NewJob, PushOutcome
 from procession.service.cluster import Cluster
 from procession.service.coalescer import Coalescer
 from procession.service.pollers import Pollers
@@ -530,13 +530,14 @@ class Dispatcher:
 
     # -- the worker's side
 
-    async def push(self, jobs: Sequence[NewJob]) -> list[bool | str]:
+    async def push(self, jobs: Sequence[NewJob]) -> list[PushOutcome]:
         """
         Store new jobs and wake their consumers.
 
         @return: per job, whether it was created (L{False}: a job with that
             id existed and was left alone; a queue's name: a job with that
-            id exists in that other queue).
+            id exists in that other queue; L{UniqueHeld}: another job holds
+            its unique lock).
         """
         if len(jobs) == 1:
             return [await self.push_one(jobs[0])]
@@ -547,7 +548,7 @@ class Dispatcher:
             self.wake(job.queue)
         return created
 
-    def push_one(self, job: NewJob) -> defer.Deferred[bool | str]:
+    def push_one(self, job: NewJob) -> defer.Deferred[PushOutcome]:
         """
         L{push} for one job (the hot path of the C{PUSH} frame).  Single
         pushes that arrive together (pipelined by a client, or from many
@@ -578,11 +579,11 @@ class Dispatcher:
 
     def _pushed(
         self,
-        created: bool | str,
+        created: PushOutcome,
         queue: str,
         state: QueueState | None = None,
         answered: int = 0,
-    ) -> bool | str:
+    ) -> PushOutcome:
         # A claim sent behind the push and still on its way will see the
         # job.  One answered already ran before the push (which waited for
         # something first: a new queue's registration, a script reload),

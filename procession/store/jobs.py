@@ -44,6 +44,8 @@ from procession.core.job import (
     ClaimedJobs,
     format_time,
     NewJob,
+    PushOutcome,
+    UniqueHeld,
     backoff_jitter,
     job_from_hash,
 )
@@ -93,11 +95,13 @@ SCRIPT_NAMES = (
     "await",
     "progress",
     "batch",
+    # periodic jobs (service/periodic.py, docs/periodic.rst)
+    "tick",
 )
 
 # Scripts that are not about one queue: they run without common.lua, on
 # the keys they are given.
-REGISTRY_SCRIPT_NAMES = ("servers",)
+REGISTRY_SCRIPT_NAMES = ("servers", "periodic")
 
 
 # How far summary.lua looks for the oldest queued job: the first jobs of the
@@ -347,27 +351,29 @@ class Store:
 
     # -- the worker's side
 
-    def push(self, jobs: Sequence[NewJob]) -> defer.Deferred[list[bool | str]]:
+    def push(self, jobs: Sequence[NewJob]) -> defer.Deferred[list[PushOutcome]]:
         """
         Store new jobs; a job whose id exists already (in any queue) is
-        left untouched.
+        left untouched, and so is a job whose unique lock another job
+        holds.
 
         Jobs of one queue are pushed by one script call, atomically.  When
         the jobs of one queue are stored and another queue's call fails,
         the error says which were (L{_partial}).
 
         @return: for each job, L{True} when it was created, L{False} when
-            its queue had a job with its id, or the name of the other queue
-            that has one.
+            its queue had a job with its id, the name of the other queue
+            that has one, or L{UniqueHeld} (the id of the job holding its
+            unique lock).
         """
         by_queue: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
             by_queue.setdefault(job.queue, []).append(index)
 
-        async def push() -> list[bool | str]:
+        async def push() -> list[PushOutcome]:
             await self._register(by_queue)
             parents = await self._parent_queues(jobs)
-            created: list[bool | str | None] = [None] * len(jobs)
+            created: list[PushOutcome | None] = [None] * len(jobs)
             now = self.now_ms()
             calls = []
             for queue, indexes in by_queue.items():
@@ -380,6 +386,7 @@ class Store:
                 for i in indexes:
                     args.extend(jobs[i].script_args(now))
                     args.append(jobs[i].flow_value(parents))
+                    args.extend(jobs[i].lifetime_args())
                 call = self.run_replicated(
                     "push", queue, args, [self.keys.ids]
                 ).addErrback(_flow_refused)
@@ -1207,10 +1214,13 @@ class Store:
         return list(members)
 
 
-def _pushed_flag(flag: Any) -> bool | str:
+def _pushed_flag(flag: Any) -> PushOutcome:
     """
     One job's outcome in push.lua's reply.
     """
+    if isinstance(flag, list) and len(flag) == 2:
+        holder = flag[1]
+        return UniqueHeld(holder.decode() if isinstance(holder, bytes) else str(holder))
     if isinstance(flag, list):
         [queue] = flag
         return queue.decode("utf-8") if isinstance(queue, bytes) else str(queue)
@@ -1218,7 +1228,7 @@ def _pushed_flag(flag: Any) -> bool | str:
 
 
 def _partial(
-    failure: Any, jobs: Sequence[NewJob], created: list[bool | str | None]
+    failure: Any, jobs: Sequence[NewJob], created: list[PushOutcome | None]
 ) -> Exception:
     """
     The error of a push of several queues of which some were stored: the

@@ -12,7 +12,8 @@ Every key of a queue carries the queue's hash tag (C{ns:{queue}:...}), so
 a script that touches one queue touches one cluster slot.  The only keys
 outside a queue are the set of known queues, the wake-up channel, the
 server registry (C{ns:servers}, a zset of heartbeats, and
-C{ns:server:<id>}, each live server's description), and the id index
+C{ns:server:<id>}, each live server's description), the periodic
+entries' definitions (C{ns:periodic}, one hash), and the id index
 (C{ns:ids}): the one key that scripts of a queue (push, delete, purge,
 sweep) touch besides their queue's, because a job's id is unique across
 queues; and the lease owners' registry (C{ns:owners}).
@@ -49,6 +50,8 @@ QUEUE_KEYS = (
     "stats",
     "minute:<m>",
     "waiting",
+    "unique:<l>",
+    "periodic:<n>",
     "held:<srv>",
     "limits",
     "window",
@@ -72,6 +75,7 @@ STATE_SETS = {
     "completed": "done",
     "cancelled": "done",
     "waiting": "dependent",
+    "expired": "done",
 }
 assert set(STATE_SETS) == set(STATES)
 
@@ -209,6 +213,26 @@ class Keys:
         The queue's totals: pushed, processed, failed.
         """
         return f"{self.prefix(queue)}stats"
+
+    def unique(self, queue: str, lock: str) -> str:
+        """
+        A unique lock of a queue: the id of the job holding it (expiring).
+        """
+        return f"{self.prefix(queue)}unique:{lock}"
+
+    def periodic_ticks(self, queue: str, name: str) -> str:
+        """
+        The ticks so far of periodic entry C{name}, whose jobs go to
+        C{queue}.
+        """
+        return f"{self.prefix(queue)}periodic:{name}"
+
+    @property
+    def periodic(self) -> str:
+        """
+        The definitions of the periodic entries: a hash, name -> JSON.
+        """
+        return f"{self.namespace}:periodic"
 
     def held(self, queue: str, server_id: str) -> str:
         """

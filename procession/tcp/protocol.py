@@ -57,6 +57,7 @@ from procession.core.wire import DEFAULT_MAX_FRAME, MAX_CREDIT, PROTOCOL_VERSION
 from procession.net.transport import corked, write_now
 from procession.core.job import (
     ClaimedJob,
+    PushOutcome,
     batch_reply,
     push_reply,
     encode_result,
@@ -785,8 +786,8 @@ def _acked(_: None, job_id: str) -> _JSON:
     return _JSON('{"id":' + _compact(job_id) + "}")
 
 
-def _pushed(created: bool | str, job_id: str) -> Any:
-    if isinstance(created, str):
+def _pushed(created: PushOutcome, job_id: str) -> Any:
+    if not isinstance(created, bool):
         return push_reply(job_id, created)
     return _JSON(
         '{"id":'

@@ -5,8 +5,9 @@
 -- then 3 values per job: id, lease token, result (JSON text, '' for none)
 --
 -- Returns per job 'ok', 'not_found', 'lease_lost' or 'cancelled'.  A
--- refused ack changes nothing.  A completed job counts in its batch and
--- releases the jobs that wait for it (workflow.lua).
+-- refused ack changes nothing.  A completed job counts in its batch,
+-- releases the jobs that wait for it (workflow.lua) and frees its unique
+-- lock.
 local now = tonumber(ARGV[1])
 local replies = {}
 local done = 0
@@ -19,6 +20,7 @@ for i = 2, #ARGV, 3 do
     redis.call('HSET', jobkey(id), 'state', 'completed', 'finished_at', now,
       'result', ARGV[i + 2])
     leave_running(id, server)
+    free_unique(id, 'success')
     redis.call('ZADD', prefix .. 'done', now, id)
     flow.finished(id, 'completed', now)
     done = done + 1

@@ -9,5 +9,5 @@
 -- '!cancel' message, workflow.lua).  A cancelled job counts as dead in its
 -- batch, and cancels (or, with on_parent_dead 'run', releases) the jobs
 -- waiting for it.  Returns the job's former state, or 'not_found' or
--- 'illegal_state'.
+-- 'illegal_state'.  A cancelled job frees its unique lock (cancel_job).
 return cancel_job(ARGV[2], tonumber(ARGV[1]))

@@ -27,6 +27,11 @@
 -- allow, and when they held the claim back, the reply ends with one
 -- integer after the rows: when to claim again, in ms from now (0: when a
 -- running job finishes, which wakes the consumers).
+--
+-- Expiring jobs: a queued job past its expires_at is not leased but ends
+-- 'expired' (counted in stats as 'expired'), and the claim takes the next
+-- one in its place.  Unique jobs: a job whose lock frees at start frees
+-- it here.
 local now = tonumber(ARGV[1])
 local wanted = (#ARGV - 3) / 2
 if wanted < 1 then
@@ -50,35 +55,62 @@ if held then
     server = ARGV[2]
   end
 end
-local popped = {}
-if limit and limit.per_key then
-  popped = pop_by_key(limit, now, wanted)
-elseif wanted > 0 then
-  popped = redis.call('ZPOPMIN', prefix .. 'queued', wanted)
+local function pop(n)
+  if limit and limit.per_key then
+    return pop_by_key(limit, now, n)
+  elseif n > 0 then
+    return redis.call('ZPOPMIN', prefix .. 'queued', n)
+  end
+  return {}
 end
+local popped = pop(wanted)
 local rows = {}
-for i = 1, #popped, 2 do
-  local id = string.sub(popped[i], 17)
-  local key = jobkey(id)
-  local slot = 4 + 2 * #rows
-  local fields = redis.call('HMGET', key, 'wire', 'attempt', 'timeout',
-    'enqueued_at')
-  local attempt = tostring(tonumber(fields[2]) + 1)
-  if server then
-    redis.call('HSET', key, 'state', 'running', 'started_at', now,
-      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', attempt,
-      'server', server)
-    redis.call('SADD', held, id)
-  else
-    redis.call('HSET', key, 'state', 'running', 'started_at', now,
-      'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', attempt)
+-- expiring jobs: jobs past their expires_at taken so far (at most
+-- MAX_EXPIRED_PER_CLAIM per call, so that one call stays short)
+local expired = 0
+while #popped > 0 do
+  local expired_before = expired
+  for i = 1, #popped, 2 do
+    local id = string.sub(popped[i], 17)
+    local key = jobkey(id)
+    local slot = 4 + 2 * #rows
+    local fields = redis.call('HMGET', key, 'wire', 'attempt', 'timeout',
+      'enqueued_at', 'expires_at', 'uuntil')
+    if fields[5] and tonumber(fields[5]) <= now then
+      expire_job(id, now)
+      expired = expired + 1
+    else
+      local attempt = tostring(tonumber(fields[2]) + 1)
+      if server then
+        redis.call('HSET', key, 'state', 'running', 'started_at', now,
+          'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', attempt,
+          'server', server)
+        redis.call('SADD', held, id)
+      else
+        redis.call('HSET', key, 'state', 'running', 'started_at', now,
+          'worker', ARGV[slot], 'lease', ARGV[slot + 1], 'attempt', attempt)
+      end
+      redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(fields[3]) * 1000), id)
+      if limit then
+        limit_started(limit, key, id, now)
+      end
+      -- unique jobs: a lock held until start frees now
+      if fields[6] == 'start' then
+        free_unique(id, 'start')
+      end
+      local row = {id, fields[1], attempt, fields[3], fields[4]}
+      rows[#rows + 1] = row
+    end
   end
-  redis.call('ZADD', prefix .. 'running', now + math.floor(tonumber(fields[3]) * 1000), id)
-  if limit then
-    limit_started(limit, key, id, now)
+  -- expiring jobs: take more in the place of the expired ones
+  if expired == expired_before or #rows >= wanted
+      or expired >= MAX_EXPIRED_PER_CLAIM then
+    break
   end
-  local row = {id, fields[1], attempt, fields[3], fields[4]}
-  rows[#rows + 1] = row
+  popped = pop(wanted - #rows)
+end
+if expired > 0 then
+  count('expired', now, expired)
 end
 if #rows < asked then
   redis.call('SADD', prefix .. 'waiting', ARGV[2])

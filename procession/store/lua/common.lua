@@ -18,7 +18,8 @@
 --   retrying     zset: score run_at ms, member id
 --   running      zset: score lease expiry ms, member id
 --   dead         zset: score time of death ms, member id
---   done         zset: score finish time ms, member id (completed, cancelled)
+--   done         zset: score finish time ms, member id (completed, cancelled,
+--                expired)
 --   dependent    zset: score created_at ms, member id: the jobs in state
 --                'waiting', for the jobs they run after (workflow.lua)
 --   children:<id> set: '<queue> <id>' of each job waiting for job <id>
@@ -38,6 +39,11 @@
 --                removes a lost or departing server.  A push publishes
 --                only when a server other than its own is in it, so one
 --                server's entry never stops wake-ups to another.
+--   unique:<l>   string: the id of the job holding unique lock l (a digest
+--                of the unique key), expiring after the push's unique_for
+--   periodic:<n> hash: periodic entry n's ticks in this queue: tick (the
+--                last tick claimed, ms), job (the id of the last job it
+--                pushed), run_at (when, ms), runs, skipped (tick.lua)
 --   held:<srv>   set: ids of running jobs whose lease lives and dies with a
 --                connection to server <srv> (TCP workers; not HTTP polls),
 --                which the job's hash names in 'server'.  When that server
@@ -77,13 +83,51 @@ local MAX_ERRORS = 10
 
 -- Batches, dependencies and waiters (workflow.lua, loaded after this file,
 -- fills it in): flow.finished(id, state, now) runs whenever a job reaches
--- completed, dead or cancelled or is erased unfinished; flow.revoked(id)
+-- completed, dead, cancelled or expired or is erased unfinished; flow.revoked(id)
 -- whenever a running job's lease is taken from its worker by an operator.
 local flow = {}
 
 local function jobkey(id)
   return prefix .. 'job:' .. id
 end
+
+-- == Unique jobs ==========================================================
+-- A job pushed with unique_for holds the lock prefix..'unique:'..<name>,
+-- whose value is the job's id and which expires after unique_for whatever
+-- happens, so that a lost job never blocks its key for good.  The job's
+-- hash names the lock ('ulock') and when it frees ('uuntil': 'start' when
+-- a worker takes the job, 'success' when it completes; either way a job
+-- that ends dead, cancelled, expired or deleted frees it).  Freeing checks
+-- the value, so a job never frees a lock that another job took after its
+-- own expired.
+
+-- Take the lock for job id; true when another job holds it (refused).
+local function take_unique(id, name, ttl, until_)
+  if redis.call('SET', prefix .. 'unique:' .. name, id, 'PX', ttl, 'NX') then
+    redis.call('HSET', jobkey(id), 'ulock', name, 'uuntil', until_)
+    return false
+  end
+  return true
+end
+
+local function unique_holder(name)
+  return redis.call('GET', prefix .. 'unique:' .. name)
+end
+
+-- Free a job's unique lock if it holds one, and only when it frees at
+-- 'when' ('start' or 'success'; nil: whatever its unique_until).
+local function free_unique(id, when)
+  local fields = redis.call('HMGET', jobkey(id), 'ulock', 'uuntil')
+  if not fields[1] or (when and fields[2] ~= when) then
+    return
+  end
+  local lock = prefix .. 'unique:' .. fields[1]
+  if redis.call('GET', lock) == id then
+    redis.call('DEL', lock)
+  end
+  redis.call('HDEL', jobkey(id), 'ulock')
+end
+-- == end of unique jobs ===================================================
 
 -- == Limits (docs/limits.rst; keys in the header) ======================
 local limits_read = nil
@@ -173,8 +217,10 @@ end
 -- its id in the id index (ids: <ns>:ids).  The caller takes it off its
 -- state set.
 local function erase(id, ids)
+  free_unique(id)
   local state = redis.call('HGET', jobkey(id), 'state')
-  if state and state ~= 'completed' and state ~= 'dead' and state ~= 'cancelled' then
+  if state and state ~= 'completed' and state ~= 'dead' and state ~= 'cancelled'
+      and state ~= 'expired' then
     -- A job deleted before it finished never completes.
     flow.finished(id, 'cancelled', 0)
   end
@@ -192,7 +238,20 @@ local function record_error(id, err)
   redis.call('LTRIM', key, 0, MAX_ERRORS - 1)
 end
 
+-- Expiring jobs: end a job that was not started before its expires_at.
+-- The caller has taken it off its state set.  Expired jobs are kept like
+-- completed ones (in 'done', under the same retention).
+local MAX_EXPIRED_PER_CLAIM = 1000
+local function expire_job(id, now)
+  free_unique(id)
+  redis.call('HSET', jobkey(id), 'state', 'expired', 'finished_at', now)
+  redis.call('HDEL', jobkey(id), 'lease', 'run_at')
+  redis.call('ZADD', prefix .. 'done', now, id)
+  flow.finished(id, 'expired', now)
+end
+
 local function make_dead(id, now)
+  free_unique(id)
   redis.call('HSET', jobkey(id), 'state', 'dead', 'finished_at', now)
   redis.call('HDEL', jobkey(id), 'lease', 'run_at')
   redis.call('ZADD', prefix .. 'dead', now, id)
@@ -237,7 +296,7 @@ local function unlist(id, state)
     redis.call('ZREM', prefix .. 'dependent', id)
   elseif state == 'scheduled' or state == 'retrying' or state == 'dead' then
     redis.call('ZREM', prefix .. state, id)
-  elseif state == 'completed' or state == 'cancelled' then
+  elseif state == 'completed' or state == 'cancelled' or state == 'expired' then
     redis.call('ZREM', prefix .. 'done', id)
   end
 end

@@ -6,16 +6,20 @@
 -- ARGV[3]  the queue's name
 -- ARGV[4]  the wake message: '<queue> <server id>' (the pushing server
 --          wakes its own consumers, and ignores its own messages)
--- then 11 values per job: id, type, args, priority, max_attempts, timeout,
+-- then 15 values per job: id, type, args, priority, max_attempts, timeout,
 --   meta, run_at (ms), wire (the start of its JOB frame, made for now:
 --   procession.job.NewJob.wire), limit_key ('' for none; docs/limits.rst),
---   and its workflow value ('' or JSON: its batch and the jobs it runs
---   after, see workflow.lua)
+--   its workflow value ('' or JSON: its batch and the jobs it runs after,
+--   see workflow.lua), unique lock name ('' for none), unique_for (ms),
+--   unique_until ('start' or 'success'), expires_at (ms, 0 for never)
 --
 -- Returns, per job, 1 when it was created and 0 when a job with that id
 -- already existed (which is left exactly as it was: pushes are idempotent),
 -- or {name} of the other queue that holds a job with that id: ids are
--- unique across queues (<ns>:ids, see common.lua).
+-- unique across queues (<ns>:ids, see common.lua), or {'unique', id} of
+-- the job holding the job's unique lock (nothing is stored; taking the
+-- lock is part of this script, so two pushes of one key never both
+-- create a job: unique locks, common.lua).
 -- A job due now is queued; one due later is scheduled.  Every new job goes
 -- into the created index.  A new job's hash is written once, with its
 -- state: nothing has to be read back or removed.  The wake-up is published
@@ -25,7 +29,7 @@
 -- jobs waits (state 'waiting').  A push that names a batch that is not
 -- open, or a parent that does not exist, is refused whole (an error reply
 -- 'PROCESSION <code> <id>').
-local STRIDE = 11
+local STRIDE = 15
 local now = tonumber(ARGV[1])
 for i = 5, #ARGV, STRIDE do
   local refused = flow.check(ARGV[i], ARGV[i + 10])
@@ -45,6 +49,12 @@ for i = 5, #ARGV, STRIDE do
     created[#created + 1] = {owner}
   elseif redis.call('EXISTS', key) == 1 then
     created[#created + 1] = 0
+  -- unique jobs {
+  elseif ARGV[i + 11] ~= ''
+      and take_unique(id, ARGV[i + 11], ARGV[i + 12], ARGV[i + 13]) then
+    created[#created + 1] = {'unique', unique_holder(ARGV[i + 11])}
+    redis.call('HINCRBY', prefix .. 'stats', 'collided', 1)
+  -- }
   else
     redis.call('HSET', KEYS[2], id, queue)
     local run_at = tonumber(ARGV[i + 7])
@@ -94,6 +104,11 @@ for i = 5, #ARGV, STRIDE do
       redis.call('HSET', key, 'limit_key', limit_key)
     end
     redis.call('ZADD', prefix .. 'created', 0, created_member(id, now))
+    -- expiring jobs {
+    if tonumber(ARGV[i + 14]) > 0 then
+      redis.call('HSET', key, 'expires_at', ARGV[i + 14])
+    end
+    -- }
     n = n + 1
     created[#created + 1] = 1
   end

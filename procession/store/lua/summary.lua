@@ -12,7 +12,7 @@
 -- queued; then processed and failed in the current minute, in the minute
 -- before, summed over the 58 minutes before that, and in the minute 60
 -- minutes ago (the caller weighs the partial minutes at both ends of a
--- sliding window).
+-- sliding window); then the expired and unique_collisions totals.
 --
 -- The oldest queued job: the queued zset runs by priority, then FIFO, so
 -- the job waiting longest is near the head of some priority level, but not
@@ -80,4 +80,7 @@ reply[#reply + 1] = sum_f
 p, f = bucket(minute - 60)
 reply[#reply + 1] = p
 reply[#reply + 1] = f
+local more = redis.call('HMGET', prefix .. 'stats', 'expired', 'collided')
+reply[#reply + 1] = tonumber(more[1] or 0)
+reply[#reply + 1] = tonumber(more[2] or 0)
 return reply

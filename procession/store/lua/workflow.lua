@@ -165,6 +165,7 @@ local function cancel_job(id, now)
     return 'illegal_state'
   end
   unlist(id, state)
+  free_unique(id)  -- unique jobs
   redis.call('HSET', key, 'state', 'cancelled', 'finished_at', now)
   redis.call('HDEL', key, 'lease', 'run_at', 'after_left')
   redis.call('ZADD', prefix .. 'done', now, id)
