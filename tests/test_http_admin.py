@@ -154,6 +154,8 @@ class QueueTests(AdminTestCase):
                 "pushed": 7,
                 "processed": 2,
                 "failed": 1,
+                "expired": 0,
+                "unique_collisions": 0,
                 "queued": 1,
                 "scheduled": 1,
                 "retrying": 0,

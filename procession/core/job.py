@@ -894,7 +894,6 @@ TIME_FIELDS = (
     "run_at",
     "started_at",
     "finished_at",
-    "expires_at",
 )
 
 
@@ -918,6 +917,9 @@ def job_from_hash(fields: dict[str, str], errors: list[str]) -> dict[str, Any]:
     for name in TIME_FIELDS:
         value = fields.get(name)
         job[name] = format_time(int(value)) if value else None
+    # Only an expiring job has the field (docs/periodic.rst).
+    if fields.get("expires_at"):
+        job["expires_at"] = format_time(int(fields["expires_at"]))
     job["worker"] = fields.get("worker") or None
     job["meta"] = _stored(fields["meta"]) if fields.get("meta") else None
     if fields.get("limit_key"):
