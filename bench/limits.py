@@ -89,6 +89,7 @@ def push(
             )
             args.extend(job.script_args(now))
             args.append(job.flow_value({}))
+            args.extend(job.lifetime_args())
         s.run("push", [prefix(queue), IDS], args)
 
 
