@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from procession.core.json_checks import MAX_DECODE_NESTING, lone_surrogate, too_deep
 from tests.ledger import REPO, Canary, Procession, wait_for
 from tests.redis import shared_redis
 
@@ -161,13 +162,15 @@ def expected(frame: bytes, hello: bool) -> str:
     if not hello and verb not in BEFORE_HELLO:
         return "out_of_order"
     if body:
-        if body.count(b"[") + body.count(b"{") > 400:
-            # Near Python's recursion limit, which the server reaches
-            # sooner (it parses deeper in its stack): either answer.
-            return "?"
+        # Deeper than the documented 512 levels: refused before decoding.
+        if too_deep(body, MAX_DECODE_NESTING):
+            return "bad_frame"
         try:
-            json.loads(body)
+            value = json.loads(body)
         except (ValueError, RecursionError):
+            return "bad_frame"
+        # A string (or key) that is not valid Unicode: a lone surrogate.
+        if lone_surrogate(value) is not None:
             return "bad_frame"
     if verb == "PING":
         return "OK"
@@ -229,24 +232,44 @@ def exchange(test: SynchronousTestCase, data: bytes, hello: bool = False) -> lis
 
 # -- strategies
 
+# Strings of any characters, lone UTF-16 surrogates among them (json.dumps
+# writes those as escapes such as \udfff, which a client may send).
+strings = st.text(max_size=20) | st.text(
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.characters(),
+    max_size=6,
+)
+
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
+    | strings,
     lambda children: (
         st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        | st.dictionaries(strings.map(lambda t: t[:8]), children, max_size=4)
     ),
     max_leaves=12,
 )
+
+
+def deep(depth: int, inner: Any = None) -> Any:
+    """
+    A value nested C{depth} levels deep, arrays and objects in turn.
+    """
+    value = inner
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
 
 job_fields = st.fixed_dictionaries(
     {},
     optional={
         "type": json_values | st.text(max_size=10),
-        "args": json_values,
+        "args": json_values
+        | st.builds(deep, st.integers(60, 70))
+        | st.builds(deep, st.integers(500, 520), strings),
         "queue": json_values | st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True),
         "id": json_values | st.text(max_size=12),
         "priority": json_values | st.integers(),
@@ -254,7 +277,7 @@ job_fields = st.fixed_dictionaries(
         "delay": json_values | st.floats(allow_nan=False),
         "max_attempts": json_values | st.integers(),
         "timeout": json_values | st.floats(),
-        "meta": json_values,
+        "meta": json_values | st.builds(lambda d: {"m": deep(d)}, st.integers(60, 70)),
         "colour": json_values,
     },
 )
@@ -274,7 +297,7 @@ request_bodies = st.one_of(
             "error": json_values,
             "retry": json_values,
             "retry_in": json_values,
-            "result": json_values,
+            "result": json_values | st.builds(deep, st.integers(60, 70)),
         },
     ),
 )
@@ -390,6 +413,31 @@ class FuzzProtocolTests(SynchronousTestCase):
             (b"", True, ["OK", "bad_frame", "OK"]),
             (b"BYE", True, ["OK", "OK"]),
             (big_job, True, ["OK", "job_too_large", "OK"]),
+            # Lone surrogates anywhere, and nesting around the limits.
+            (b'HELLO {"worker":"\\udfffbad"}', False, ["bad_frame", "OK"]),
+            (b'PUSH {"type":"t","args":["\\ud800"]}', True, ["OK", "bad_frame", "OK"]),
+            (
+                b'PUSH {"type":"t","meta":{"\\udc00":1}}',
+                True,
+                ["OK", "bad_frame", "OK"],
+            ),
+            (
+                b'PUSHB [{"type":"t","queue":"a"},{"type":"\\ud800","queue":"b"}]',
+                True,
+                ["OK", "bad_frame", "OK"],
+            ),
+            (b'ACK {"id":"x","result":"\\udfff"}', True, ["OK", "bad_frame", "OK"]),
+            (
+                b'PUSH {"type":"t","args":' + b"[" * 65 + b"]" * 65 + b"}",
+                True,
+                ["OK", "invalid_job", "OK"],
+            ),
+            (
+                b'PUSH {"type":"t","args":' + b"[" * 960 + b"]" * 960 + b"}",
+                True,
+                ["OK", "bad_frame", "OK"],
+            ),
+            (b'PUSH {"type":"t","args":["\\ud83d\\ude00"]}', True, ["OK", "OK", "OK"]),
         ]
         for data, hello, want in cases:
             self.assertEqual(exchange(self, data, hello), want, data[:60])

@@ -664,7 +664,9 @@ class OpenAPIServedTests(TestCase):
 class FuzzTests(TestCase):
     """
     schemathesis generates requests from the OpenAPI document (valid and
-    invalid ones) against a live server: none may get a 5xx.
+    invalid ones, and, through tests/schemathesis_hooks.py, bodies with lone
+    surrogates and deep nesting) against a live server: none may get a 5xx
+    or the code internal.
     """
 
     timeout = 180
@@ -682,7 +684,14 @@ class FuzzTests(TestCase):
         base = f"http://127.0.0.1:{server.http_port}"
         workdir = tempfile.mkdtemp(prefix="procession-fuzz-")
         self.addCleanup(shutil.rmtree, workdir, True)
-        env = dict(os.environ, NO_COLOR="1", SCHEMATHESIS_HOOKS="")
+        # The hooks add bodies with lone surrogates and deep nesting, and
+        # fail on any answer with code internal.
+        env = dict(
+            os.environ,
+            NO_COLOR="1",
+            SCHEMATHESIS_HOOKS="tests.schemathesis_hooks",
+            PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             [
