@@ -288,6 +288,18 @@ class NodeClientTests(FaktoryTestCase):
         # faktory-worker sends errtype `${e.code}`: "undefined" for an Error.
         self.assertEqual(failing["errors"][0]["type"], "undefined")
 
+    def test_password(self) -> None:
+        """
+        The Node.js client hashes the worker token Faktory's way (the
+        server's rounds and salt) and gets in with it, and not without.
+        """
+        server = self.server("--token", TOKEN)
+        out = self.node(server, "hello", password=TOKEN).next(lambda v: "pushed" in v)
+        self.assertEqual(server.job(out["pushed"])["type"], "hello")
+        refused = self.node(server, "hello", password="not-the-token")
+        self.assertNotEqual(refused.wait(), 0)
+        self.assertIn("Invalid password", refused.process.stdout.read().decode())
+
     def test_native_push_to_faktory_worker(self) -> None:
         """
         A job pushed over the native protocol is fetched by a Faktory

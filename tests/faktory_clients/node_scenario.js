@@ -47,6 +47,15 @@ const scenarios = {
     await client.close();
   },
 
+  // Connect (with the password in FAKTORY_URL, if any) and push one job.
+  async hello() {
+    const client = await faktory.connect({ url });
+    const job = client.job("hello", "world");
+    await job.push();
+    say({ pushed: job.jid });
+    await client.close();
+  },
+
   // PUSHB with rejected jobs, MUTATE on scheduled and dead jobs, FLUSH.
   async manage() {
     const client = await faktory.connect({ url });
