@@ -137,6 +137,18 @@ class StoreLimitTests(TestCase):
         self.assertEqual(status.next_slot, self.store.now_ms() + 7000)
         self.assertTrue(status.throttled)
 
+    async def test_a_lowered_rate_waits_for_enough_starts_to_leave(self) -> None:
+        await self.store.set_limits("default", QueueLimits(rate=Rate(3, 10.0)))
+        await self.push(6)
+        for _ in range(3):
+            self.assertEqual(len(await self.claim(1)), 1)
+            self.clock.advance(1)
+        await self.store.set_limits("default", QueueLimits(rate=Rate(2, 10.0)))
+        self.clock.advance(2)
+        held = await self.claim(1)
+        # Starts at 0, 1 and 2 s; two must leave: at 11 s, 6 s from now.
+        self.assertEqual((len(held), held.wait), (0, 6.0))
+
     async def test_paused_stays_paused(self) -> None:
         await self.store.set_limits("default", QueueLimits(concurrency=2))
         await self.push(3)
@@ -303,6 +315,23 @@ class PerKeyStoreTests(TestCase):
         self.assertEqual(status.keys_waiting, 2)
         self.clock.advance(1.0)
         self.assertEqual([j.id for j in await self.claim(4)], ["a-1", "b-3"])
+
+    async def test_a_keys_window_opens_with_its_oldest_start(self) -> None:
+        """
+        A key held back by its rate by a claim that also started one of its
+        jobs is served again when its window's oldest start leaves it, not
+        a whole window after that claim.
+        """
+        await self.store.set_limits(
+            "default", QueueLimits(rate=Rate(2, 10.0), per_key=True)
+        )
+        await self.push(["a", "a", "a", "a"])
+        self.assertEqual(len(await self.claim(1)), 1)
+        self.clock.advance(3)
+        second = await self.claim(3)
+        self.assertEqual((len(second), second.wait), (1, 7.0))
+        self.clock.advance(7.5)
+        self.assertEqual(len(await self.claim(3)), 1)
 
     async def test_idle_keys_leave_nothing_behind(self) -> None:
         """

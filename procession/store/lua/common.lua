@@ -377,12 +377,19 @@ local function allowance(limit, now, wanted)
   return allowed
 end
 
--- When the rate window 'window' opens a slot again: ms from now, at
--- least 1.
-local function window_opens(window, limit, now)
-  local oldest = redis.call('ZRANGE', window, 0, 0, 'WITHSCORES')
-  if oldest[2] then
-    return math.max(1, tonumber(oldest[2]) + limit.per - now)
+-- When the rate window 'window' (pruned at 'now', and with 'extra' more
+-- starts at 'now' than it records yet) opens a slot again: when so many
+-- of its oldest starts have left it that fewer than the rate remain.  Ms
+-- from now, at least 1.
+local function window_opens(window, limit, now, extra)
+  local recorded = redis.call('ZCARD', window)
+  local index = recorded + extra - limit.rate
+  if index < 0 then
+    return 1
+  end
+  if index < recorded then
+    local entry = redis.call('ZRANGE', window, index, index, 'WITHSCORES')
+    return math.max(1, tonumber(entry[2]) + limit.per - now)
   end
   return limit.per
 end
@@ -425,11 +432,7 @@ local function pop_by_key(limit, now, wanted)
       end
       if redis.call('ZCARD', window) + t >= limit.rate then
         state = 'w'
-        local at = now + limit.per
-        if redis.call('ZCARD', window) >= limit.rate then
-          at = now + window_opens(window, limit, now)
-        end
-        redis.call('ZADD', waiting, at, lk)
+        redis.call('ZADD', waiting, now + window_opens(window, limit, now, t), lk)
       end
     end
     if state == 'r' then
@@ -495,7 +498,7 @@ local function limit_wait(limit, now, leased, asked)
       if limit.rate then
         redis.call('PEXPIRE', window, limit.per)
         if redis.call('ZCARD', window) >= limit.rate then
-          wait = window_opens(window, limit, now)
+          wait = window_opens(window, limit, now, 0)
         end
       end
       if not wait and limit.concurrency and
