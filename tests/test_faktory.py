@@ -726,3 +726,22 @@ class ClusterTests(FaktoryTestCase):
         first.kill()
         back = second.job_becomes(jid, lambda j: j["state"] == "queued", timeout=30)
         self.assertEqual(back["errors"][0]["type"], "WorkerLost")
+
+    def test_processes_share_the_faktory_listener(self) -> None:
+        """
+        With --processes 2 both processes accept Faktory connections on
+        the one port; the Node.js client's pool spreads over them, and its
+        jobs run and fail as with one process (a job fetched through one
+        process may be acknowledged through the other).
+        """
+        server = self.server("--processes", "2")
+        for _ in range(2):
+            client = self.node(server, "basic")
+            result = client.next(lambda v: "ran" in v)
+            self.assertEqual(result["ran"], [3, 7, 11])
+            client.next(lambda v: "killed" in v)
+            self.assertEqual(client.wait(), 0)
+            failing = server.job(result["jids"]["failing"])
+            self.assertEqual(failing["state"], "dead")
+        output = server.output()
+        self.assertEqual(output.count("Serving Faktory clients on"), 2, output)

@@ -39,9 +39,11 @@ from procession.net.internals import (
 
 log = Logger()
 
-# Where a child finds the listeners it adopts: its file descriptors 3 and 4.
+# Where a child finds the listeners it adopts: its file descriptors 3 and 4
+# (TCP, HTTP), and 5 for the Faktory listener when there is one.
 CHILD_TCP_FD = 3
 CHILD_HTTP_FD = 4
+CHILD_FIRST_FD = CHILD_TCP_FD
 
 # A child that dies is started again after this long (seconds).
 RESTART_DELAY = 1.0
@@ -175,7 +177,8 @@ class Children(service.Service):
     @param argv: the child's command line after C{twist}'s own options,
         without the listeners it adopts.
     @param twist_args: C{twist}'s options (before C{procession}).
-    @param listeners: per listener (TCP, HTTP), its description and the
+    @param listeners: per listener (TCP, HTTP, then Faktory's when the
+        server has one), its description and the
         parent's listening port (whose socket children share when it
         cannot be bound again with C{SO_REUSEPORT}).
     @param env: the children's environment.
@@ -242,7 +245,7 @@ class Children(service.Service):
             "procession",
             *self.argv,
             "--inherit",
-            f"{CHILD_TCP_FD},{CHILD_HTTP_FD}",
+            ",".join(str(CHILD_FIRST_FD + i) for i in range(len(sockets))),
             "--parent-pid",
             str(os.getpid()),
         ]
@@ -250,9 +253,9 @@ class Children(service.Service):
             0: 0,
             1: 1,
             2: 2,
-            CHILD_TCP_FD: sockets[0][0],
-            CHILD_HTTP_FD: sockets[1][0],
         }
+        for i, (fd, _) in enumerate(sockets):
+            fds[CHILD_FIRST_FD + i] = fd
         try:
             transport = self.reactor.spawnProcess(
                 child, sys.executable, args, env=self.env, childFDs=fds

@@ -322,7 +322,8 @@ class Options(usage.Options):
             None,
             None,
             "Internal, for --processes: adopt the listening sockets on "
-            "these file descriptors (TCP,HTTP) instead of listening.",
+            "these file descriptors (TCP,HTTP, and FAKTORY with --faktory) "
+            "instead of listening.",
         ],
         [
             "parent-pid",
@@ -357,11 +358,6 @@ class Options(usage.Options):
         self["http"] = endpoint_description(self["http"])
         if self["faktory"] is not None:
             self["faktory"] = endpoint_description(self["faktory"])
-            if self["processes"] > 1 or self["inherit"] is not None:
-                raise usage.UsageError(
-                    "--faktory does not work with --processes yet: run "
-                    "several servers on one Redis instead"
-                )
         if self["fsync"] not in ("always", "everysec"):
             raise usage.UsageError("--fsync must be always or everysec")
         if self["shutdown-grace"] < 0:
@@ -369,11 +365,17 @@ class Options(usage.Options):
         if not self["redis"]:
             self["redis"] = os.environ.get("PROCESSION_REDIS") or None
         if self["inherit"] is not None:
+            wanted = 2 if self["faktory"] is None else 3
             try:
-                tcp_fd, http_fd = (int(n) for n in self["inherit"].split(","))
+                fds = tuple(int(n) for n in self["inherit"].split(","))
             except ValueError:
-                raise usage.UsageError("--inherit takes two file descriptors: TCP,HTTP")
-            self["inherit"] = (tcp_fd, http_fd)
+                fds = ()
+            if len(fds) != wanted:
+                raise usage.UsageError(
+                    "--inherit takes the listeners' file descriptors: TCP,HTTP "
+                    "(and FAKTORY with --faktory)"
+                )
+            self["inherit"] = fds
             if not self["redis"]:
                 raise usage.UsageError("--inherit needs --redis (or PROCESSION_REDIS)")
 
@@ -695,7 +697,6 @@ class ProcessionService(service.MultiService):
         """
         from procession.service.owners import LeaseOwners
         from procession.tcp.faktory import FaktoryFactory
-        from procession.server import processes
 
         options = self.options
         self.lease_owners = LeaseOwners(
@@ -715,9 +716,7 @@ class ProcessionService(service.MultiService):
         )
         self.lease_owners.start()
         self.admin.add_worker_source(self.faktory_factory)
-        self.faktory_port = await processes.endpoint_listen(
-            self.reactor, options["faktory"], self.faktory_factory
-        )
+        self.faktory_port = await self._listen("faktory", 2, self.faktory_factory)
         self.listening["faktory"] = _describe(self.faktory_port)
         log.info(
             "Serving Faktory clients on {faktory}",
@@ -737,7 +736,7 @@ class ProcessionService(service.MultiService):
 
     def _listen(self, name: str, index: int, factory: Any) -> defer.Deferred[Any]:
         """
-        Open listener C{name} (tcp or http): as its description says; in
+        Open listener C{name} (tcp, http or faktory): as its description says; in
         the parent of C{--processes}, so that children can share it; in a
         child, by adopting the socket the parent handed down.
         """
@@ -765,12 +764,18 @@ class ProcessionService(service.MultiService):
             url = options["redis"]
         else:
             url = "unix://" + address.path
+        listeners = [
+            (options["tcp"], self.tcp_port),
+            (options["http"], self.http_port),
+        ]
+        if self.faktory_port is not None:
+            listeners.append((options["faktory"], self.faktory_port))
         self.children = Children(
             self.reactor,
             options["processes"],
             child_arguments(options),
             twist_arguments(sys.argv),
-            [(options["tcp"], self.tcp_port), (options["http"], self.http_port)],
+            listeners,
             child_environment(options, url),
             stop_timeout=options["shutdown-grace"] + 15,
         )
