@@ -388,6 +388,12 @@ class JobsTests(CLITestCase):
         self.assertEqual(
             missing.err, "procession: no job 'nothing-here' (not_found, HTTP 404)\n"
         )
+        # Ids that begin with "/" (issue 12, item 8): no internal error.
+        for odd in ("/lead", "//two", "a//b"):
+            await self.ok("push", "x", "--id", odd)
+            self.assertEqual((await self.ok("job", odd, "--json")).json()["id"], odd)
+            await self.ok("cancel", odd)
+            await self.ok("delete", odd)
         for odd in (".", ".."):
             await self.ok("push", "x", "--id", odd)
             self.assertEqual((await self.ok("job", odd, "--json")).json()["id"], odd)

@@ -740,6 +740,12 @@ class SlashIdTests(TestCase):
                 self.assertLess(response.code, 500, response)
             missing = await http.get("/api/v1/jobs/" + job_id)
             self.assertEqual(missing.code, 404, missing)
+        # A path that is not UTF-8 (an encoded lone surrogate) is a JSON 400.
+        status, body, _ = await raw_http(
+            server.http_port,
+            head("GET", "/api/v1/jobs/%ED%A0%80", server.http_port),
+        )
+        self.assertEqual((status, body["error"]["field"]), (400, "path"))
 
 
 class FaktorySurrogateTests(TestCase):
@@ -769,19 +775,23 @@ class FaktorySurrogateTests(TestCase):
             + b"[" * 600
             + b"]" * 600
             + b"]}\r\n"
+            + b'PUSH {"jid":"dup-jid-00001","jobtype":"t","args":[],"queue":"qa"}\r\n'
+            + b'PUSH {"jid":"dup-jid-00001","jobtype":"t","args":[],"queue":"qb"}\r\n'
             + b"END\r\n"
         )
         from twisted.internet.task import deferLater
 
         for _ in range(100):
-            if client.data.count(b"\r\n") >= 4:
+            if client.data.count(b"\r\n") >= 6:
                 break
             await deferLater(reactor, 0.02, lambda: None)
         lines = client.data.split(b"\r\n")
         self.assertEqual(lines[1], b"+OK", client.data)
         self.assertTrue(lines[2].startswith(b"-ERR invalid JSON: args[0]"), lines)
         self.assertTrue(lines[3].startswith(b"-ERR invalid JSON: nested"), lines)
-        self.assertEqual(await server.store.known_queues(), [])
+        # Ids are unique across queues here too.
+        self.assertEqual(lines[4:6], [b"+OK", b"-NOTUNIQUE Job not unique"])
+        self.assertEqual(await server.store.state_members("qb", "queued"), [])
 
 
 class StatePageTests(TestCase):

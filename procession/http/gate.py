@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from attrs import frozen
 
@@ -23,6 +23,7 @@ from procession.core.errors import (
     CrossOrigin,
     FrameTooLarge,
     HostNotAllowed,
+    InvalidRequest,
     NotAuthenticated,
     ProcessionError,
     UnsupportedMediaType,
@@ -141,6 +142,11 @@ class Gate:
             return HostNotAllowed(
                 "this server does not answer for that Host (see --allowed-hosts)"
             )
+        try:
+            unquote_to_bytes(path.partition(b"?")[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            # Routing would answer in plain text, and log a traceback.
+            return InvalidRequest("the path is not UTF-8", field="path")
         chunked = (
             b"chunked"
             in b",".join(headers.getRawHeaders(b"transfer-encoding", [])).lower()

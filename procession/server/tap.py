@@ -105,8 +105,9 @@ class Options(usage.Options):
         [
             "metrics-auth",
             None,
-            "Make GET /metrics need the admin token (it is open by default, "
-            "like /healthz and /readyz).",
+            "Make GET /metrics need the admin token, or the worker token when "
+            "it is the only one (it is open by default, like /healthz and "
+            "/readyz).",
         ],
         [
             "faktory-allow-flush",
@@ -182,6 +183,7 @@ class Options(usage.Options):
             None,
             None,
             "The token workers must give in HELLO. Also PROCESSION_TOKEN. "
+            "With no admin token it guards the whole HTTP API and the UI too. "
             "Prefer --token-file: a command line is visible to other users.",
         ],
         ["token-file", None, None, "A file whose first line is the worker token."],

@@ -447,9 +447,9 @@ class FaktoryProtocol(protocol.Protocol):
             seen.add(job.id)
             jobs.append(job)
 
-        def answered(created: list[bool]) -> bytes:
+        def answered(created: list[bool | str]) -> bytes:
             for job, made in zip(jobs, created):
-                if not made:
+                if made is not True:
                     rejected[job.id] = "NOTUNIQUE Job not unique"
             return _bulk(rejected)
 
@@ -747,8 +747,9 @@ def _bulk(value: Any) -> bytes:
     return _bulk_text(_compact(value))
 
 
-def _pushed(created: bool) -> bytes:
-    if created:
+def _pushed(created: bool | str) -> bytes:
+    # A queue's name: a job with that jid is in that other queue.
+    if created is True:
         return b"+OK\r\n"
     return b"-NOTUNIQUE Job not unique\r\n"
 
