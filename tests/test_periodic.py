@@ -8,6 +8,7 @@ killed and another restarted.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import urllib.parse
@@ -514,3 +515,156 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(queue["totals"]["pushed"], len(ticks))
         for s in servers[1:]:
             self.assertNotIn("Traceback", s.output())
+
+
+FILE = """
+[periodic.nightly]
+cron = "0 2 * * *"
+timezone = "Europe/Berlin"
+job = { type = "report", args = ["daily"], queue = "reports" }
+
+[periodic.fast]
+cron = "* * * * * *"
+[periodic.fast.job]
+type = "ping"
+queue = "pings"
+"""
+
+CHANGED = """
+[periodic.nightly]
+cron = "0 3 * * *"
+timezone = "Europe/Berlin"
+job = { type = "report", args = ["daily"], queue = "reports" }
+
+[periodic.weekly]
+cron = "@weekly"
+job = { type = "report", args = ["weekly"] }
+"""
+
+
+class FileAndClientTests(SynchronousTestCase):
+    """
+    A server started with C{--periodic FILE}: its entries, a reload on
+    SIGHUP, a bad file; and the Python client's periodic, unique and
+    expiring calls against it.
+    """
+
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp() + ".toml")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def server(self, path: str) -> Server:
+        return Server(
+            self,
+            "/nonexistent-data-dir",
+            "--redis", shared_redis().url,
+            "--namespace", "f" + uuid.uuid4().hex[:12],
+            "--periodic", path,
+        )  # fmt: skip
+
+    def until(self, predicate: Any, timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            self.assertLess(time.monotonic(), deadline, "timed out")
+            time.sleep(0.1)
+
+    def test_a_bad_file_stops_the_start(self) -> None:
+        path = self.write(FILE.replace('"0 2 * * *"', '"0 25 * * *"'))
+        server = self.server(path)
+        self.assertEqual(server.run(), 1)
+        output = server.output()
+        self.assertIn("entry 'nightly'", output)
+        self.assertIn("cron", output)
+
+    def test_file_reload_and_client(self) -> None:
+        from procession.client import (
+            Client,
+            InvalidRequest as ClientInvalidRequest,
+            PeriodicNotFound,
+        )
+
+        path = self.write(FILE)
+        server = self.server(path).serving()
+        client = Client("127.0.0.1", server.port, retry_for=5)
+        self.addCleanup(client.close)
+
+        def names() -> dict[str, tuple[str, str]]:
+            return {e["name"]: (e["source"], e["cron"]) for e in client.periodic()}
+
+        self.assertEqual(
+            names(),
+            {"fast": ("file", "* * * * * *"), "nightly": ("file", "0 2 * * *")},
+        )
+        nightly = client.periodic("nightly")
+        self.assertEqual(
+            (nightly["timezone"], nightly["description"], nightly["job"]["queue"]),
+            ("Europe/Berlin", "At 02:00", "reports"),
+        )
+        made = client.periodic("by-api", "*/5 * * * *", job={"type": "t"})
+        self.assertEqual((made["source"], made["paused"]), ("api", False))
+        # The file's every-second entry runs on its own.
+        fast = self.until(lambda: client.periodic("fast")["last_job"])
+        self.assertTrue(fast["id"].startswith("fast@"), fast)
+
+        # SIGHUP: the file's entries become the new file's; others stay.
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(CHANGED)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        want = {
+            "by-api": ("api", "*/5 * * * *"),
+            "nightly": ("file", "0 3 * * *"),
+            "weekly": ("file", "@weekly"),
+        }
+        self.until(lambda: names() == want)
+        # A bad file on SIGHUP is logged and changes nothing.
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("[periodic.x]\ncron = 'nope'\njob = {type = 't'}\n")
+        server.process.send_signal(signal.SIGHUP)
+        self.until(lambda: "was not reloaded" in server.output())
+        self.assertEqual(names(), want)
+
+        # Management through the client.
+        paused = client.pause_periodic("weekly")
+        self.assertEqual((paused["paused"], paused["next_run"]), (True, None))
+        self.assertFalse(client.resume_periodic("weekly")["paused"])
+        run = client.run_periodic("weekly")
+        self.assertTrue(run.startswith("weekly@now-"), run)
+        self.assertEqual(client.result(run)["state"], "queued")
+        client.delete_periodic("by-api")
+        with self.assertRaises(PeriodicNotFound):
+            client.periodic("by-api")
+        with self.assertRaises(ClientInvalidRequest) as caught:
+            client.periodic("bad", "* * * * * * *", job={"type": "t"})
+        self.assertEqual(caught.exception.details["field"], "cron")
+        with self.assertRaises(ClientInvalidRequest) as caught:
+            client.periodic("bad", "* * * * *", job={"type": "t", "retries": 3})
+        self.assertEqual(caught.exception.details["field"], "job.retries")
+
+        # Unique and expiring jobs through the client.
+        first = client.push("mail", [7], unique_for=60, queue="mails")
+        again = client.push("mail", [7], unique_for=60, queue="mails")
+        self.assertTrue(first.created)
+        self.assertEqual((str(again), again.created), (str(first), False))
+        ids = client.push_many(
+            [
+                {"type": "mail", "args": [7], "unique_for": 60, "queue": "mails"},
+                {"type": "mail", "args": [8], "unique_for": 60, "queue": "mails"},
+            ]
+        )
+        self.assertEqual(ids[0], str(first))
+        self.assertNotEqual(ids[1], str(first))
+        gone = client.push("mail", [9], queue="mails", expires_in=0.05)
+        time.sleep(0.1)
+        worker = server.client("w")
+        worker.ready(["mails"], credit=5)
+        delivered = {worker.next_job(5)["id"] for _ in range(2)}
+        self.assertEqual(delivered, {str(first), ids[1]})
+        self.assertTrue(worker.no_job(0.3))
+        self.assertEqual(client.result(gone)["state"], "expired")

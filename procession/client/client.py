@@ -146,12 +146,19 @@ def make_job(
     batch: str | None = None,
     after: Sequence[str] | None = None,
     on_parent_dead: str | None = None,
+    unique_for: float | timedelta | None = None,
+    unique_key: str | None = None,
+    unique_until: str | None = None,
+    expires_at: datetime | str | None = None,
+    expires_in: float | timedelta | None = None,
 ) -> dict[str, Any]:
     """
     A job as the protocol's JSON object, with an id (a fresh one unless
     given) so that sending it twice stores it once.  Fields left at
     L{None} take the server's defaults.  C{batch}, C{after} and
-    C{on_parent_dead} are docs/workflows.rst's.
+    C{on_parent_dead} are docs/workflows.rst's; C{unique_for},
+    C{unique_key}, C{unique_until}, C{expires_at} and C{expires_in}
+    docs/periodic.rst's.
     """
     job: dict[str, Any] = {"id": id or new_job_id(), "type": type}
     if args is not None:
@@ -178,7 +185,23 @@ def make_job(
         job["after"] = [str(a) for a in after]
     if on_parent_dead is not None:
         job["on_parent_dead"] = on_parent_dead
+    if unique_for is not None:
+        job["unique_for"] = _seconds(unique_for)
+    if unique_key is not None:
+        job["unique_key"] = unique_key
+    if unique_until is not None:
+        job["unique_until"] = unique_until
+    if expires_at is not None:
+        job["expires_at"] = (
+            format_time(expires_at) if isinstance(expires_at, datetime) else expires_at
+        )
+    if expires_in is not None:
+        job["expires_in"] = _seconds(expires_in)
     return job
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _with_ids(jobs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -550,10 +573,19 @@ class Client:
         batch: str | None = None,
         after: Sequence[str] | None = None,
         on_parent_dead: str | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_key: str | None = None,
+        unique_until: str | None = None,
+        expires_at: datetime | str | None = None,
+        expires_in: float | timedelta | None = None,
     ) -> "Pushed":
         """
         Push one job and wait for the server to store it; its id, as a
         L{Pushed} (a C{str}) whose C{wait()} waits for the job's result.
+        C{Pushed.created} says whether this push stored it: a push with
+        C{unique_for} whose key another job holds returns that job's id,
+        with C{created} false (docs/periodic.rst); so does a push of an id
+        that exists.
 
         C{args} is any JSON value; a list is given to the handler as
         positional arguments, an object as keyword arguments.  The other
@@ -580,11 +612,92 @@ class Client:
             batch=batch,
             after=after,
             on_parent_dead=on_parent_dead,
+            unique_for=unique_for,
+            unique_key=unique_key,
+            unique_until=unique_until,
+            expires_at=expires_at,
+            expires_in=expires_in,
         )
         [reply] = self.exchange([encode_frame("PUSH", job)])
         if isinstance(reply, ProcessionError):
             raise reply
-        return Pushed(str(reply["id"]), self)
+        return Pushed(str(reply["id"]), self, bool(reply.get("created")))
+
+    # -- periodic jobs (docs/periodic.rst)
+
+    def periodic(
+        self,
+        name: str | None = None,
+        cron: str | None = None,
+        *,
+        job: Mapping[str, Any] | None = None,
+        timezone: str | None = None,
+        missed: str | None = None,
+        paused: bool | None = None,
+    ) -> Any:
+        """
+        The periodic entries (``PERIODIC``): with no argument, every entry
+        (a list, by name); with a C{name}, that entry; with a C{name}, a
+        C{cron} expression and a C{job} template (a mapping of job fields:
+        type, args, queue, priority, max_attempts, timeout, meta,
+        expires_in, limit_key), creates or replaces it and returns it.
+        An entry is a dict with its definition, C{next_run}, C{last_run},
+        C{last_job} and more (docs/http-api.rst, "Periodic jobs").
+
+        @raise InvalidRequest: a bad expression, zone or template
+            (C{field} names it).
+        @raise PeriodicNotFound: no entry has that name.
+        """
+        if name is None:
+            if cron is not None or job is not None:
+                raise TypeError("a periodic entry to define needs a name")
+            return self._periodic({"action": "list"})["periodic"]
+        if cron is None and job is None:
+            return self._periodic({"action": "get", "name": name})
+        if cron is None or job is None:
+            raise TypeError("a periodic entry needs both cron and job")
+        body: dict[str, Any] = {"action": "put", "name": name, "cron": cron}
+        body["job"] = dict(job)
+        if timezone is not None:
+            body["timezone"] = timezone
+        if missed is not None:
+            body["missed"] = missed
+        if paused is not None:
+            body["paused"] = paused
+        entry = self._periodic(body)
+        entry.pop("outcome", None)
+        return entry
+
+    def delete_periodic(self, name: str) -> None:
+        """
+        Remove a periodic entry (the jobs it pushed stay).
+        """
+        self._periodic({"action": "delete", "name": name})
+
+    def pause_periodic(self, name: str) -> dict[str, Any]:
+        """
+        Pause a periodic entry: its ticks pass without jobs.  The entry.
+        """
+        return self._periodic({"action": "pause", "name": name})
+
+    def resume_periodic(self, name: str) -> dict[str, Any]:
+        """
+        Resume a paused entry from its next tick.  The entry.
+        """
+        return self._periodic({"action": "resume", "name": name})
+
+    def run_periodic(self, name: str) -> "Pushed":
+        """
+        Push a periodic entry's job now, outside its schedule; its id.
+        """
+        reply = self._periodic({"action": "run", "name": name})
+        return Pushed(str(reply["id"]), self, True)
+
+    def _periodic(self, body: Mapping[str, Any]) -> Any:
+        [reply] = self.exchange([encode_frame("PERIODIC", dict(body))])
+        if isinstance(reply, ProcessionError):
+            raise reply
+        return reply
 
     # -- results and batches (docs/workflows.rst)
 
@@ -659,7 +772,8 @@ class Client:
 
         Each batch is all or nothing, but the batches are independent: when
         one is refused, others may be stored.  Every job has an id, so
-        fixing the culprit and pushing the same list again is safe.
+        fixing the culprit and pushing the same list again is safe.  A job
+        refused by a unique lock is given as the id of the job holding it.
 
         @raise InvalidJob: with C{index} the culprit's position in C{jobs}.
         """
@@ -668,10 +782,14 @@ class Client:
             return []
         frames, starts = self._batches(prepared)
         replies = self.exchange(frames)
+        ids = [job["id"] for job in prepared]
         for start, reply in zip(starts, replies):
             if isinstance(reply, ProcessionError):
                 raise _in_batch(reply, start)
-        return [job["id"] for job in prepared]
+            answered = reply.get("ids") if isinstance(reply, dict) else None
+            if isinstance(answered, list):
+                ids[start : start + len(answered)] = [str(i) for i in answered]
+        return ids
 
     def _batches(self, jobs: Sequence[dict[str, Any]]) -> tuple[list[bytes], list[int]]:
         """
@@ -861,10 +979,14 @@ class Pushed(str):
     """
 
     client: "Client"
+    #: Whether the push stored this job (False: it existed, or another job
+    #: held its unique lock and this is that job's id).
+    created: bool
 
-    def __new__(cls, job_id: str, client: "Client") -> "Pushed":
+    def __new__(cls, job_id: str, client: "Client", created: bool = True) -> "Pushed":
         self = super().__new__(cls, job_id)
         self.client = client
+        self.created = created
         return self
 
     def wait(self, timeout: float | None = None) -> Any:

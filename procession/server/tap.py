@@ -666,6 +666,7 @@ class ProcessionService(service.MultiService):
         if options["faktory"] is not None:
             await self._start_faktory()
         self.http_server.periodic = self.periodic
+        self.worker_factory.periodic = self.periodic
         site = Site(
             self.http_server.app.resource(),
             access_log=bool(options["http-access-log"]),

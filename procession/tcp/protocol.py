@@ -82,6 +82,8 @@ MAX_PENDING_REPLIES = 1_000
 MAX_CANCELLED_REMEMBERED = 1_000
 # The longest frame before HELLO: a HELLO is small.
 HANDSHAKE_MAX_FRAME = 16 * 1024
+# What PERIODIC does besides "list" (docs/protocol.rst).
+PERIODIC_ACTIONS = ("get", "put", "delete", "pause", "resume", "run")
 
 
 class Held:
@@ -672,6 +674,45 @@ class WorkerProtocol(protocol.Protocol):
         }[action]
         return defer.Deferred.fromCoroutine(change(batch_id))
 
+    def do_PERIODIC(self, body: Any, size: int) -> Any:
+        body = _object(body, "PERIODIC")
+        periodic = self.factory.periodic
+        if periodic is None:
+            raise StoreUnavailable("this server runs no periodic service")
+        action = body.get("action", "list")
+        if action == "list":
+            if set(body) - {"action"}:
+                raise InvalidRequest('PERIODIC "list" takes no other field')
+            return defer.Deferred.fromCoroutine(periodic.list()).addCallback(
+                lambda entries: {"periodic": entries}
+            )
+        if action not in PERIODIC_ACTIONS:
+            raise InvalidRequest(
+                "action must be one of list, " + ", ".join(PERIODIC_ACTIONS),
+                field="action",
+            )
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("name must be a periodic entry's name", field="name")
+        if action == "put":
+            definition = {k: v for k, v in body.items() if k not in ("action", "name")}
+            return defer.Deferred.fromCoroutine(
+                periodic.put(name, definition)
+            ).addCallback(lambda outcome: {**outcome[1], "outcome": outcome[0]})
+        if set(body) - {"action", "name"}:
+            raise InvalidRequest(f'PERIODIC "{action}" takes only a name')
+        if action == "delete":
+            return defer.Deferred.fromCoroutine(periodic.delete(name)).addCallback(
+                lambda _: {"name": name, "deleted": True}
+            )
+        call = {
+            "get": periodic.get,
+            "pause": lambda n: periodic.set_paused(n, True),
+            "resume": lambda n: periodic.set_paused(n, False),
+            "run": periodic.run_now,
+        }[action]
+        return defer.Deferred.fromCoroutine(call(name))
+
     def do_PROGRESS(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "PROGRESS")
         percent, message = parse_progress(body)
@@ -715,6 +756,7 @@ class WorkerProtocol(protocol.Protocol):
         "AWAIT": do_AWAIT,
         "BATCH": do_BATCH,
         "PROGRESS": do_PROGRESS,
+        "PERIODIC": do_PERIODIC,
     }
 
     # -- the dispatcher's consumer interface
@@ -835,6 +877,8 @@ class WorkerFactory(protocol.Factory):
         handshake_timeout: float = 10.0,
     ) -> None:
         self.dispatcher = dispatcher
+        # The periodic service (PERIODIC), which start-up wiring sets.
+        self.periodic: Any = None
         self.clock = clock
         self.token = token
         self.max_frame = max_frame
