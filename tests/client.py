@@ -151,10 +151,14 @@ class ServerFixture:
         return self.service.http_port.getHost().port
 
     async def connect(
-        self, worker: str | None = "tester", token: str | None = None
+        self,
+        worker: str | None = "tester",
+        token: str | None = None,
+        cancel: bool = True,
     ) -> LineClient:
         """
-        A connected client, after HELLO unless C{worker} is None.
+        A connected client, after HELLO unless C{worker} is None; with
+        C{cancel}, its HELLO asks for CANCEL frames.
         """
         client = LineClient()
         await connectProtocol(
@@ -164,6 +168,8 @@ class ServerFixture:
         await client.hi
         if worker is not None:
             hello: dict[str, Any] = {"worker": worker}
+            if cancel:
+                hello["cancel"] = True
             if token is not None:
                 hello["token"] = token
             await client.ok("HELLO", hello)

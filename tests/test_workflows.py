@@ -572,6 +572,26 @@ class ProgressAndCancelTests(TestCase):
         await producer.ok("PUSH", {"type": "t", "id": "next"})
         self.assertEqual((await worker.next_job())["id"], "next")
 
+    async def test_a_client_that_did_not_ask_gets_no_cancel_frame(self) -> None:
+        """
+        CANCEL goes only to clients whose HELLO asked for it; another keeps
+        the job until its ACK, answered cancelled.
+        """
+        a = await ServerFixture(self).start()
+        producer = await a.connect("producer")
+        old = await a.connect("old-client", cancel=False)
+        await producer.ok("PUSH", {"type": "t", "id": "o1"})
+        await old.ok("READY", {"queues": ["default"], "credit": 1})
+        await old.next_job()
+        await HTTP(a.http_port).post("/api/v1/jobs/o1/cancel")
+        await sleep(0.2)
+        self.assertEqual(old.cancels.pending, [])
+        self.assertFalse(any(f.startswith(b"CANCEL") for f in old.frames))
+        kind, body = await old.send("ACK", {"id": "o1"})
+        self.assertEqual((kind, body["code"]), ("ERR", "cancelled"))
+        await producer.ok("PUSH", {"type": "t", "id": "o2"})
+        self.assertEqual((await old.next_job())["id"], "o2")
+
     async def test_http_worker_hears_cancelled_on_extend_and_progress(self) -> None:
         a = await ServerFixture(self).start()
         b = await ServerFixture(self, ns=a.namespace).start()

@@ -1,6 +1,6 @@
 // A minimal procession client for Node.js, standard library only (net).
 // It speaks the line protocol of docs/protocol.rst: one frame per line,
-// replies in request order, JOB and QUIET frames at any time.
+// replies in request order, JOB, QUIET and CANCEL frames at any time.
 'use strict';
 
 const net = require('net');
@@ -16,6 +16,7 @@ class Connection {
     this.buffer = '';
     this.onJob = () => {};
     this.onQuiet = () => {};
+    this.onCancel = () => {};
     this.onClose = () => {};
   }
 
@@ -44,13 +45,16 @@ class Connection {
           const body = space < 0 ? null : JSON.parse(line.slice(space + 1));
           if (verb === 'HI') {
             greeted = true;
-            const hello = { worker: this.worker };
+            // cancel: this client understands CANCEL frames.
+            const hello = { worker: this.worker, cancel: true };
             if (this.token) hello.token = this.token;
             this.request('HELLO', hello).then(() => resolve(body), reject);
           } else if (verb === 'JOB') {
             this.onJob(body);
           } else if (verb === 'QUIET') {
             this.onQuiet();
+          } else if (verb === 'CANCEL') {
+            this.onCancel(body);
           } else {
             const p = this.pending.shift();
             if (!p) continue;

@@ -362,7 +362,11 @@ class Connection:
         self.hi = hi
         if isinstance(hi.get("max_frame"), int):
             self.max_frame = hi["max_frame"]
-        hello: dict[str, Any] = {"worker": worker[:WORKER_NAME_LIMIT] or "python"}
+        # "cancel": this client understands CANCEL frames (docs/protocol.rst).
+        hello: dict[str, Any] = {
+            "worker": worker[:WORKER_NAME_LIMIT] or "python",
+            "cancel": True,
+        }
         if token is not None:
             hello["token"] = token
         self.send(encode_frame("HELLO", hello))

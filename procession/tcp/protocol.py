@@ -139,6 +139,9 @@ class WorkerProtocol(protocol.Protocol):
         self._handshake_timer: Any = None
         # Jobs cancelled while this connection held them (see cancelled()).
         self.cancelled_ids: dict[str, None] = {}
+        # Whether the client asked for CANCEL frames (HELLO "cancel": true):
+        # a client written before them would take one for a reply.
+        self.wants_cancel = False
 
     # -- connection
 
@@ -484,6 +487,7 @@ class WorkerProtocol(protocol.Protocol):
                 )
                 return _NO_REPLY
         self.hello = True
+        self.wants_cancel = body.get("cancel") is True
         self.worker = worker
         self.name = f"{worker}#{self.number}"
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -725,13 +729,18 @@ class WorkerProtocol(protocol.Protocol):
     def cancelled(self, job_id: str) -> bool:
         """
         The job was cancelled (or killed, or deleted) while this connection
-        held it: send C{CANCEL}, and free its credit.  The worker's later
+        held it: send C{CANCEL}, and free its credit, if the client asked
+        for C{CANCEL} frames in its C{HELLO}.  The worker's later
         ACK, FAIL, EXTEND or PROGRESS for it is answered C{cancelled}.
         Whether this connection held it.
         """
         held = self.held.get(job_id)
         if held is None or held.finishing or self.closing:
             return False
+        if not self.wants_cancel:
+            # It keeps the job (and its credit) until it acks or fails it,
+            # which the store answers 'cancelled'.
+            return True
         del self.held[job_id]
         self.factory.job_left()
         _stop_waiting(held)
