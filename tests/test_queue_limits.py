@@ -176,8 +176,8 @@ class StoreLimitTests(TestCase):
 class FreedSlotWakeTests(TestCase):
     """
     Every way a running job leaves a queue held back by its concurrency
-    limit (ack, fail, release, lease expiry in the sweep, the loss of the
-    server that held it, delete) publishes the queue's wake-up at once,
+    limit (ack, fail, release, delete, kill, cancel, lease expiry in the
+    sweep, the loss of the server that held it) publishes the queue's wake-up at once,
     heard here as every server hears it: no server has to poll.
     """
 
@@ -217,7 +217,7 @@ class FreedSlotWakeTests(TestCase):
         await self.store.set_limits("default", QueueLimits(concurrency=1))
         await self.hears(1)  # setting limits wakes the consumers too
         await self.store.push(
-            [new_job(self.store.now_ms(), timeout=5) for _ in range(8)]
+            [new_job(self.store.now_ms(), timeout=5) for _ in range(10)]
         )
         heard = len(self.heard)
         ways = [
@@ -227,6 +227,8 @@ class FreedSlotWakeTests(TestCase):
             ),
             lambda job: self.store.release("default", [(job.id, job.lease)], "gone"),
             lambda job: self.store.delete("default", job.id),
+            lambda job: self.store.kill("default", job.id),
+            lambda job: self.store.cancel("default", job.id),
         ]
         for way in ways:
             [job] = await self.claim()
@@ -332,6 +334,23 @@ class PerKeyStoreTests(TestCase):
         self.assertEqual((len(second), second.wait), (1, 7.0))
         self.clock.advance(7.5)
         self.assertEqual(len(await self.claim(3)), 1)
+
+    async def test_a_job_released_from_another_queue_joins_its_key(self) -> None:
+        """
+        A job that waited for a job of another queue (docs/workflows.rst)
+        is queued by the script that finished its parent, on the parent's
+        queue: it is indexed under its key by its own queue's limits.
+        """
+        await self.store.set_limits("limited", QueueLimits(concurrency=1, per_key=True))
+        now = self.store.now_ms()
+        await self.store.push([new_job(now, id="parent")])
+        await self.store.push(
+            [new_job(now, id="child", queue="limited", limit_key="t", after=["parent"])]
+        )
+        [parent] = await self.claim(1)
+        await self.store.ack("default", [(parent.id, parent.lease, "")])
+        claimed = await self.store.claim("limited", [("w", "lc@limited")])
+        self.assertEqual([j.id for j in claimed], ["child"])
 
     async def test_idle_keys_leave_nothing_behind(self) -> None:
         """

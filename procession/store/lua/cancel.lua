@@ -10,4 +10,6 @@
 -- batch, and cancels (or, with on_parent_dead 'run', releases) the jobs
 -- waiting for it.  Returns the job's former state, or 'not_found' or
 -- 'illegal_state'.  A cancelled job frees its unique lock (cancel_job).
-return cancel_job(ARGV[2], tonumber(ARGV[1]))
+local state = cancel_job(ARGV[2], tonumber(ARGV[1]))
+wake_freed()  -- limits: a freed slot wakes the consumers
+return state

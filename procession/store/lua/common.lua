@@ -130,26 +130,31 @@ end
 -- == end of unique jobs ===================================================
 
 -- == Limits (docs/limits.rst; keys in the header) ======================
-local limits_read = nil
--- Set when a job leaves 'running' while a concurrency limit may hold back
--- queued jobs (see wake_freed).
-local slot_freed = false
+-- By queue prefix (a script may work on several queues' keys, as
+-- workflow.lua's with_queue does): the limits read, and whether a job
+-- left 'running' while a concurrency limit may hold back queued jobs
+-- (see wake_freed), in the order the queues freed slots.
+local limits_read = {}
+local slot_freed = {}
+local freed_order = {}
 
--- The queue's limits, read once per script call: false when it has never
--- had any, else a table (fields nil when not set).
+-- The current queue's limits, read once per script call: false when it
+-- has never had any, else a table (fields nil when not set).
 local function queue_limits()
-  if limits_read == nil then
+  local read = limits_read[prefix]
+  if read == nil then
     local f = redis.call('HMGET', prefix .. 'limits', 'set', 'concurrency',
       'rate', 'per', 'per_key', 'channel', 'queue')
     if not f[1] then
-      limits_read = false
+      read = false
     else
-      limits_read = {concurrency = tonumber(f[2]), rate = tonumber(f[3]),
+      read = {concurrency = tonumber(f[2]), rate = tonumber(f[3]),
         per = tonumber(f[4]), per_key = f[5] == '1', channel = f[6],
         queue = f[7]}
     end
+    limits_read[prefix] = read
   end
-  return limits_read
+  return read
 end
 
 -- Index a queued job (member/score as in 'queued') under its limit key
@@ -173,8 +178,9 @@ local function key_leave(key)
   if not limit then
     return
   end
-  if limit.concurrency then
-    slot_freed = true
+  if limit.concurrency and not slot_freed[prefix] then
+    slot_freed[prefix] = true
+    freed_order[#freed_order + 1] = prefix
   end
   local lk = redis.call('HGET', key, 'lk')
   if lk then
@@ -327,11 +333,11 @@ end
 
 -- Tell every procession server that a queue has work: the message is the
 -- queue's name, and may name the server that sent it after a space.
-local woken = false
+local woken = {}  -- by queue prefix: published already (limits)
 local function wake(channel, queue)
   if redis.call('EXISTS', prefix .. 'paused') == 0 then
     redis.call('PUBLISH', channel, queue)
-    woken = true
+    woken[prefix] = true
   end
 end
 
@@ -350,14 +356,15 @@ end
 -- a slot of a concurrency limit and jobs wait, wake the consumers at once
 -- (on the channel set_limits.lua recorded with the limits).
 local function wake_freed()
-  if not slot_freed or woken then
-    return
+  local home = prefix
+  for _, freed in ipairs(freed_order) do
+    prefix = freed
+    if not woken[freed] and redis.call('ZCARD', prefix .. 'queued') > 0 then
+      local limit = queue_limits()
+      wake(limit.channel, limit.queue)
+    end
   end
-  if redis.call('ZCARD', prefix .. 'queued') == 0 then
-    return
-  end
-  local limit = queue_limits()
-  wake(limit.channel, limit.queue)
+  prefix = home
 end
 
 -- How many of 'wanted' jobs the queue's own limits let a claim start now

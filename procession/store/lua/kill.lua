@@ -18,4 +18,5 @@ if state ~= 'waiting' and state ~= 'queued' and state ~= 'scheduled' and state ~
 end
 unlist(id, state)
 make_dead(id, now)
+wake_freed()  -- limits: a freed slot wakes the consumers
 return state
