@@ -19,6 +19,7 @@ import re
 import select
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -142,13 +143,26 @@ class FaktoryServer(Server):
     of its own.
     """
 
-    def __init__(self, test: SynchronousTestCase, *args: str, ns: str | None = None):
+    def __init__(
+        self,
+        test: SynchronousTestCase,
+        *args: str,
+        ns: str | None = None,
+        tls: tuple[str, str] | None = None,
+    ):
         self.faktory_port = free_port()
         self.namespace = ns or namespace()
+        self.tls = tls
+        listener = f"tcp:{self.faktory_port}:interface=127.0.0.1"
+        if tls is not None:
+            listener = (
+                f"ssl:{self.faktory_port}:privateKey={tls[0]}:certKey={tls[1]}"
+                ":interface=127.0.0.1"
+            )
         super().__init__(
             test,
             os.path.abspath(test.mktemp()),
-            "--faktory", f"tcp:{self.faktory_port}:interface=127.0.0.1",
+            "--faktory", listener,
             "--redis", shared_redis().url,
             "--namespace", self.namespace,
             "--faktory-worker-timeout", "2",
@@ -166,7 +180,13 @@ class FaktoryServer(Server):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.faktory_port), 2) as s:
+                with socket.create_connection(
+                    ("127.0.0.1", self.faktory_port), 2
+                ) as plain:
+                    s = plain
+                    if self.tls is not None:
+                        context = ssl.create_default_context(cafile=self.tls[1])
+                        s = context.wrap_socket(plain, server_hostname="localhost")
                     if s.makefile("rb").readline().startswith(b"+HI "):
                         return self
             except OSError:
@@ -177,7 +197,8 @@ class FaktoryServer(Server):
 
     def url(self, password: str | None = None) -> str:
         auth = f":{password}@" if password else ""
-        return f"tcp://{auth}127.0.0.1:{self.faktory_port}"
+        scheme = "tcp+tls" if self.tls is not None else "tcp"
+        return f"{scheme}://{auth}127.0.0.1:{self.faktory_port}"
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """
@@ -223,6 +244,8 @@ class FaktoryServer(Server):
     def environment(self, **more: str) -> dict[str, str]:
         env = _environment()
         env["FAKTORY_URL"] = self.url(more.pop("password", None))
+        if self.tls is not None:
+            env["FAKTORY_CA"] = self.tls[1]
         env.update(more)
         return env
 
@@ -701,10 +724,22 @@ class ClusterTests(FaktoryTestCase):
         self.addCleanup(fetcher.close)
         job = fetcher.request("FETCH default")
         self.assertEqual(job["jid"], jid)
+        _, body = first.api("GET", "/api/v1/workers")
+        held = [w["jobs"] for w in body["workers"] if w["name"] == "split-worker"]
+        self.assertEqual(held, [[{"id": jid, "queue": "default"}]])
         acker = RawSession(second.faktory_port, {"wid": "split-worker", "v": 2})
         self.addCleanup(acker.close)
         self.assertEqual(acker.request("ACK " + json.dumps({"jid": jid})), "+OK")
         second.job_becomes(jid, lambda j: j["state"] == "completed")
+        # The first server learns that the job left the worker's hands.
+        deadline = time.monotonic() + 20
+        while True:
+            _, body = first.api("GET", "/api/v1/workers")
+            mine = [w for w in body["workers"] if w["name"] == "split-worker"]
+            if mine and all(w["jobs"] == [] for w in mine):
+                break
+            self.assertLess(time.monotonic(), deadline, f"still listed: {mine}")
+            time.sleep(0.2)
 
     def test_another_server_gives_back_a_lost_workers_jobs(self) -> None:
         """
@@ -745,3 +780,27 @@ class ClusterTests(FaktoryTestCase):
             self.assertEqual(failing["state"], "dead")
         output = server.output()
         self.assertEqual(output.count("Serving Faktory clients on"), 2, output)
+
+
+class TLSTests(FaktoryTestCase):
+    """
+    A Faktory listener behind TLS (--faktory ssl:...), as the clients'
+    tcp+tls:// URLs (or TLS options) reach it.
+    """
+
+    def test_clients_over_tls(self) -> None:
+        """
+        pyfaktory (tcp+tls://) and the Node.js client (its TLS options)
+        push and work through a TLS listener.
+        """
+        from tests.test_fault_security import make_certificate
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        server = FaktoryServer(self, tls=make_certificate(folder)).serving()
+        client = self.python_client(server, "pypi_pyfaktory.py")
+        ids = client.next(lambda v: "good" in v)
+        server.job_becomes(ids["good"], lambda j: j["state"] == "completed")
+        client.kill()
+        out = self.node(server, "hello").next(lambda v: "pushed" in v)
+        self.assertEqual(server.job(out["pushed"])["state"], "queued")

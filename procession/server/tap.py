@@ -510,6 +510,7 @@ class ProcessionService(service.MultiService):
         self.faktory_factory: Any = None
         self.faktory_port: Any = None
         self.lease_owners: Any = None
+        self.faktory_prune: Any = None
         self.tcp_port: Any = None
         self.http_port: Any = None
         self.http_server: Any = None
@@ -718,6 +719,13 @@ class ProcessionService(service.MultiService):
             allow_flush=bool(options["faktory-allow-flush"]),
         )
         self.lease_owners.start()
+        from twisted.internet import task
+
+        self.faktory_prune = task.LoopingCall(self.faktory_factory.prune)
+        self.faktory_prune.clock = self.reactor
+        self.faktory_prune.start(5.0, now=False).addErrback(
+            lambda f: log.failure("The Faktory listener's upkeep stopped", f)
+        )
         self.admin.add_worker_source(self.faktory_factory)
         self.faktory_port = await self._listen("faktory", 2, self.faktory_factory)
         self.listening["faktory"] = _describe(self.faktory_port)
@@ -863,9 +871,17 @@ class ProcessionService(service.MultiService):
 
         factory = self.faktory_factory
         factory.quiet_all()
+        if self.faktory_prune is not None and self.faktory_prune.running:
+            self.faktory_prune.stop()
+        checked = 0.0
         while (
             factory.jobs_in_hand() or factory.untold()
         ) and self.reactor.seconds() < deadline:
+            if self.reactor.seconds() - checked > 0.5:
+                # Jobs acknowledged through another server or process
+                # are not in hand here any more.
+                checked = self.reactor.seconds()
+                await factory.prune(older_than=0)
             await deferLater(self.reactor, 0.05, lambda: None)
         factory.close_all()
         if self.lease_owners is not None:

@@ -161,9 +161,16 @@ class Fetch:
 
     connection_bound = True
 
-    def __init__(self, connection: "FaktoryProtocol", queues: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        connection: "FaktoryProtocol",
+        queues: tuple[str, ...],
+        slot: list[Any],
+    ) -> None:
         self.connection = connection
         self.queues = queues
+        # Where its reply goes among the connection's replies in order.
+        self.slot = slot
         self.holder = connection.factory.owners.holder(connection.owner)
         self.name = connection.owner
         self.done = False
@@ -489,8 +496,7 @@ class FaktoryProtocol(protocol.Protocol):
             # the wait a FETCH that found nothing would take.
             self._later(FETCH_WAIT, self._settle, slot, b"$-1\r\n")
             return _NO_REPLY
-        fetch = Fetch(self, queues)
-        fetch.slot = slot  # type: ignore[attr-defined]
+        fetch = Fetch(self, queues, slot)
         self._fetches.add(fetch)
         fetch.timer = self.factory.clock.callLater(
             FETCH_WAIT, self._fetch_expired, fetch
@@ -520,12 +526,12 @@ class FaktoryProtocol(protocol.Protocol):
         if fetch.done:
             return
         self._end_fetch(fetch)
-        self._settle(fetch.slot, b"$-1\r\n")  # type: ignore[attr-defined]
+        self._settle(fetch.slot, b"$-1\r\n")
 
     def _fetched(self, fetch: Fetch, job: Any) -> None:
         self._fetches.discard(fetch)
         self.dispatcher.remove_consumer(fetch)
-        slot = fetch.slot  # type: ignore[attr-defined]
+        slot = fetch.slot
         wire = json.loads(job.payload)
         retry = faktory_job.retry_policy(wire)
         self.factory.leases[job.id] = FaktoryLease(
@@ -861,6 +867,34 @@ class FaktoryFactory(protocol.Factory):
 
     def forget(self, jid: str) -> None:
         self.leases.pop(jid, None)
+
+    async def prune(self, older_than: float = 5.0, limit: int = 1000) -> int:
+        """
+        Forget the records of jobs handed out here that were settled
+        elsewhere (an ACK through another server or process) or given back
+        meanwhile: their lease is no longer the one recorded.  Looks at up
+        to C{limit} records fetched more than C{older_than} seconds ago.
+
+        @return: how many were forgotten.
+        """
+        now = self.clock.seconds()
+        chosen = [
+            (jid, held)
+            for jid, held in self.leases.items()
+            if now - held.fetched_at > older_than
+        ][:limit]
+        gone = 0
+        for jid, held in chosen:
+            try:
+                _, lease = await self.owners.running_lease(jid)
+            except (JobNotFound, LeaseLost):
+                lease = None
+            except ProcessionError:
+                return gone
+            if lease != held.lease and self.leases.get(jid) is held:
+                del self.leases[jid]
+                gone += 1
+        return gone
 
     def quiet_workers(self, name: str) -> list[str]:
         """

@@ -5,7 +5,14 @@
 "use strict";
 const faktory = require("faktory-worker");
 
+const fs = require("fs");
+
 const url = process.env.FAKTORY_URL;
+// A TLS listener's certificate to trust (faktory-worker takes TLS as
+// Node's tls.connect options, not from its URL).
+const tlsOptions = process.env.FAKTORY_CA
+  ? { ca: fs.readFileSync(process.env.FAKTORY_CA), servername: "localhost" }
+  : undefined;
 const say = (event) => console.log(JSON.stringify(event));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -49,7 +56,7 @@ const scenarios = {
 
   // Connect (with the password in FAKTORY_URL, if any) and push one job.
   async hello() {
-    const client = await faktory.connect({ url });
+    const client = await faktory.connect({ url, tlsOptions });
     const job = client.job("hello", "world");
     await job.push();
     say({ pushed: job.jid });
