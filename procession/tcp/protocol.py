@@ -569,37 +569,47 @@ class WorkerProtocol(protocol.Protocol):
         or failed again (or given back if the connection drops), and counts
         against the credit again.
         """
+        again = self._finishing(held)
+        return d.addBoth(self._finished, job_id, held, again)
+
+    def _finishing(self, held: Held) -> bool:
+        """
+        L{_finish}'s first half, as the ack or fail goes to the store:
+        whether it was sent again after C{store_unavailable}.
+        """
         held.finishing = True
         # Sent again after store_unavailable: the store may still be
         # unavailable, and a claim for the credit freed now could time out
         # and yet lease jobs when Redis wakes, to nobody.  Ask for more once
         # the store has answered.
-        again = _stop_waiting(held)
+        again = held.unsettled is not None and _stop_waiting(held)
         self.unfinished -= 1
         if not again:
             self._has_room()
+        return again
 
-        def forget(result: Any) -> Any:
-            if (
-                isinstance(result, Failure)
-                and result.check(StoreUnavailable)
-                and not self.closing
-            ):
-                held.finishing = False
-                self.unfinished += 1
-                # A client that does not send it again must not hold the
-                # credit forever: by then the lease is over anyway.
-                held.unsettled = self.factory.clock.callLater(
-                    held.timeout, self._unsettled_expired, job_id, held
-                )
-            else:
-                self.held.pop(job_id, None)
-                self.factory.job_left()
-                if again:
-                    self._has_room()
-            return result
-
-        return d.addBoth(forget)
+    def _finished(self, result: Any, job_id: str, held: Held, again: bool) -> Any:
+        """
+        L{_finish}'s second half, once the store has answered.
+        """
+        if (
+            isinstance(result, Failure)
+            and result.check(StoreUnavailable)
+            and not self.closing
+        ):
+            held.finishing = False
+            self.unfinished += 1
+            # A client that does not send it again must not hold the
+            # credit forever: by then the lease is over anyway.
+            held.unsettled = self.factory.clock.callLater(
+                held.timeout, self._unsettled_expired, job_id, held
+            )
+        else:
+            self.held.pop(job_id, None)
+            self.factory.job_left()
+            if again:
+                self._has_room()
+        return result
 
     def _unsettled_expired(self, job_id: str, held: Held) -> None:
         """
@@ -616,8 +626,17 @@ class WorkerProtocol(protocol.Protocol):
     def do_ACK(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "ACK")
         result = encode_result(body.get("result"))
-        d = self.dispatcher.ack(held.queue, job_id, held.lease, result)
-        return self._finish(job_id, held, d).addCallback(_acked, job_id)
+        # As _finish does, with one callback: acks are the hot path.
+        again = self._finishing(held)
+        return self.dispatcher.ack(held.queue, job_id, held.lease, result).addBoth(
+            self._acked, job_id, held, again
+        )
+
+    def _acked(self, outcome: Any, job_id: str, held: Held, again: bool) -> Any:
+        outcome = self._finished(outcome, job_id, held, again)
+        if isinstance(outcome, Failure):
+            return outcome
+        return _JSON('{"id":' + _compact(job_id) + "}")
 
     def do_FAIL(self, body: Any, size: int) -> Any:
         body, job_id, held = self._take(body, "FAIL")
@@ -831,10 +850,6 @@ class _JSON(str):
     """
     A reply body that is JSON text already.
     """
-
-
-def _acked(_: None, job_id: str) -> _JSON:
-    return _JSON('{"id":' + _compact(job_id) + "}")
 
 
 def _pushed(created: PushOutcome, job_id: str) -> Any:
