@@ -92,6 +92,9 @@ class TxredisapiInternalsTests(TestCase):
         for name in redis.FACTORY_ATTRIBUTES:
             self.assertTrue(hasattr(factory, name), name)
         self.assertIsNone(redis.pool_factory(object()))
+        # not connected: no free connection to send on
+        self.assertIsNone(redis.free_connection(pool))
+        self.assertIsNone(redis.free_connection(object()))
 
     def test_protocol_and_sentinel_endpoint(self) -> None:
         """

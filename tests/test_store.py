@@ -10,7 +10,7 @@ import re
 from hypothesis import given, strategies as st
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, tcp
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -20,9 +20,12 @@ from procession.core.errors import (
     JobNotFound,
     StoreUnavailable,
 )
-from procession.redis.connection import _fast_connections
+from procession.redis.address import RedisAddress
+from procession.redis.connection import _fast_connections, connect, send
+from procession.redis.internals import CONNECTION_ATTRIBUTES, free_connection
 from procession.store.jobs import Store
-from tests.support import FakeClock, connected_store, new_job
+from tests.redis import shared_redis
+from tests.support import FakeClock, connected_store, namespace, new_job
 
 
 class StoreTests(TestCase):
@@ -744,3 +747,78 @@ class FastConnectionTests(SynchronousTestCase):
         self.assertEqual(
             self.fast.tryConvertData(reply), self.plain.tryConvertData(reply)
         )
+
+
+class FastPathTests(TestCase):
+    """
+    Commands sent by the connections' fast path (L{send}, the server's hot
+    path) and by txredisapi's own path share one connection: every reply
+    goes to its own command, in order, and a lost connection fails them all.
+    """
+
+    async def setUp(self) -> None:
+        import txredisapi
+
+        self.pool = connect(RedisAddress.from_url("unix://" + shared_redis().socket))
+        self.addCleanup(self.pool.disconnect)
+        await self.pool.ping()
+        self.key = "fast-path-" + namespace()
+        self.addCleanup(lambda: self.pool.delete(self.key))
+        self.txredisapi = txredisapi
+
+    async def test_replies_in_order(self) -> None:
+        """
+        Fast and plain commands interleaved, errors among them, each get
+        their own reply; a pipeline (which holds the connection) goes the
+        plain way.
+        """
+        sent = []
+        for i in range(20):
+            if i % 3 == 0:
+                sent.append(self.pool.execute_command("INCR", self.key))
+            elif i % 7 == 0:
+                sent.append(send(self.pool, "HGET", self.key, "x"))
+            else:
+                sent.append(send(self.pool, "INCR", self.key))
+        results = await defer.DeferredList(sent, consumeErrors=True)
+        values = []
+        for i, (ok, value) in enumerate(results):
+            if i % 7 == 0 and i % 3 != 0:
+                # HGET of a string key: WRONGTYPE, for that command only
+                self.assertFalse(ok)
+                self.assertTrue(value.check(self.txredisapi.ResponseError))
+            else:
+                self.assertTrue(ok, value)
+                values.append(int(value))
+        self.assertEqual(values, list(range(1, len(values) + 1)))
+        pipe = await self.pool.pipeline()
+        pipe.incr(self.key)
+        during = send(self.pool, "INCR", self.key)
+        pipe.incr(self.key)
+        replies = await pipe.execute_pipeline()
+        self.assertEqual([int(r) for r in replies], [len(values) + 1, len(values) + 2])
+        self.assertEqual(int(await during), len(values) + 3)
+
+    async def test_connection_lost(self) -> None:
+        """
+        Commands waiting for replies when the connection goes fail with
+        txredisapi's ConnectionError (which the store reports as
+        store_unavailable), fast and plain alike.
+        """
+        await send(self.pool, "SET", self.key, "1")
+        conn = free_connection(self.pool)
+        for name in CONNECTION_ATTRIBUTES:
+            self.assertTrue(hasattr(conn, name), name)
+        # the unix socket is read with recv (procession.net.internals)
+        self.assertEqual(conn.transport.doRead.__func__, tcp.Connection.doRead)
+        # BLPOP of an empty list: no reply until the connection goes
+        waiting = [
+            send(self.pool, "BLPOP", self.key + ":list", 0),
+            send(self.pool, "GET", self.key),
+            self.pool.execute_command("GET", self.key),
+        ]
+        conn.transport.abortConnection()
+        results = await defer.DeferredList(waiting, consumeErrors=True)
+        for ok, value in results:
+            self.assertFalse(ok)
+            self.assertTrue(value.check(self.txredisapi.ConnectionError), value)

@@ -14,6 +14,7 @@ Twisted's version to the ones checked.
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import Any
 
 #: The attributes of a L{twisted.internet.tcp.Connection} that
@@ -77,3 +78,17 @@ def forget_exit_signal(reactor: Any) -> None:
     """
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+def plain_reads(transport: Any) -> None:
+    """
+    Read a connected unix socket with C{recv}, as a TCP one is read:
+    Twisted's unix transport reads with C{recvmsg} (to receive file
+    descriptors) and builds a message and its ancillary data per read,
+    for peers (Redis) that never send descriptors.  It overrides the
+    transport's C{doRead} with L{twisted.internet.tcp.Connection}'s.
+    """
+    from twisted.internet import tcp, unix
+
+    if isinstance(transport, unix.Client) and hasattr(transport, "socket"):
+        transport.doRead = MethodType(tcp.Connection.doRead, transport)

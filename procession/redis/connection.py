@@ -5,13 +5,18 @@ and encode commands and decode replies with less work per value.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
+
+from twisted.internet import defer
+
 from procession.redis.address import RedisAddress
 from procession.redis.sentinel import SentinelPool
 
 
+from procession.net.internals import plain_reads
 from procession.net.transport import immediate_writes
-from procession.redis.internals import pool_factory
+from procession.redis.internals import free_connection, pool_factory
 
 
 def connect(address: RedisAddress, poolsize: int = 1) -> Any:
@@ -56,9 +61,60 @@ def _fast_connections(factory: Any) -> None:
     """
 
     class Connection(factory.protocol):
+        # Per command sent and not answered yet, in order: the Deferred of
+        # a command sent by L{fast_command}, or None for one sent by
+        # txredisapi's own path (its reply goes to its replyQueue).
+        _expect: deque[defer.Deferred[Any] | None]
+
         def connectionMade(self) -> Any:
             immediate_writes(self.transport)
+            plain_reads(self.transport)
+            self._expect = deque()
             return super().connectionMade()
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            d = super().execute_command(*args, **kwargs)
+            self._expect.append(None)
+            return d
+
+        def fast_command(self, *args: Any) -> defer.Deferred[Any]:
+            """
+            Send one command now and return the Deferred of its reply,
+            without txredisapi's per-command machinery (a generator that
+            looks for a connection, a queue of replies, two more
+            Deferreds): the server's hot path.  Only for a connection that
+            no one holds exclusively (no pipeline, transaction or blocking
+            command in progress).
+            """
+            try:
+                command = self._build_command(*args)
+            except Exception:
+                return defer.fail()
+            d: defer.Deferred[Any] = defer.Deferred()
+            self._expect.append(d)
+            self.transport.write(command)
+            return d
+
+        def replyReceived(self, reply: Any) -> None:
+            expect = self._expect
+            if expect:
+                d = expect.popleft()
+                if d is not None:
+                    if isinstance(reply, Exception):
+                        d.errback(reply)
+                    else:
+                        d.callback(reply)
+                    return
+            super().replyReceived(reply)
+
+        def connectionLost(self, why: Any) -> None:
+            super().connectionLost(why)
+            # txredisapi fails the replies its own path waits for; fail the
+            # others (in order, whatever their kind, so none is left).
+            expect, self._expect = self._expect, deque()
+            for d in expect:
+                if d is not None:
+                    d.errback(txredisapi_connection_error("Lost connection"))
 
         def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
             charset, errors = self.charset, self.errors
@@ -98,6 +154,25 @@ def _fast_connections(factory: Any) -> None:
             return data
 
     factory.protocol = Connection
+
+
+def txredisapi_connection_error(message: str) -> Exception:
+    import txredisapi
+
+    return txredisapi.ConnectionError(message)
+
+
+def send(pool: Any, *args: Any) -> defer.Deferred[Any]:
+    """
+    Send one command on C{pool} (from L{connect}): at once on a connection
+    that is up and free (L{_fast_connections}' fast path), else through
+    txredisapi, which waits for a connection.
+    """
+    conn = free_connection(pool)
+    fast = getattr(conn, "fast_command", None)
+    if fast is not None:
+        return fast(*args)
+    return defer.maybeDeferred(pool.execute_command, *args)
 
 
 # How long a look-up of the master may take before it fails and is tried

@@ -15,11 +15,30 @@ from __future__ import annotations
 from typing import Any
 
 #: The attributes of a pool's factory (L{pool_factory}) procession uses.
-FACTORY_ATTRIBUTES = ("pool", "size", "protocol", "maxDelay", "initialDelay")
+FACTORY_ATTRIBUTES = (
+    "pool",
+    "size",
+    "protocol",
+    "maxDelay",
+    "initialDelay",
+    "connectionQueue",
+)
 
 #: The methods of C{txredisapi.RedisProtocol} that
 #: L{procession.redis.connection} overrides or calls.
-PROTOCOL_METHODS = ("_build_command", "_encode_value", "tryConvertData")
+PROTOCOL_METHODS = (
+    "_build_command",
+    "_encode_value",
+    "tryConvertData",
+    "execute_command",
+    "replyReceived",
+    "connectionMade",
+    "connectionLost",
+)
+
+#: The attributes of a txredisapi connection (its protocol instance) that
+#: L{free_connection} reads.
+CONNECTION_ATTRIBUTES = ("connected", "pipelining", "inTransaction", "transport")
 
 
 def pool_factory(handler: Any) -> Any:
@@ -29,6 +48,22 @@ def pool_factory(handler: Any) -> Any:
     or None for something else.
     """
     return getattr(handler, "_factory", None)
+
+
+def free_connection(handler: Any) -> Any:
+    """
+    A connection of the pool C{handler} that is up and that no caller holds
+    for itself (a pipeline, a transaction, a blocking command take one out
+    of the pool's queue of free connections), or None.
+    """
+    queue = getattr(pool_factory(handler), "connectionQueue", None)
+    if queue is None:
+        return None
+    for conn in queue.pending:
+        if conn.connected and not conn.pipelining and not conn.inTransaction:
+            return conn
+        return None
+    return None
 
 
 def sentinel_endpoint(factory: Any) -> Any:

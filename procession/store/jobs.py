@@ -59,6 +59,7 @@ from procession.core.listing import (
 from procession.core.queue_limits import MAX_REINDEX, LimitStatus, QueueLimits
 from procession.core.stats import QueueSummary
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
+from procession.redis.connection import send
 from procession.redis.internals import pool_factory
 from procession.store.keys import STATE_SET_NAMES, STATE_SETS, Keys
 from procession.store.registry import OwnerRegistry, ServerRegistry
@@ -252,7 +253,7 @@ class Store:
             return defer.fail(
                 StoreUnavailable("no connection to Redis (it may be failing over)")
             )
-        return defer.maybeDeferred(self.redis.execute_command, *args)
+        return send(self.redis, *args)
 
     def connected(self) -> bool:
         """
@@ -366,6 +367,17 @@ class Store:
             that has one, or L{UniqueHeld} (the id of the job holding its
             unique lock).
         """
+        if len(jobs) == 1 and not jobs[0].after and jobs[0].queue in self._known_queues:
+            # The hot path (one PUSH frame): no coroutine, as below.
+            job = jobs[0]
+            queue = job.queue
+            now = self.now_ms()
+            args = [now, self.channel, queue, f"{queue} {self.server_id}"]
+            args.extend(job.script_args(now))
+            args.append(job.flow_value({}))
+            return self.run_replicated(
+                "push", queue, args, [self.keys.ids]
+            ).addCallbacks(_one_pushed, _flow_refused)
         by_queue: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
             by_queue.setdefault(job.queue, []).append(index)
@@ -1320,3 +1332,10 @@ def _as_dict(reply: Any) -> dict[str, str]:
     if isinstance(reply, dict):
         return reply
     return dict(zip(reply[::2], reply[1::2]))
+
+
+def _one_pushed(flags: list[Any]) -> list[bool | str]:
+    """
+    push.lua's reply for one job, as L{Store.push} returns it.
+    """
+    return [_pushed_flag(flags[0])]
