@@ -91,4 +91,4 @@ def plain_reads(transport: Any) -> None:
     from twisted.internet import tcp, unix
 
     if isinstance(transport, unix.Client) and hasattr(transport, "socket"):
-        transport.doRead = MethodType(tcp.Connection.doRead, transport)
+        setattr(transport, "doRead", MethodType(tcp.Connection.doRead, transport))
