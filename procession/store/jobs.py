@@ -370,13 +370,11 @@ class Store:
         if len(jobs) == 1 and not jobs[0].after and jobs[0].queue in self._known_queues:
             # The hot path (one PUSH frame): no coroutine, as below.
             job = jobs[0]
-            queue = job.queue
             now = self.now_ms()
-            args = [now, self.channel, queue, f"{queue} {self.server_id}"]
-            args.extend(job.script_args(now))
-            args.append(job.flow_value({}))
+            args = self._push_args(job.queue, now)
+            args.extend(_job_args(job, now, {}))
             return self.run_replicated(
-                "push", queue, args, [self.keys.ids]
+                "push", job.queue, args, [self.keys.ids]
             ).addCallbacks(_one_pushed, _flow_refused)
         by_queue: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
@@ -389,16 +387,9 @@ class Store:
             now = self.now_ms()
             calls = []
             for queue, indexes in by_queue.items():
-                args: list[Any] = [
-                    now,
-                    self.channel,
-                    queue,
-                    f"{queue} {self.server_id}",
-                ]
+                args = self._push_args(queue, now)
                 for i in indexes:
-                    args.extend(jobs[i].script_args(now))
-                    args.append(jobs[i].flow_value(parents))
-                    args.extend(jobs[i].lifetime_args())
+                    args.extend(_job_args(jobs[i], now, parents))
                 call = self.run_replicated(
                     "push", queue, args, [self.keys.ids]
                 ).addErrback(_flow_refused)
@@ -422,6 +413,12 @@ class Store:
             return created  # type: ignore[return-value]
 
         return defer.Deferred.fromCoroutine(push())
+
+    def _push_args(self, queue: str, now: int) -> list[Any]:
+        """
+        push.lua's first arguments, for a push to C{queue}.
+        """
+        return [now, self.channel, queue, f"{queue} {self.server_id}"]
 
     async def _parent_queues(self, jobs: Sequence[NewJob]) -> dict[str, str]:
         """
@@ -1334,7 +1331,14 @@ def _as_dict(reply: Any) -> dict[str, str]:
     return dict(zip(reply[::2], reply[1::2]))
 
 
-def _one_pushed(flags: list[Any]) -> list[bool | str]:
+def _job_args(job: NewJob, now: int, parents: dict[str, str]) -> list[Any]:
+    """
+    push.lua's arguments for one job (its header lists them).
+    """
+    return [*job.script_args(now), job.flow_value(parents), *job.lifetime_args()]
+
+
+def _one_pushed(flags: list[Any]) -> list[PushOutcome]:
     """
     push.lua's reply for one job, as L{Store.push} returns it.
     """
