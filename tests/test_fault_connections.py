@@ -53,6 +53,13 @@ class _Dispatcher:
 
     accepting = True
 
+    class workflows:
+        """
+        Nobody cancels a job here.
+        """
+
+        on_revoked: list[Any] = []
+
     def remove_consumer(self, consumer: Any) -> None:
         pass
 
