@@ -32,6 +32,7 @@ from procession.core.periodic import (
 )
 from procession.store.periodic import PeriodicStore
 from tests.client import ServerFixture
+from tests.test_cli import CLITestCase, columns
 from tests.http import HTTP
 from tests.redis import shared_redis
 from tests.support import FakeClock, connected_store
@@ -668,3 +669,78 @@ class FileAndClientTests(SynchronousTestCase):
         self.assertEqual(delivered, {str(first), ids[1]})
         self.assertTrue(worker.no_job(0.3))
         self.assertEqual(client.result(gone)["state"], "expired")
+
+
+class CLITests(CLITestCase):
+    """
+    C{procession periodic ...} and the push options of unique and
+    expiring jobs, against a server in this process.
+    """
+
+    async def test_periodic_commands(self) -> None:
+        self.assertEqual((await self.ok("periodic")).out, "no periodic entries\n")
+        defined = await self.ok(
+            "periodic",
+            "nightly",
+            "--cron",
+            "0 2 * * *",
+            "--timezone",
+            "Europe/Berlin",
+            "--job",
+            '{"type":"report","args":[1]}',
+        )
+        self.assertIn("in words      At 02:00", defined.out)
+        listing = (await self.ok("periodic")).lines()
+        self.assertEqual(
+            columns(listing[0]),
+            [
+                "NAME",
+                "CRON",
+                "ZONE",
+                "NEXT",
+                "RUN",
+                "LAST",
+                "RUN",
+                "LAST",
+                "JOB",
+                "STATUS",
+            ],
+        )
+        self.assertTrue(listing[1].startswith("nightly  0 2 * * *  Europe/Berlin"))
+        self.assertTrue(listing[1].endswith("active"), listing[1])
+        shown = await self.ok("periodic", "nightly", "--json")
+        self.assertEqual(shown.json()["cron"], "0 2 * * *")
+        paused = await self.ok("periodic", "nightly", "--pause")
+        self.assertIn("paused        yes", paused.out)
+        resumed = await self.ok("periodic", "nightly", "--resume", "--json")
+        self.assertFalse(resumed.json()["paused"])
+        run = await self.ok("periodic", "nightly", "--run")
+        self.assertTrue(run.out.startswith("pushed nightly@now-"), run.out)
+        deleted = await self.ok("periodic", "nightly", "--delete")
+        self.assertEqual(deleted.out, "periodic entry nightly deleted\n")
+        refused = await self.fails(
+            1, "periodic", "bad", "--cron", "0 2 * *", "--job", '{"type":"t"}'
+        )
+        self.assertIn("cron must have 5 fields", refused.err)
+        await self.fails(2, "periodic", "nightly", "--cron", "0 2 * * *")
+        await self.fails(2, "periodic", "nightly", "--pause", "--run")
+        await self.fails(2, "periodic", "--pause")
+        missing = await self.fails(1, "periodic", "nightly")
+        self.assertIn("periodic_not_found", missing.err)
+
+    async def test_push_unique_and_expiring(self) -> None:
+        first = await self.ok("push", "mail", "--args", "[1]", "--unique-for", "60")
+        holder = first.out.split()[1]
+        again = await self.ok("push", "mail", "--args", "[1]", "--unique-for", "60")
+        self.assertEqual(again.out, f"{holder} holds the unique lock: nothing pushed\n")
+        await self.ok(
+            "push", "mail", "--args", "[2]", "--id", "soon", "--expires-in", "0.01"
+        )
+        await deferLater(reactor, 0.05, lambda: None)
+        worker = await self.server.connect("w")
+        await worker.ok("READY", {"queues": ["default"], "credit": 2})
+        job = await worker.next_job()
+        self.assertEqual(job["id"], holder)
+        await deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(len(worker.jobs.pending), 0)
+        self.assertEqual((await self.job("soon"))["state"], "expired")

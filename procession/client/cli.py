@@ -579,6 +579,11 @@ def cmd_push(api: Api, args: argparse.Namespace, out: Output) -> None:
         ("timeout", args.timeout),
         ("meta", meta),
         ("limit_key", args.limit_key),
+        ("unique_for", args.unique_for),
+        ("unique_key", args.unique_key),
+        ("unique_until", args.unique_until),
+        ("expires_in", args.expires_in),
+        ("expires_at", args.expires_at),
     ):
         if value is not None:
             job[name] = value
@@ -587,6 +592,8 @@ def cmd_push(api: Api, args: argparse.Namespace, out: Output) -> None:
     def text(a: dict[str, Any]) -> str:
         if a["created"]:
             return f"pushed {cell(a['id'])}"
+        if args.unique_for is not None and a["id"] != args.id:
+            return f"{cell(a['id'])} holds the unique lock: nothing pushed"
         return f"{cell(a['id'])} exists already: nothing pushed"
 
     out.show(answer, text)
@@ -757,6 +764,113 @@ def cmd_limits(api: Api, args: argparse.Namespace, out: Output) -> None:
     else:
         answer = api.request("GET", path)
     out.show(answer, limits_text)
+
+
+PERIODIC_HEADERS = (
+    "NAME",
+    "CRON",
+    "ZONE",
+    "NEXT RUN",
+    "LAST RUN",
+    "LAST JOB",
+    "STATUS",
+)
+
+
+def _periodic_row(e: dict[str, Any]) -> list[str]:
+    last = e["last_job"]
+    status = "paused" if e["paused"] else "active"
+    if e["source"] == "file":
+        status += ", from the file"
+    return [
+        cell(e["name"]),
+        cell(e["cron"]),
+        cell(e["timezone"]),
+        moment(e["next_run"]),
+        moment(e["last_run"]),
+        "-" if last is None else f"{cell(last['state'] or 'gone')}",
+        status,
+    ]
+
+
+def periodic_text(e: dict[str, Any]) -> str:
+    """
+    One periodic entry, for people.
+    """
+    last = e["last_job"]
+    return fields(
+        [
+            ("name", e["name"]),
+            ("cron", e["cron"]),
+            ("in words", e["description"]),
+            ("timezone", e["timezone"]),
+            ("job", json.dumps(e["job"], ensure_ascii=False)),
+            ("missed ticks", e["missed"]),
+            ("source", e["source"]),
+            ("paused", "yes" if e["paused"] else "no"),
+            ("next run", moment(e["next_run"])),
+            ("last run", moment(e["last_run"])),
+            (
+                "last job",
+                "-" if last is None else f"{last['id']} ({last['state'] or 'gone'})",
+            ),
+            ("runs", e["runs"]),
+            ("skipped", e["skipped"]),
+        ]
+    )
+
+
+def cmd_periodic(api: Api, args: argparse.Namespace, out: Output) -> None:
+    """
+    procession periodic [NAME [...]]: the C{/api/v1/periodic} routes.
+    """
+    actions = [a for a in ("pause", "resume", "run_now", "delete") if getattr(args, a)]
+    define = args.cron is not None or args.job is not None
+    if args.name is None:
+        if actions or define or args.timezone or args.missed:
+            raise UsageError("name the periodic entry to change")
+        answer = api.request("GET", "/api/v1/periodic")
+
+        def listing(a: dict[str, Any]) -> str:
+            if not a["periodic"]:
+                return "no periodic entries"
+            return table(PERIODIC_HEADERS, [_periodic_row(e) for e in a["periodic"]])
+
+        out.show(answer, listing)
+        return
+    path = f"/api/v1/periodic/{segment(args.name)}"
+    if len(actions) + bool(define) > 1:
+        raise UsageError(
+            "give one of --cron/--job, --pause, --resume, --run and --delete"
+        )
+    if define:
+        if args.cron is None or args.job is None:
+            raise UsageError("a periodic entry needs both --cron and --job")
+        body: dict[str, Any] = {
+            "cron": args.cron,
+            "job": _json_option("--job", args.job),
+        }
+        if args.timezone is not None:
+            body["timezone"] = args.timezone
+        if args.missed is not None:
+            body["missed"] = args.missed
+        out.show(api.request("PUT", path, body=body), periodic_text)
+    elif args.delete:
+        out.show(
+            api.request("DELETE", path),
+            lambda a: f"periodic entry {a['name']} deleted",
+        )
+    elif args.run_now:
+        out.show(
+            api.request("POST", path + "/run"),
+            lambda a: f"pushed {cell(a['id'])}",
+        )
+    elif actions:
+        out.show(api.request("POST", f"{path}/{actions[0]}"), periodic_text)
+    else:
+        if args.timezone is not None or args.missed is not None:
+            raise UsageError("--timezone and --missed go with --cron and --job")
+        out.show(api.request("GET", path), periodic_text)
 
 
 WORKER_HEADERS = ("KIND", "NAME", "QUEUES", "JOBS", "SINCE", "STATUS")
@@ -950,6 +1064,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="the key its queue's per_key limits count it under (docs/limits.rst)",
     )
+    sub.add_argument(
+        "--unique-for",
+        type=float,
+        metavar="S",
+        help="refuse another push of the same unique key for S seconds",
+    )
+    sub.add_argument(
+        "--unique-key", metavar="KEY", help="with --unique-for: the key to lock"
+    )
+    sub.add_argument(
+        "--unique-until",
+        choices=("success", "start"),
+        help="with --unique-for: when the lock frees (default success)",
+    )
+    sub.add_argument(
+        "--expires-in",
+        type=float,
+        metavar="S",
+        help="never run it if not started within S seconds",
+    )
+    sub.add_argument(
+        "--expires-at", metavar="TIME", help="never run it after this RFC 3339 time"
+    )
 
     for action, help, bulk in (
         ("retry", "run a scheduled, retrying or dead job now", RETRYABLE),
@@ -1000,6 +1137,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("purge", cmd_purge, "delete every job of one state from a queue")
     sub.add_argument("queue", metavar="QUEUE")
     sub.add_argument("--state", choices=PURGEABLE, required=True)
+
+    sub = command(
+        "periodic",
+        cmd_periodic,
+        "list periodic (cron) entries, show one, define one, or pause, resume, "
+        "run or delete it",
+    )
+    sub.add_argument("name", nargs="?", metavar="NAME", help="the entry")
+    sub.add_argument(
+        "--cron", metavar="EXPR", help="define it: the cron expression (with --job)"
+    )
+    sub.add_argument(
+        "--job", metavar="JSON", help="define it: the job template, as JSON"
+    )
+    sub.add_argument(
+        "--timezone", metavar="ZONE", help="with --cron: an IANA zone (default UTC)"
+    )
+    sub.add_argument(
+        "--missed",
+        choices=("skip", "all"),
+        help="with --cron: what to do with missed ticks (default skip)",
+    )
+    for flag, dest, text in (
+        ("pause", "pause", "pause it: its ticks pass without jobs"),
+        ("resume", "resume", "resume it from its next tick"),
+        ("run", "run_now", "push its job now"),
+        ("delete", "delete", "remove it (its jobs stay)"),
+    ):
+        sub.add_argument(f"--{flag}", dest=dest, action="store_true", help=text)
 
     command("workers", cmd_workers, "the workers of the server that answers")
 
