@@ -383,6 +383,53 @@ class ServiceTests(TestCase):
             (missing.code, missing.json["error"]["code"]), (404, "periodic_not_found")
         )
 
+    async def test_metrics(self) -> None:
+        """
+        /metrics counts ticks run and skipped per entry, whether each is
+        paused, and per queue the jobs expired and the unique collisions.
+        """
+        await self.put("beat", {"cron": "* * * * * *", "job": {"type": "b"}})
+        await self.put(
+            "daily", {"cron": "@daily", "job": {"type": "d"}, "paused": True}
+        )
+        worker = await self.server.connect("w")
+        for n in range(3):
+            await worker.ok("PUSH", {"type": "u", "args": [1], "unique_for": 60})
+        await worker.ok("PUSH", {"type": "x", "queue": "q", "expires_in": 0.01})
+        await deferLater(reactor, 0.05, lambda: None)
+        await worker.ok("READY", {"queues": ["q"], "credit": 1})
+
+        async def samples() -> dict[str, float]:
+            text = (await self.http.get("/metrics")).content.decode()
+            return {
+                name: float(value)
+                for name, value in (
+                    line.rsplit(" ", 1)
+                    for line in text.splitlines()
+                    if line and not line.startswith("#")
+                )
+            }
+
+        deadline = reactor.seconds() + 10
+        while True:
+            found = await samples()
+            if (
+                found.get('procession_periodic_ticks_total{entry="beat"}', 0) >= 1
+                and found.get('procession_jobs_expired_total{queue="q"}') == 1
+            ):
+                break
+            self.assertLess(reactor.seconds(), deadline, found)
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(
+            found['procession_jobs_unique_collisions_total{queue="default"}'], 2
+        )
+        self.assertEqual(found['procession_periodic_ticks_total{entry="daily"}'], 0)
+        self.assertEqual(
+            found['procession_periodic_ticks_skipped_total{entry="beat"}'], 0
+        )
+        self.assertEqual(found['procession_periodic_paused{entry="daily"}'], 1)
+        self.assertEqual(found['procession_periodic_paused{entry="beat"}'], 0)
+
     async def test_refused(self) -> None:
         for body, field in [
             ({"cron": "99 * * * *", "job": {"type": "t"}}, "cron"),

@@ -310,6 +310,7 @@ class AdminRoutes:
             http_workers=len(self.admin.http_workers()),
             redis_rtt=rtt,
             limits=await self.admin.limit_statuses([q.name for q in summaries]),
+            periodic=await self._periodic_entries(),
         )
         if self._metrics is None:
             self._metrics = Metrics()
@@ -317,6 +318,15 @@ class AdminRoutes:
         request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         return body
+
+    async def _periodic_entries(self) -> list[dict[str, Any]]:
+        # The periodic service, which start-up wiring gives the HTTP server
+        # (procession.http.periodic_api.PeriodicRoutes).
+        periodic = getattr(self, "periodic", None)
+        if periodic is None:
+            return []
+        entries: list[dict[str, Any]] = await periodic.list()
+        return entries
 
     @app.route("/api/v1/openapi.json", methods=["GET"])
     def admin_openapi(self, request: Any) -> bytes:

@@ -11,7 +11,7 @@ and other code's metrics do not leak in and tests can run several servers.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from attrs import frozen
 from prometheus_client import CollectorRegistry, generate_latest
@@ -40,6 +40,8 @@ class Snapshot:
     redis_rtt: float
     #: The limits of the queues that have or had some (docs/limits.rst).
     limits: Sequence[LimitStatus] = ()
+    #: The periodic entries, as the API describes them (docs/periodic.rst).
+    periodic: Sequence[dict[str, Any]] = ()
 
 
 class SnapshotCollector(Collector):
@@ -58,6 +60,11 @@ class SnapshotCollector(Collector):
             ("pushed", "Jobs pushed, by queue."),
             ("processed", "Jobs completed, by queue."),
             ("failed", "Failed attempts, by queue."),
+            ("expired", "Jobs that expired before a worker took them, by queue."),
+            (
+                "unique_collisions",
+                "Pushes refused because another job held their unique lock, by queue.",
+            ),
         ]
         for name, text in counters:
             family = CounterMetricFamily(
@@ -112,6 +119,28 @@ class SnapshotCollector(Collector):
         yield throttled
         yield held
         yield concurrency
+        runs = CounterMetricFamily(
+            "procession_periodic_ticks",
+            "Ticks of a periodic entry that pushed a job, by entry.",
+            labels=["entry"],
+        )
+        skipped = CounterMetricFamily(
+            "procession_periodic_ticks_skipped",
+            "Missed ticks of a periodic entry that ran no job (its policy), by entry.",
+            labels=["entry"],
+        )
+        entry_paused = GaugeMetricFamily(
+            "procession_periodic_paused",
+            "1 while a periodic entry is paused.",
+            labels=["entry"],
+        )
+        for entry in snapshot.periodic:
+            runs.add_metric([entry["name"]], entry["runs"])
+            skipped.add_metric([entry["name"]], entry["skipped"])
+            entry_paused.add_metric([entry["name"]], 1 if entry["paused"] else 0)
+        yield runs
+        yield skipped
+        yield entry_paused
         workers = GaugeMetricFamily(
             "procession_workers_connected",
             "Workers connected to this server: TCP connections and recent "
