@@ -559,7 +559,8 @@ class CrossSiteTests(TestCase):
         """
         An C{enctype=text/plain} form's push is 415; nothing is stored.
         """
-        body = b'{"type":"t","id":"csrf","x":"="}'
+        # What an enctype=text/plain form sends: a valid job.
+        body = b'{"type":"t","id":"csrf","meta":{"p":"="}}'
         status, reply, _ = await raw_http(
             self.port,
             head(

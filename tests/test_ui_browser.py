@@ -19,6 +19,7 @@ Playwright is missing.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import subprocess
@@ -61,9 +62,10 @@ class LiveServer:
     """
     A C{twist procession} child on loopback ports, against the test Redis
     in a namespace of its own; this checkout's code first on its path.
+    With C{tokens} false it has none (the loopback default).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tokens: bool = True) -> None:
         self.tcp_port = free_port()
         self.http_port = free_port()
         self.base = f"http://127.0.0.1:{self.http_port}"
@@ -83,11 +85,10 @@ class LiveServer:
                     "--namespace", namespace(),
                     "--tcp", str(self.tcp_port),
                     "--http", str(self.http_port),
-                    "--token", WORKER,
-                    "--admin-token", ADMIN,
                     "--sweep-interval", "0.2",
                     "--shutdown-grace", "0.5",
-                ],
+                ]
+                + (["--token", WORKER, "--admin-token", ADMIN] if tokens else []),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -531,3 +532,93 @@ class PhoneTests(BrowserTestCase):
         self.shot("queue")
         self.page.goto(self.url("/jobs/" + job_id))
         self.shot("job-scheduled")
+
+
+def serve_page(test: SynchronousTestCase, body: bytes) -> str:
+    """
+    Serve C{body} as an HTML page from a thread on a loopback port of its
+    own, until the test ends; its URL, under the name C{localhost}.
+    """
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    test.addCleanup(httpd.server_close)
+    test.addCleanup(httpd.shutdown)
+    return f"http://localhost:{httpd.server_address[1]}/"
+
+
+class CrossSiteTests(SynchronousTestCase):
+    """
+    Issue 12, item 6, in a real browser: a server with no token at all
+    (the loopback default), and a page of another site (another origin,
+    served from loopback too, so that Chromium's own guard for local
+    networks, which stops a public site's fetches but not its forms,
+    leaves the server's rules to be tested) that auto-submits
+    an C{enctype=text/plain} form pushing a job and sends body-less POSTs
+    that would pause a queue and kill its jobs.  Nothing changes.
+    """
+
+    def test_another_sites_page_changes_nothing(self) -> None:
+        browser = fixture().browser  # skips without Chromium or Playwright
+
+        server = LiveServer(tokens=False)
+        self.addCleanup(server.stop)
+        producer = WireClient("127.0.0.1", server.tcp_port)
+        self.addCleanup(producer.close)
+        producer.hello("producer")
+        producer.push(type="t", id="victim")
+        target = server.base
+        evil = f"""<!doctype html><html><body>
+<form id="f" method="POST" action="{target}/api/v1/jobs" enctype="text/plain">
+<input name='{{"type":"evil","id":"csrf-job","meta":{{"p":"' value='"}}}}'>
+</form>
+<script>
+const post = (path) => fetch("{target}" + path, {{method: "POST", mode: "no-cors"}});
+const submit = () => document.getElementById("f").submit();
+post("/api/v1/queues/default/pause")
+  .then(() => post("/api/v1/queues/default/kill?state=queued"))
+  .then(submit, submit);
+</script></body></html>"""
+        evil_site = serve_page(self, evil.encode("utf-8"))
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            answers: list[int] = []
+            page.on(
+                "response",
+                lambda r: (
+                    answers.append(r.status) if r.url.startswith(target) else None
+                ),
+            )
+            with page.expect_navigation(url=f"{target}/api/v1/jobs"):
+                page.goto(evil_site)
+            # The form's answer is the page now: refused.
+            self.assertIn("cross_origin", page.content())
+        finally:
+            context.close()
+        # The two fetches and the form, each refused as cross-site.
+        self.assertEqual(answers, [403, 403, 403])
+        with urllib.request.urlopen(target + "/api/v1/queues/default") as r:
+            queue = json.loads(r.read())
+        self.assertFalse(queue["paused"])
+        self.assertEqual(queue["sizes"]["queued"], 1)
+        try:
+            urllib.request.urlopen(target + "/api/v1/jobs/csrf-job")
+        except urllib.error.HTTPError as e:
+            self.assertEqual(e.code, 404)
+        else:
+            self.fail("the cross-site form created a job")
