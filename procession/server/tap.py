@@ -1,7 +1,8 @@
 """
 Start-up wiring for C{twist procession}: the command-line options and the
-service that brings up Redis (embedded or external), the dispatcher, the TCP
-and HTTP listeners, and takes them down again in the right order.
+service made of the server's parts (L{procession.server.parts}) that brings
+up Redis (embedded or external), the dispatcher, the TCP and HTTP
+listeners, and takes them down again in the right order.
 
 Protocol and queue logic live elsewhere; this module only assembles.
 """
@@ -485,10 +486,15 @@ def _token(options: Options, name: str, variable: str) -> str | None:
 
 class ProcessionService(service.MultiService):
     """
-    One procession server: Redis connection, dispatcher, listeners.
+    One procession server, made of child services
+    (L{procession.server.parts}): the embedded Redis, the store's
+    connection, the dispatcher, the upkeep timers, the listeners and the
+    other processes.
 
-    Start-up is asynchronous (Redis must answer before the listeners open);
-    a failure to start stops the process with exit status 1.
+    Start-up is asynchronous (Redis must answer before the listeners open)
+    and runs the parts in order; a failure to start stops the process with
+    exit status 1.  Shutdown takes them down in the reverse order, in the
+    rounds L{procession.server.parts} describes.
     """
 
     def __init__(self, options: Options, reactor: Any = None) -> None:
@@ -499,18 +505,20 @@ class ProcessionService(service.MultiService):
             reactor = default_reactor
         self.options = options
         self.reactor = reactor
+        # What the parts build, for the parts after them and for tests.
+        self.address: Any = None
         self.embedded: Any = None
         self.redis: Any = None
         self.store: Any = None
         self.dispatcher: Any = None
         self.wake_listener: Any = None
-        self.periodic: Any = None
         self.worker_factory: Any = None
         self.admin: Any = None
         self.faktory_factory: Any = None
         self.faktory_port: Any = None
         self.lease_owners: Any = None
         self.faktory_prune: Any = None
+        self.periodic: Any = None
         self.tcp_port: Any = None
         self.http_port: Any = None
         self.http_server: Any = None
@@ -520,9 +528,17 @@ class ProcessionService(service.MultiService):
         self.parent_watch: Any = None
         self.started: defer.Deferred[None] = defer.Deferred()
         self._starting: defer.Deferred[None] | None = None
+        # The parts whose start began, in order.
+        self._begun: list[Any] = []
+        from procession.server.parts import parts_for
+
+        for part in parts_for(self):
+            part.setServiceParent(self)
 
     def startService(self) -> None:
-        super().startService()
+        # The parts start one after the other (each asynchronously), not
+        # all at once as MultiService would start them.
+        service.Service.startService(self)
         self._starting = defer.Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self.started.callback, self._start_failed)
 
@@ -546,208 +562,27 @@ class ProcessionService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _start(self) -> None:
-        from procession.service.dispatcher import Dispatcher
-        from procession.http.site import HTTPServer
-        from procession.http.limits import HTTPConnectionLimit, check_descriptor_limit
-        from procession.tcp.protocol import WorkerFactory
-        from procession.http.gate import Gate, parse_allowed_hosts
-        from procession.http.web import Site
-        from procession.redis.address import RedisAddress
-        from procession.redis.connection import connect
-        from procession.redis.wake import WakeListener
-        from procession.service.admin import Admin
-        from procession.store.jobs import Store
+        from procession.http.limits import check_descriptor_limit
 
         options = self.options
         check_descriptor_limit(
             options["max-connections"], options["max-http-connections"]
         )
-        if options["parent-pid"] is not None:
-            from procession.server.processes import watch_parent
-
-            self.parent_watch = watch_parent(self.reactor, options["parent-pid"])
-        address = options["redis-address"]
-        if address is None:
-            from procession.redis.embedded import EmbeddedRedis
-
-            self.embedded = EmbeddedRedis(
-                options["redis-binary"],
-                os.path.abspath(options["data-dir"]),
-                options["fsync"],
-                reactor=self.reactor,
-            )
-            self.embedded.startService()
-            path = await self.embedded.whenReady()
-            address = RedisAddress(path=path)
-            log.info(
-                "Embedded Redis is up, data in {data_dir}",
-                data_dir=os.path.abspath(options["data-dir"]),
-            )
-        log.info("Using Redis at {address}", address=address.describe())
-        replicas_ack = options["replicas-ack"]
-        # WAIT holds its connection until the replicas answer: give other
-        # commands connections of their own meanwhile.
-        self.redis = connect(address, poolsize=4 if replicas_ack else 1)
-        self.store = Store(
-            self.redis,
-            self.reactor,
-            self.reactor,
-            namespace=options["namespace"],
-            timeout=options["redis-timeout"],
-            replicas_ack=replicas_ack,
-            fail_fast=bool(address.sentinels),
-        )
-        await self._check_redis(external=options["redis-address"] is not None)
-
-        self.dispatcher = Dispatcher(
-            self.store,
-            self.reactor,
-            sweep_interval=options["sweep-interval"],
-            keep_completed=options["keep-completed"],
-            keep_dead=options["keep-dead"],
-            max_dead=options["max-dead"],
-            server_timeout=options["server-timeout"],
-        )
-        workflows = self.dispatcher.workflows
-
-        def reconnected() -> None:
-            self.dispatcher.wake_all()
-            workflows.reconnected()
-
-        from procession.service.periodic import Periodic
-
-        self.periodic = Periodic(
-            self.store,
-            self.reactor,
-            max_job_size=options["max-job-size"],
-            path=options["periodic"],
-        )
-        await self.periodic.load_file()
-        self.wake_listener = WakeListener(
-            address,
-            self.store.channel,
-            self.dispatcher.wake,
-            reconnected,
-            self.store.server_id,
-            on_flow=workflows.heard,
-        )
-        self.wake_listener.start()
-
-        self.worker_factory = WorkerFactory(
-            self.dispatcher,
-            self.reactor,
-            token=options["token"],
-            max_frame=options["max-frame"],
-            max_job_size=options["max-job-size"],
-            max_connections=options["max-connections"],
-            handshake_timeout=options["handshake-timeout"],
-        )
-        self.dispatcher.cluster.describe = self._describe
-        # In the registry before any worker can take a job here: jobs held
-        # by a server that is not in it would only come back when their
-        # leases expire.
-        await self.dispatcher.cluster.heartbeat()
-        self.dispatcher.start()
-        self.periodic.start()
-        if options["periodic"]:
-            self._reload_on_sighup()
-        self.tcp_port = await self._listen("tcp", 0, self.worker_factory)
-        self.listening["tcp"] = _describe(self.tcp_port)
-        self.admin = Admin(self.dispatcher)
-        self.admin.add_worker_source(self.worker_factory)
-        self.http_server = HTTPServer(
-            self.dispatcher,
-            admin=self.admin,
-            worker_token=options["token"],
-            admin_token=options["admin-token"],
-            max_body=options["max-job-size"],
-            poll_timeout=options["poll-timeout"],
-            metrics_auth=bool(options["metrics-auth"]),
-        )
-        if options["faktory"] is not None:
-            await self._start_faktory()
-        self.http_server.periodic = self.periodic
-        self.worker_factory.periodic = self.periodic
-        site = Site(
-            self.http_server.app.resource(),
-            access_log=bool(options["http-access-log"]),
-            gate=Gate(
-                worker_token=options["token"],
-                admin_token=options["admin-token"],
-                max_body=options["max-job-size"],
-                allowed_hosts=parse_allowed_hosts(options["allowed-hosts"]),
-            ),
-            clock=self.reactor,
-        )
-        self.http_limit = HTTPConnectionLimit(
-            site, options["max-http-connections"], self.reactor
-        )
-        self.http_port = await self._listen("http", 1, self.http_limit)
-        self.listening["http"] = _describe(self.http_port)
-        if options["processes"] > 1:
-            self._start_children(address)
+        for part in self:
+            self._begun.append(part)
+            await part.start()
+            part.running = 1
         log.info(
             "procession is serving workers on {tcp} and HTTP on {http} "
             "(server {server})",
-            tcp=_describe(self.tcp_port),
-            http=_describe(self.http_port),
+            tcp=self.listening.get("tcp"),
+            http=self.listening.get("http"),
             server=self.store.server_id,
         )
 
-    async def _start_faktory(self) -> None:
+    def listen(self, name: str, index: int, factory: Any) -> defer.Deferred[Any]:
         """
-        The Faktory listener: a second front end on the same dispatcher,
-        with the registry of the Faktory worker processes' leases.
-        """
-        from procession.service.owners import LeaseOwners
-        from procession.tcp.faktory import FaktoryFactory
-
-        options = self.options
-        self.lease_owners = LeaseOwners(
-            self.dispatcher, self.reactor, options["faktory-worker-timeout"]
-        )
-        self.faktory_factory = FaktoryFactory(
-            self.dispatcher,
-            self.lease_owners,
-            self.admin,
-            self.reactor,
-            password=options["token"],
-            max_line=options["max-frame"],
-            max_job_size=options["max-job-size"],
-            max_connections=options["max-connections"],
-            handshake_timeout=options["handshake-timeout"],
-            allow_flush=bool(options["faktory-allow-flush"]),
-        )
-        self.lease_owners.start()
-        from twisted.internet import task
-
-        self.faktory_prune = task.LoopingCall(self.faktory_factory.prune)
-        self.faktory_prune.clock = self.reactor
-        self.faktory_prune.start(5.0, now=False).addErrback(
-            lambda f: log.failure("The Faktory listener's upkeep stopped", f)
-        )
-        self.admin.add_worker_source(self.faktory_factory)
-        self.faktory_port = await self._listen("faktory", 2, self.faktory_factory)
-        self.listening["faktory"] = _describe(self.faktory_port)
-        log.info(
-            "Serving Faktory clients on {faktory}",
-            faktory=self.listening["faktory"],
-        )
-
-    def _reload_on_sighup(self) -> None:
-        """
-        Reload the C{--periodic} file on SIGHUP (in the reactor's thread).
-        """
-        import signal
-
-        def hup(signum: int, frame: Any) -> None:
-            self.reactor.callFromThread(self.periodic.reload)
-
-        signal.signal(signal.SIGHUP, hup)
-
-    def _listen(self, name: str, index: int, factory: Any) -> defer.Deferred[Any]:
-        """
-        Open listener C{name} (tcp, http or faktory): as its description says; in
+        Open listener C{name} (tcp or http): as its description says; in
         the parent of C{--processes}, so that children can share it; in a
         child, by adopting the socket the parent handed down.
         """
@@ -763,36 +598,7 @@ class ProcessionService(service.MultiService):
             return processes.listen_shared(self.reactor, description, factory)
         return processes.endpoint_listen(self.reactor, description, factory)
 
-    def _start_children(self, address: Any) -> None:
-        """
-        Start the other processes of C{--processes}, on this process's
-        Redis and listeners.
-        """
-        from procession.server.processes import Children, twist_arguments
-
-        options = self.options
-        if options["redis"]:
-            url = options["redis"]
-        else:
-            url = "unix://" + address.path
-        listeners = [
-            (options["tcp"], self.tcp_port),
-            (options["http"], self.http_port),
-        ]
-        if self.faktory_port is not None:
-            listeners.append((options["faktory"], self.faktory_port))
-        self.children = Children(
-            self.reactor,
-            options["processes"],
-            child_arguments(options),
-            twist_arguments(sys.argv),
-            listeners,
-            child_environment(options, url),
-            stop_timeout=options["shutdown-grace"] + 15,
-        )
-        self.children.startService()
-
-    def _describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """
         This server's part of its heartbeat: its listeners and workers.
         """
@@ -801,169 +607,31 @@ class ProcessionService(service.MultiService):
             workers = self.admin.local_workers()
         return {"listening": dict(self.listening), "workers": workers}
 
-    async def _check_redis(self, external: bool) -> None:
-        """
-        Wait for Redis to answer; against an external Redis, warn where its
-        configuration could lose or evict jobs.
-        """
-        deadline = self.reactor.seconds() + 30
-        while True:
-            try:
-                await self.store.ping()
-                break
-            except Exception as e:
-                if self.reactor.seconds() > deadline:
-                    raise RuntimeError(f"Redis does not answer: {e}")
-                from twisted.internet.task import deferLater
-
-                await deferLater(self.reactor, 0.5, lambda: None)
-        if not external:
-            return
-        try:
-            policy = await self.store.command("CONFIG", "GET", "maxmemory-policy")
-            aof = await self.store.command("CONFIG", "GET", "appendonly")
-            save = await self.store.command("CONFIG", "GET", "save")
-        except Exception as e:
-            log.warn(
-                "Cannot read the Redis configuration ({error}): make sure "
-                "maxmemory-policy is noeviction and persistence is on",
-                error=str(e),
-            )
-            return
-        if list(policy)[-1] != "noeviction":
-            log.warn(
-                "Redis maxmemory-policy is {policy}: under memory pressure "
-                "Redis may evict jobs. Set it to noeviction.",
-                policy=list(policy)[-1],
-            )
-        if list(aof)[-1] != "yes" and not list(save)[-1]:
-            log.warn(
-                "Redis persists nothing (no AOF, no RDB snapshots): a Redis "
-                "restart loses every job. Turn on appendonly."
-            )
-        wanted = self.options["replicas-ack"]
-        if wanted:
-            try:
-                info = await self.store.command("INFO", "replication")
-            except Exception:
-                return
-            replicas = 0
-            for line in str(info).splitlines():
-                if line.startswith("connected_slaves:"):
-                    replicas = int(line.partition(":")[2] or 0)
-            if replicas < wanted:
-                log.warn(
-                    "--replicas-ack {wanted}: Redis has {replicas} replicas "
-                    "connected now, so pushes fail until enough are",
-                    wanted=wanted,
-                    replicas=replicas,
-                )
-
-    async def _stop_faktory(self, deadline: float) -> None:
-        """
-        Wait (until C{deadline}) for every Faktory worker connected here
-        to have been told to terminate (its BEAT answered so) and for the
-        jobs they hold to finish, then close their connections.  Their
-        jobs stay theirs: a worker may finish them through another server;
-        the others come back after the Faktory worker timeout.
-        """
-        from twisted.internet.task import deferLater
-
-        factory = self.faktory_factory
-        factory.quiet_all()
-        if self.faktory_prune is not None and self.faktory_prune.running:
-            self.faktory_prune.stop()
-        checked = 0.0
-        while (
-            factory.jobs_in_hand() or factory.untold()
-        ) and self.reactor.seconds() < deadline:
-            if self.reactor.seconds() - checked > 0.5:
-                # Jobs acknowledged through another server or process
-                # are not in hand here any more.
-                checked = self.reactor.seconds()
-                await factory.prune(older_than=0)
-            await deferLater(self.reactor, 0.05, lambda: None)
-        factory.close_all()
-        if self.lease_owners is not None:
-            self.lease_owners.stop()
-
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        await super().stopService()
+        service.Service.stopService(self)
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
-        if self.parent_watch is not None and self.parent_watch.running:
-            self.parent_watch.stop()
-        # The other processes stop (gracefully) alongside this one.
-        children_stopped: defer.Deferred[None] = defer.succeed(None)
-        if self.children is not None:
-            children_stopped = self.children.stopService()
-        grace = self.options["shutdown-grace"]
-        if self.tcp_port is not None:
-            await self.tcp_port.stopListening()
-        if self.http_port is not None:
-            await self.http_port.stopListening()
-        if self.faktory_port is not None:
-            await self.faktory_port.stopListening()
-        if self.periodic is not None:
-            await self.periodic.stop()
-        if self.dispatcher is not None:
-            self.dispatcher.quiet()
-            self.dispatcher.stop_sweeping()
-            await self.dispatcher.claims_settled()
-        if self.faktory_factory is not None:
-            # Faktory workers learn it from their next BEAT: tell them now,
-            # while the native workers drain.
-            self.faktory_factory.quiet_all()
-            faktory_deadline = self.reactor.seconds() + grace
-        if self.worker_factory is not None:
-            self.worker_factory.quiet_all()
-            held = self.worker_factory.jobs_in_hand()
-            if held:
-                log.info(
-                    "Shutting down: waiting up to {grace} s for workers to "
-                    "finish {held} jobs",
-                    grace=grace,
-                    held=held,
-                )
-                finished = self.worker_factory.when_no_jobs_in_hand()
-                finished.addTimeout(grace, self.reactor)
-                try:
-                    await finished
-                except defer.TimeoutError:
-                    pass
-            left = self.worker_factory.jobs_in_hand()
-            if left:
-                log.info("Shutting down: giving {left} jobs back", left=left)
-            await self.worker_factory.release_all("the server shut down")
-        if self.faktory_factory is not None:
-            await self._stop_faktory(faktory_deadline)
-        if self.dispatcher is not None:
-            await self.dispatcher.cluster.leave()
-        await children_stopped
-        if self.wake_listener is not None:
-            await self.wake_listener.stop()
-        if self.redis is not None:
-            try:
-                await self.redis.disconnect()
-            except Exception:
-                pass
-        if self.embedded is not None:
-            await self.embedded.stopService()
+        begun = list(reversed(self._begun))
+        for part in begun:
+            await part.quiet()
+        try:
+            # Every front end's workers finish at once, within the grace.
+            await defer.gatherResults(
+                [defer.Deferred.fromCoroutine(part.drain()) for part in begun],
+                consumeErrors=True,
+            ).addErrback(lambda f: f.value.subFailure)
+        finally:
+            for part in begun:
+                await part.close()
+                part.running = 0
         log.info("procession stopped")
         # twist re-raises the signal that stopped the reactor once the
         # reactor has returned, so even a clean SIGTERM shutdown would end
         # "killed by SIGTERM".  A clean stop is a success: exit 0.
         forget_exit_signal(self.reactor)
-
-
-def _describe(port: Any) -> str:
-    address = port.getHost()
-    if hasattr(address, "port"):
-        return f"{address.host}:{address.port}"
-    return str(getattr(address, "name", address))
 
 
 def makeService(options: Options) -> ProcessionService:
