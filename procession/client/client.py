@@ -17,11 +17,11 @@ reactor: a Django view, a Flask app, a script, a cron job.
 
 Every push carries an id the client made (unless the caller gave one), so a
 push whose reply was lost to a network error, a timeout or a server restart
-is simply sent again: the server answers a known id with ``created: false``
+is simply sent again: the server answers a known id with C{created: false}
 and stores nothing twice.  The client reconnects by itself and keeps trying
-for ``retry_for`` seconds before it gives up with L{ConnectionFailed}.
+for C{retry_for} seconds before it gives up with L{ConnectionFailed}.
 
-The server's ``ERR`` replies become L{ProcessionError} subclasses, one per
+The server's C{ERR} replies become L{ProcessionError} subclasses, one per
 code of docs/protocol.rst (L{InvalidJob}, L{Unauthorized}, ...): the
 classes the server raises, from L{procession.core.errors}.
 
@@ -105,7 +105,7 @@ RETRYABLE_ERRORS = frozenset(
 
 def encode_frame(verb: str, body: Any = None) -> bytes:
     """
-    One frame: ``VERB`` or ``VERB <JSON>``, with its newline.
+    One frame: C{VERB} or C{VERB <JSON>}, with its newline.
     """
     if body is None:
         return verb.encode("ascii") + b"\n"
@@ -238,7 +238,7 @@ def _with_id(job: Mapping[str, Any], index: int) -> dict[str, Any]:
 
 def default_worker_name(kind: str = "client") -> str:
     """
-    A name for ``HELLO`` that tells an operator where a connection is from.
+    A name for C{HELLO} that tells an operator where a connection is from.
     """
     return f"python-{kind}@{socket.gethostname()}:{os.getpid()}"[:WORKER_NAME_LIMIT]
 
@@ -251,11 +251,11 @@ def resolve_address(
     tls: bool | _ssl.SSLContext | None = None,
 ) -> tuple[str, int, str | None, _ssl.SSLContext | None]:
     """
-    Where to connect, from the arguments, else ``PROCESSION_HOST``,
-    ``PROCESSION_PORT`` and ``PROCESSION_TOKEN``, else 127.0.0.1:7000.
+    Where to connect, from the arguments, else C{PROCESSION_HOST},
+    C{PROCESSION_PORT} and C{PROCESSION_TOKEN}, else 127.0.0.1:7000.
 
-    C{url} is ``tcp://host:port``, or ``tls://host:port`` (also
-    ``ssl://``) for TLS with the system's trusted certificates.  C{tls} is
+    C{url} is C{tcp://host:port}, or C{tls://host:port} (also
+    C{ssl://}) for TLS with the system's trusted certificates.  C{tls} is
     L{True} for the same, or an C{ssl.SSLContext} of your own.
 
     @return: host, port, token (L{None} for none) and the TLS context
@@ -300,12 +300,12 @@ class ConnectionClosed(ConnectionError):
 
 class Connection:
     """
-    One connection to a server, past its handshake (``HI`` read, ``HELLO``
+    One connection to a server, past its handshake (C{HI} read, C{HELLO}
     answered): a socket and what the server said of itself.  Blocking, and
     not thread-safe: its owner serializes its use.
 
-    @ivar hi: the body of the server's ``HI``.
-    @ivar name: the name the server gave this connection (``worker#N``).
+    @ivar hi: the body of the server's C{HI}.
+    @ivar name: the name the server gave this connection (C{worker#N}).
     @ivar max_frame: the longest frame the server takes, in bytes.
     """
 
@@ -330,10 +330,10 @@ class Connection:
         tls: _ssl.SSLContext | None = None,
     ) -> "Connection":
         """
-        Connect, read ``HI`` and say ``HELLO``.
+        Connect, read C{HI} and say C{HELLO}.
 
         @raise OSError: the server cannot be reached or went away.
-        @raise ProcessionError: the server refused the ``HELLO``
+        @raise ProcessionError: the server refused the C{HELLO}
             (L{Unauthorized}, L{TooManyConnections}...).
         """
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -430,7 +430,7 @@ class Connection:
 
     def close(self) -> None:
         """
-        Close the socket (without ``BYE``).
+        Close the socket (without C{BYE}).
         """
         try:
             self.sock.close()
@@ -446,23 +446,23 @@ class Client:
     A blocking producer client: pushes jobs over one TCP connection, made on
     first use and remade after errors.
 
-    @param host: the server's address; default ``PROCESSION_HOST``, else
+    @param host: the server's address; default C{PROCESSION_HOST}, else
         127.0.0.1.
-    @param port: default ``PROCESSION_PORT``, else 7000.
-    @param url: ``tcp://host:port`` or ``tls://host:port`` instead of
+    @param port: default C{PROCESSION_PORT}, else 7000.
+    @param url: C{tcp://host:port} or C{tls://host:port} instead of
         C{host} and C{port}.
-    @param token: the worker token for ``HELLO``; default
-        ``PROCESSION_TOKEN``.
-    @param worker: the name this connection gives in ``HELLO``.
+    @param token: the worker token for C{HELLO}; default
+        C{PROCESSION_TOKEN}.
+    @param worker: the name this connection gives in C{HELLO}.
     @param timeout: seconds to wait for a connection or for a reply before
         the connection is deemed dead (and the request resent).
     @param retry_for: seconds for which a request is retried (reconnecting
-        with backoff) after network errors, ``store_unavailable`` and
-        ``shutting_down``, before L{ConnectionFailed} (or the server's
+        with backoff) after network errors, C{store_unavailable} and
+        C{shutting_down}, before L{ConnectionFailed} (or the server's
         error) is raised.  0 tries once.
     @param tls: L{True} or an C{ssl.SSLContext} to connect with TLS.
-    @param batch_size: jobs per ``PUSHB`` frame in L{push_many} (at most
-        10,000; batches are also kept under the server's ``max_frame``).
+    @param batch_size: jobs per C{PUSHB} frame in L{push_many} (at most
+        10,000; batches are also kept under the server's C{max_frame}).
     """
 
     def __init__(
@@ -504,7 +504,7 @@ class Client:
 
     def close(self) -> None:
         """
-        Say ``BYE`` and close the connection; the next request reconnects.
+        Say C{BYE} and close the connection; the next request reconnects.
         """
         with self._lock:
             connection, self._connection = self._connection, None
@@ -552,7 +552,7 @@ class Client:
 
     def ping(self) -> float:
         """
-        Round-trip a ``PING``; the seconds it took.
+        Round-trip a C{PING}; the seconds it took.
         """
         start = time.monotonic()
         [reply] = self.exchange([encode_frame("PING")])
@@ -707,7 +707,7 @@ class Client:
 
     def result(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
         """
-        A job's outcome (``AWAIT``): its C{state}, whether it C{finished},
+        A job's outcome (C{AWAIT}): its C{state}, whether it C{finished},
         its C{result} and last C{error}; waiting up to C{wait} seconds for
         it to finish.
 
@@ -735,7 +735,7 @@ class Client:
         id: str | None = None,
     ) -> "Batch":
         """
-        Create an open batch (``BATCH``); add jobs with its C{push} and
+        Create an open batch (C{BATCH}); add jobs with its C{push} and
         C{push_many}, then C{commit()} it (or use it as a context manager,
         which commits on a clean exit).  C{on_success} and C{on_complete}
         are jobs (mappings of job fields, see L{make_job}, without an id)
@@ -772,7 +772,7 @@ class Client:
     def push_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """
         Push many jobs (mappings of the job fields, see L{make_job}) in
-        ``PUSHB`` batches, pipelined; their ids, in order.
+        C{PUSHB} batches, pipelined; their ids, in order.
 
         Each batch is all or nothing, but the batches are independent: when
         one is refused, others may be stored.  Every job has an id, so
@@ -797,7 +797,7 @@ class Client:
 
     def _batches(self, jobs: Sequence[dict[str, Any]]) -> tuple[list[bytes], list[int]]:
         """
-        ``PUSHB`` frames of at most C{batch_size} jobs and under the
+        C{PUSHB} frames of at most C{batch_size} jobs and under the
         server's frame limit; and the index of each frame's first job.
         """
         limit = self._max_frame() - 64
@@ -851,12 +851,12 @@ class Client:
     def exchange(self, frames: Sequence[bytes]) -> list[Any]:
         """
         Send request frames, pipelined, and return their replies in order:
-        each the decoded body of an ``OK`` or a L{ProcessionError} for an
-        ``ERR``.
+        each the decoded body of an C{OK} or a L{ProcessionError} for an
+        C{ERR}.
 
-        Only for idempotent requests (``PING``, and pushes with ids): after
-        a network error, a timeout, ``store_unavailable`` or
-        ``shutting_down``, the frames without an answer are sent again on
+        Only for idempotent requests (C{PING}, and pushes with ids): after
+        a network error, a timeout, C{store_unavailable} or
+        C{shutting_down}, the frames without an answer are sent again on
         a new connection, with backoff, until C{retry_for} runs out.
 
         @raise ConnectionFailed: when the time to retry ran out.

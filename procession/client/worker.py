@@ -24,7 +24,7 @@ and the runner imports that module and serves the queues you name::
 
     python -m procession.client.worker myapp.jobs --queues high,default --concurrency 8
 
-A job whose ``args`` is a list calls its handler with them as positional
+A job whose C{args} is a list calls its handler with them as positional
 arguments, an object as keyword arguments, anything else as the one
 argument.  L{current_job} tells a handler which job (and which attempt) it
 runs.  A handler that returns acks its job, with the return value as the
@@ -34,22 +34,22 @@ L{JobError}C{(message, retry=False)} (or any exception with C{retry} and
 C{retry_in} attributes) to decide about the retry.
 
 How it runs: the thread that calls L{Worker.run} (the main thread under
-``python -m``) owns the connection.  It reads frames, hands ``JOB``s to the
+C{python -m}) owns the connection.  It reads frames, hands C{JOB}s to the
 pool, writes acks and fails as the pool finishes them (without waiting for
-their replies: it matches replies to its requests by order), ``EXTEND``s the
-lease of every job it holds at half its ``timeout``, and reconnects with
+their replies: it matches replies to its requests by order), C{EXTEND}s the
+lease of every job it holds at half its C{timeout}, and reconnects with
 backoff when the server goes away (the jobs in hand then are the server's
 again: they are dropped, and their results with them).  It asks for
-C{concurrency + prefetch} jobs at once.  An ``ACK`` or ``FAIL`` the server
-could not store (``store_unavailable``: its Redis is down or slow) is sent
+C{concurrency + prefetch} jobs at once.  An C{ACK} or C{FAIL} the server
+could not store (C{store_unavailable}: its Redis is down or slow) is sent
 again, with backoff, until the server answers otherwise, so that a Redis
 outage shorter than the job's lease does not make the job run again (past
-the lease, the answer will be ``lease_lost``).
+the lease, the answer will be C{lease_lost}).
 
-Stopping: on SIGTERM or SIGINT it takes no new jobs (``READY`` with credit
-0), finishes the ones it holds, says ``BYE`` and returns; a second signal,
+Stopping: on SIGTERM or SIGINT it takes no new jobs (C{READY} with credit
+0), finishes the ones it holds, says C{BYE} and returns; a second signal,
 or C{shutdown_timeout} running out, gives back at once what it holds.  The
-server's ``QUIET`` (the server is stopping, or an operator quieted this
+server's C{QUIET} (the server is stopping, or an operator quieted this
 worker) does the same and then, by default, exits (C{on_quiet="exit"}; with
 C{"reconnect"} it connects again after a pause).
 
@@ -67,7 +67,6 @@ import json
 import logging
 import os
 import queue
-import re
 import selectors
 import signal
 import socket
@@ -90,6 +89,7 @@ from procession.client.client import (
     encode_frame,
     resolve_address,
 )
+from procession.core.job import QUEUE_NAME
 from procession.core.errors import (
     ProcessionError,
     ProtocolViolation,
@@ -110,13 +110,12 @@ MIN_EXTEND_INTERVAL = 0.05
 # (backoff from the first to the second, with jitter) until the server
 # answers otherwise.
 RESEND_BACKOFF = (0.25, 2.0)
-QUEUE_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,128}\Z")
 
 
 @frozen
 class Job:
     """
-    A job as the server sent it in a ``JOB`` frame.
+    A job as the server sent it in a C{JOB} frame.
     """
 
     id: str
@@ -132,7 +131,7 @@ class Job:
     meta: Any = None
     #: The batch the job belongs to (docs/workflows.rst), if any.
     batch: str | None = None
-    #: Set when the server cancels the job (a ``CANCEL`` frame): the handler
+    #: Set when the server cancels the job (a C{CANCEL} frame): the handler
     #: should stop (see L{cancelled} and L{check_cancelled}).
     cancel_event: threading.Event = field(factory=threading.Event, eq=False, repr=False)
 
@@ -147,7 +146,7 @@ class Job:
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> "Job":
         """
-        Build from the decoded body of a ``JOB`` frame.
+        Build from the decoded body of a C{JOB} frame.
         """
         return cls(
             id=body["id"],
@@ -207,7 +206,7 @@ def check_cancelled() -> None:
 def progress(percent: float, message: str = "") -> None:
     """
     Report how far the calling handler's job has got (0 to 100, and a
-    short message): sent as ``PROGRESS`` by the worker's connection, shown
+    short message): sent as C{PROGRESS} by the worker's connection, shown
     by the API and the UI.  Does nothing outside a handler.
     """
     job = current_job()
@@ -293,8 +292,8 @@ class Registry:
 
     def handler(self, type: Any = None) -> Any:
         """
-        A decorator registering a function: ``@handler("send_email")``, or
-        bare ``@handler`` for the function's own name.
+        A decorator registering a function: C{@handler("send_email")}, or
+        bare C{@handler} for the function's own name.
         """
         if callable(type):
             self.add(type.__name__, type)
@@ -351,7 +350,7 @@ def call_handler(function: Callable[..., Any], args: Any) -> Any:
 
 def ack_frame(job: Job, result: Any, max_frame: int) -> bytes:
     """
-    The ``ACK`` of a job, with its result when that is JSON and fits.
+    The C{ACK} of a job, with its result when that is JSON and fits.
     """
     if result is not None:
         try:
@@ -374,7 +373,7 @@ def ack_frame(job: Job, result: Any, max_frame: int) -> bytes:
 
 def fail_frame(job: Job, error: BaseException, max_frame: int) -> bytes:
     """
-    The ``FAIL`` of a job that raised C{error}: the exception's type,
+    The C{FAIL} of a job that raised C{error}: the exception's type,
     message and traceback, and its C{retry} and C{retry_in} if it has them.
     """
     kind = type(error)
@@ -429,13 +428,13 @@ class Worker:
         C{concurrency}, at least 1.
     @param host: see L{procession.client.Client} for C{host}, C{port},
         C{url}, C{token} and C{tls}.
-    @param name: the name this worker gives in ``HELLO``.
-    @param on_quiet: after the server's ``QUIET``: ``"exit"`` (return from
-        L{run}) or ``"reconnect"``.
+    @param name: the name this worker gives in C{HELLO}.
+    @param on_quiet: after the server's C{QUIET}: C{"exit"} (return from
+        L{run}) or C{"reconnect"}.
     @param shutdown_timeout: seconds a graceful stop waits for the jobs in
         hand before giving them back.
     @param max_backoff: the longest pause between two connection attempts.
-    @param ping_interval: seconds of silence after which it sends ``PING``.
+    @param ping_interval: seconds of silence after which it sends C{PING}.
     @param reply_timeout: seconds a request may wait for its reply before the
         connection is deemed dead.
     """
@@ -527,7 +526,7 @@ class Worker:
     def stop(self, now: bool = False) -> None:
         """
         Stop: take no new jobs, finish those in hand (or, with C{now}, give
-        them back at once), say ``BYE`` and return from L{run}.
+        them back at once), say C{BYE} and return from L{run}.
         """
         if not self._stopping:
             self._stop_deadline = time.monotonic() + self.shutdown_timeout
@@ -563,7 +562,7 @@ class Worker:
 
     def run(self, install_signals: bool = True) -> None:
         """
-        Serve until stopped (L{stop}, SIGTERM, SIGINT, or ``QUIET`` with
+        Serve until stopped (L{stop}, SIGTERM, SIGINT, or C{QUIET} with
         C{on_quiet="exit"}).  Signal handlers are installed only when this
         is the main thread.
 
@@ -710,7 +709,7 @@ class Worker:
 
     def _perform(self, job: Job, max_frame: int) -> tuple[str, bytes]:
         """
-        Run one job; its ``ACK`` or ``FAIL`` frame.
+        Run one job; its C{ACK} or C{FAIL} frame.
         """
         function = self.handlers.get(job.type)
         _local.job = job
@@ -808,8 +807,8 @@ class _Session:
 
     def run(self) -> str:
         """
-        Serve the connection until it ends: ``"lost"``, ``"quiet"`` (after
-        ``QUIET`` and ``BYE``) or ``"stopped"`` (after a stop and ``BYE``).
+        Serve the connection until it ends: C{"lost"}, C{"quiet"} (after
+        C{QUIET} and C{BYE}) or C{"stopped"} (after a stop and C{BYE}).
         """
         worker = self.worker
         selector = selectors.DefaultSelector()
@@ -902,7 +901,7 @@ class _Session:
 
     def _cancelled(self, body: bytes) -> None:
         """
-        The server cancelled a job this connection holds (``CANCEL``): the
+        The server cancelled a job this connection holds (C{CANCEL}): the
         handler is told; whatever it returns is dropped.
         """
         try:
@@ -1123,7 +1122,7 @@ class _Session:
 
     def _settled(self, kind: str, job_id: str, verb: bytes, body: bytes) -> None:
         """
-        The answer to an ACK or FAIL: done, or (``store_unavailable``) to be
+        The answer to an ACK or FAIL: done, or (C{store_unavailable}) to be
         sent again after a pause, until the server answers otherwise.
         """
         outcome = self.finishing.pop(job_id, None)
@@ -1182,7 +1181,7 @@ class _Session:
 @define
 class _Outcome:
     """
-    A finished job's ``ACK`` or ``FAIL``, kept until the server has answered
+    A finished job's C{ACK} or C{FAIL}, kept until the server has answered
     it, to be sent again while the server cannot store it.
     """
 
