@@ -435,6 +435,12 @@ class FaktoryListener(Part):
         if server.lease_owners is not None:
             server.lease_owners.stop()
 
+    async def close(self) -> None:
+        # A start that failed half-way leaves the upkeep running.
+        prune = self.server.faktory_prune
+        if prune is not None and prune.running:
+            prune.stop()
+
 
 class HTTPListener(Part):
     """
