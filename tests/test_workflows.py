@@ -791,3 +791,33 @@ class PythonClientTests(TestCase):
             await deferToThread(never.wait, 0.3)
         worker.stop()
         await running
+
+
+class AwaitCleanupTests(TestCase):
+    async def test_a_dropped_connection_leaves_no_waiter(self) -> None:
+        """
+        AWAITs of a connection that goes away stop waiting at once: no
+        waiter (and no timer) is left behind.
+        """
+        a = await ServerFixture(self).start()
+        client = await a.connect("waiter")
+        for n in range(5):
+            await client.ok("PUSH", {"type": "t", "id": f"w{n}"})
+        # (Replies keep their order: nothing sent after these is answered.)
+        for n in range(5):
+            client.send("AWAIT", {"id": f"w{n}", "wait": 3600}).addErrback(
+                lambda _: None
+            )
+        workflows = a.service.dispatcher.workflows
+
+        async def waiting() -> bool:
+            return workflows.waiting() == 5
+
+        await until(waiting)
+        client.transport.abortConnection()
+        await client.closed
+
+        async def none() -> bool:
+            return workflows.waiting() == 0
+
+        await until(none, timeout=2)

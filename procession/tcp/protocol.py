@@ -142,6 +142,9 @@ class WorkerProtocol(protocol.Protocol):
         # Whether the client asked for CANCEL frames (HELLO "cancel": true):
         # a client written before them would take one for a reply.
         self.wants_cancel = False
+        # AWAITs waiting: cancelled when the connection goes, so that a
+        # client cannot leave waiters (and their timers) behind.
+        self._awaits: set[defer.Deferred[Any]] = set()
 
     # -- connection
 
@@ -215,6 +218,8 @@ class WorkerProtocol(protocol.Protocol):
             self._handshake_timer.cancel()
         self.factory.connections.discard(self)
         self.dispatcher.remove_consumer(self)
+        for waiting in list(self._awaits):
+            waiting.cancel()
         for held in self.held.values():
             _stop_waiting(held)
         self._release_all("the worker's connection was lost")
@@ -668,9 +673,19 @@ class WorkerProtocol(protocol.Protocol):
         if not isinstance(job_id, str) or not job_id:
             raise InvalidRequest("id must be a job id", field="id")
         wait = parse_await_wait(body.get("wait", MAX_AWAIT))
-        return defer.Deferred.fromCoroutine(
+        waiting = defer.Deferred.fromCoroutine(
             self.dispatcher.workflows.await_job(job_id, wait)
         )
+        self._awaits.add(waiting)
+
+        def settled(result: Any) -> Any:
+            self._awaits.discard(waiting)
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                # The connection is gone: nobody reads the answer.
+                return None
+            return result
+
+        return waiting.addBoth(settled)
 
     def do_BATCH(self, body: Any, size: int) -> Any:
         body = _object(body, "BATCH")
