@@ -333,6 +333,14 @@ class UIRoutes:
             return self.admin_token
         return self.worker_token
 
+    def _token_kind(self) -> dict[str, str]:
+        """
+        What the login page calls the token it asks for, and its option.
+        """
+        if self.admin_token is not None:
+            return {"token_name": "admin token", "token_option": "--admin-token"}
+        return {"token_name": "worker token", "token_option": "--token"}
+
     # -- plumbing
 
     def _ui(self) -> UIState:
@@ -510,7 +518,7 @@ class UIRoutes:
             request,
             None,
             "login.html",
-            {"next": target, "failed": False, "title": "Log in"},
+            {"next": target, "failed": False, "title": "Log in", **self._token_kind()},
         )
 
     @app.route("/login", methods=["POST"])
@@ -528,7 +536,12 @@ class UIRoutes:
                 request,
                 None,
                 "login.html",
-                {"next": target, "failed": True, "title": "Log in"},
+                {
+                    "next": target,
+                    "failed": True,
+                    "title": "Log in",
+                    **self._token_kind(),
+                },
                 401,
             )
         self._set_session(request, self._ui().signer.new_session(self._now()))
