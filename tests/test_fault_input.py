@@ -631,6 +631,14 @@ class CrossSiteTests(TestCase):
                 head("GET", "/healthz", self.port, "Connection: close", host=host),
             )
             self.assertEqual(status, 200, data)
+        # A listener on every interface checks no Host (unless
+        # --allowed-hosts), even for a connection that came over loopback.
+        wide = await ServerFixture(self, "--http", "tcp:0", "--insecure").start()
+        status, _, data = await raw_http(
+            wide.http_port,
+            head("GET", "/healthz", wide.http_port, "Connection: close", host="myhost"),
+        )
+        self.assertEqual(status, 200, data)
         other = await ServerFixture(self, "--allowed-hosts", "jobs.example.com").start()
         for host, want in (("jobs.example.com", 200), ("evil.example", 421)):
             status, _, data = await raw_http(

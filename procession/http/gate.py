@@ -113,12 +113,17 @@ class Gate:
         ones (C{--allowed-hosts}); C{*} allows any.  Requests to a loopback
         listener must name a loopback host or one of these; requests to
         another listener, one of these when any are given.
+    @ivar loopback: whether the listener listens on loopback only (as its
+        endpoint says; a listener on every interface is not, though some
+        connections reach it over loopback); L{None}: as each connection's
+        local address says.
     """
 
     worker_token: str | None = None
     admin_token: str | None = None
     max_body: int = 1 << 20
     allowed_hosts: frozenset[str] = frozenset()
+    loopback: bool | None = None
 
     def limit(self, path: bytes) -> int:
         """
@@ -179,7 +184,10 @@ class Gate:
         name = host_name(header)
         if "*" in self.allowed_hosts or name in self.allowed_hosts:
             return True
-        if _loopback_listener(request.getHost()):
+        loopback = self.loopback
+        if loopback is None:
+            loopback = _loopback_listener(request.getHost())
+        if loopback:
             return is_loopback_name(name)
         if self.allowed_hosts:
             return is_loopback_name(name)

@@ -449,6 +449,7 @@ class HTTPListener(Part):
 
     async def start(self) -> None:
         from procession.http.gate import Gate, parse_allowed_hosts
+        from procession.server.tap import is_local
         from procession.http.limits import HTTPConnectionLimit
         from procession.http.site import HTTPServer
         from procession.http.web import Site
@@ -472,6 +473,8 @@ class HTTPListener(Part):
                 admin_token=options["admin-token"],
                 max_body=options["max-job-size"],
                 allowed_hosts=parse_allowed_hosts(options["allowed-hosts"]),
+                loopback=is_local(options["http"])
+                and not options["http"].startswith("unix:"),
             ),
             clock=server.reactor,
         )
