@@ -535,6 +535,33 @@ class DependencyTests(TestCase):
         self.assertEqual((kind, body["field"]), ("ERR", "on_parent_dead"))
 
 
+class FanOutTests(TestCase):
+    async def test_at_most_ten_thousand_jobs_wait_for_one(self) -> None:
+        a = await ServerFixture(self).start()
+        producer = await a.connect("producer")
+        await producer.ok("PUSH", {"type": "t", "id": "root"})
+        children = [{"type": "t", "after": ["root"]} for _ in range(9_999)]
+        await producer.ok("PUSHB", children)
+        # One more fits; two more in one push do not (nothing is stored).
+        kind, body = await producer.send(
+            "PUSHB",
+            [{"type": "t", "after": ["root"]}, {"type": "t", "after": ["root"]}],
+        )
+        self.assertEqual((kind, body["field"], body["limit"]), ("ERR", "after", 10_000))
+        await producer.ok("PUSH", {"type": "t", "id": "last", "after": ["root"]})
+        kind, body = await producer.send("PUSH", {"type": "t", "after": ["root"]})
+        self.assertEqual((kind, body["code"]), ("ERR", "invalid_job"))
+        # Their parent's ack releases all 10,000 in one script call.
+        worker = await a.connect("worker")
+        await worker.ok("READY", {"queues": ["default"], "credit": 1})
+        await worker.next_job()
+        await worker.ok("ACK", {"id": "root"})
+        summary = (await HTTP(a.http_port).get("/api/v1/queues/default")).json
+        self.assertEqual(
+            summary["sizes"]["queued"] + summary["sizes"]["running"], 10_000
+        )
+
+
 class ProgressAndCancelTests(TestCase):
     """
     PROGRESS from the worker holding a job; a cancel reaches the worker.

@@ -1322,6 +1322,13 @@ def _flow_refused(failure: Any) -> Any:
                 raise InvalidJob(
                     f"no job {target!r} to run after", field="after", id=target
                 )
+            if code == "too_many_children":
+                raise InvalidJob(
+                    f"job {target!r} has 10,000 jobs waiting for it already",
+                    field="after",
+                    id=target,
+                    limit=10_000,
+                )
     return failure
 
 

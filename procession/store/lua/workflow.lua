@@ -27,6 +27,12 @@
 -- start with '!'.
 
 local NS = string.match(prefix, '^(.*):{')
+-- The most jobs that may wait for one job: its finish releases them all in
+-- one script call, which must stay short.
+local MAX_CHILDREN = 10000
+-- Children a push's checks have counted so far, per parent's set (this
+-- script call's).
+local adding = {}
 local FLOW_CHANNEL = NS .. ':wake'
 
 local function batchkey(bid)
@@ -251,8 +257,14 @@ flow.check = function(id, flow_text)
     end
   end
   for _, parent in ipairs(spec.a or {}) do
-    if redis.call('EXISTS', NS .. ':{' .. parent[1] .. '}:job:' .. parent[2]) == 0 then
+    local pprefix = NS .. ':{' .. parent[1] .. '}:'
+    if redis.call('EXISTS', pprefix .. 'job:' .. parent[2]) == 0 then
       return redis.error_reply('PROCESSION parent_not_found ' .. parent[2])
+    end
+    local ckey = pprefix .. 'children:' .. parent[2]
+    adding[ckey] = (adding[ckey] or 0) + 1
+    if redis.call('SCARD', ckey) + adding[ckey] > MAX_CHILDREN then
+      return redis.error_reply('PROCESSION too_many_children ' .. parent[2])
     end
   end
   return nil
