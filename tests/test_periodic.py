@@ -33,6 +33,7 @@ from procession.core.periodic import (
 from procession.store.periodic import PeriodicStore
 from tests.client import ServerFixture
 from tests.test_cli import CLITestCase, columns
+from tests.test_ui import UITestCase
 from tests.http import HTTP
 from tests.redis import shared_redis
 from tests.support import FakeClock, connected_store
@@ -791,3 +792,98 @@ class CLITests(CLITestCase):
         await deferLater(reactor, 0.3, lambda: None)
         self.assertEqual(len(worker.jobs.pending), 0)
         self.assertEqual((await self.job("soon"))["state"], "expired")
+
+
+class UITests(UITestCase):
+    """
+    The operator UI's Periodic page and its actions, behind the login and
+    the CSRF protection.
+    """
+
+    args = ("--token", "w", "--admin-token", "adm")
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.http = HTTP(self.server.http_port, token="adm")
+        put = await self.http.request(
+            "PUT",
+            "/api/v1/periodic/report",
+            body={
+                "cron": "*/5 * * * *",
+                "timezone": "Europe/Berlin",
+                "job": {"type": "report"},
+            },
+        )
+        self.assertEqual(put.code, 201, put)
+        page = await self.browser.post("/login", {"token": "adm", "next": "/periodic"})
+        self.assertEqual(page.code, 303, page)
+
+    async def test_page_and_actions(self) -> None:
+        page = await self.browser.get("/periodic")
+        self.assertEqual(page.code, 200, page)
+        for text in ("report", "Every 5 minutes", "*/5 * * * *", "Europe/Berlin"):
+            self.assertIn(text, page.text)
+        self.assertIn('aria-current="page">Periodic', page.text)
+        self.assertIn('<span class="badge active">active</span>', page.text)
+
+        # Run now: its job is the entry's last job, shown with its state.
+        page = await self.browser.submit(
+            "/periodic", "/periodic/report", {"action": "run"}
+        )
+        self.assertEqual(page.code, 303, page)
+        self.assertEqual(page.location, "/periodic?done=run#entry-report")
+        page = await self.browser.get("/periodic?done=run")
+        self.assertIn("Pushed the entry&#39;s job now.", page.text)
+        self.assertIn("badge state-queued", page.text)
+        self.assertIn('href="/jobs/report%40now-', page.text)
+
+        await self.browser.submit("/periodic", "/periodic/report", {"action": "pause"})
+        entry = (await self.http.get("/api/v1/periodic/report")).json
+        self.assertTrue(entry["paused"])
+        page = await self.browser.get("/periodic")
+        self.assertIn('<span class="badge paused">paused</span>', page.text)
+        self.assertIn(">Resume</button>", page.text)
+        await self.browser.submit("/periodic", "/periodic/report", {"action": "resume"})
+        self.assertFalse(
+            (await self.http.get("/api/v1/periodic/report")).json["paused"]
+        )
+
+        # Without the page's CSRF token, nothing changes.
+        refused = await self.browser.post("/periodic/report", {"action": "pause"})
+        self.assertEqual(refused.code, 403, refused)
+        refused = await self.browser.post(
+            "/periodic/report", [("csrf", "forged"), ("action", "pause")]
+        )
+        self.assertEqual(refused.code, 403, refused)
+        self.assertFalse(
+            (await self.http.get("/api/v1/periodic/report")).json["paused"]
+        )
+
+        # Delete asks first, then needs the confirmation.
+        confirm = await self.browser.get("/periodic/report/delete")
+        self.assertIn("Delete periodic entry report?", confirm.text)
+        unconfirmed = await self.browser.submit(
+            "/periodic", "/periodic/report", {"action": "delete"}
+        )
+        self.assertEqual(unconfirmed.code, 400, unconfirmed)
+        deleted = await self.browser.submit(
+            "/periodic/report/delete",
+            "/periodic/report",
+            {"action": "delete", "confirmed": "yes"},
+        )
+        self.assertEqual(deleted.location, "/periodic?done=delete")
+        self.assertEqual((await self.http.get("/api/v1/periodic/report")).code, 404)
+        page = await self.browser.get("/periodic")
+        self.assertIn("No periodic entry yet", page.text)
+        missing = await self.browser.get("/periodic/nope/delete")
+        self.assertEqual(missing.code, 404, missing)
+
+    async def test_expired_jobs_show(self) -> None:
+        (job_id,) = await self.push({"type": "t", "expires_in": 0.01})
+        await deferLater(reactor, 0.05, lambda: None)
+        worker = await self.worker()
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(worker.jobs.pending), 0)
+        page = await self.browser.get(f"/jobs/{job_id}")
+        self.assertEqual(page.code, 200, page)
+        self.assertIn("badge state-expired", page.text)

@@ -12,6 +12,7 @@ from typing import Any
 
 from procession.http.admin_api import AdminRoutes
 from procession.http.periodic_api import PeriodicRoutes
+from procession.http.ui.periodic import PeriodicUIRoutes
 from procession.http.worker_api import WorkerRoutes
 from procession.http.workflow_api import WorkflowRoutes
 from procession.service.admin import Admin
@@ -21,7 +22,14 @@ from procession.http.ui.routes import UIRoutes
 from procession.http.web import app, json_response
 
 
-class HTTPServer(WorkflowRoutes, WorkerRoutes, AdminRoutes, PeriodicRoutes, UIRoutes):
+class HTTPServer(
+    WorkflowRoutes,
+    WorkerRoutes,
+    AdminRoutes,
+    PeriodicRoutes,
+    PeriodicUIRoutes,
+    UIRoutes,
+):
     """
     The HTTP server of one procession process.
 
