@@ -513,6 +513,34 @@ class PythonClientTests(FaktoryTestCase):
         """
         self._push_work_fail("pypi_pyfaktory.py", self.server(), 42)
 
+    def test_retry_zero_discards(self) -> None:
+        """
+        A job pushed with retry 0 is deleted when it fails (Faktory's
+        ephemeral jobs); a native job with one attempt, failed by a Faktory
+        worker, goes to dead as natively; retry -1 goes to dead.
+        """
+        server = self.server()
+        import faktory
+
+        ephemeral = uuid.uuid4().hex
+        morgue = uuid.uuid4().hex
+        with faktory.connection(server.url()) as producer:
+            producer.queue(
+                "explode", args=["e"], queue="default", jid=ephemeral, retry=0
+            )
+            producer.queue("explode", args=["m"], queue="default", jid=morgue, retry=-1)
+        native = server.client("producer").ok(
+            "PUSH", {"type": "explode", "args": ["n"], "max_attempts": 1}
+        )
+        worker = self.python_client(server, "pypi_faktory.py")
+        server.job_becomes(native["id"], lambda j: j["state"] == "dead")
+        server.job_becomes(morgue, lambda j: j["state"] == "dead")
+        deadline = time.monotonic() + 20
+        while server.api("GET", f"/api/v1/jobs/{ephemeral}")[0] != 404:
+            self.assertLess(time.monotonic(), deadline, server.job(ephemeral))
+            time.sleep(0.05)
+        worker.kill()
+
     def test_password_is_the_worker_token(self) -> None:
         """
         With a worker token, clients give it as their password: pyfaktory

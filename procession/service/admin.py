@@ -343,8 +343,9 @@ def worker_counts(workers: Sequence[dict[str, Any]]) -> tuple[int, int]:
     """
     How many TCP worker connections and distinct HTTP workers are listed:
     an HTTP worker behind a load balancer polls several servers, and counts
-    once.
+    once.  A Faktory worker process (per server it is connected to) counts
+    as TCP, as /metrics counts it.
     """
-    tcp = sum(1 for w in workers if w.get("kind") == "tcp")
+    tcp = sum(1 for w in workers if w.get("kind") in ("tcp", "faktory"))
     http = len({w.get("name") for w in workers if w.get("kind") == "http"})
     return tcp, http

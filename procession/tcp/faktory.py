@@ -130,11 +130,12 @@ class FaktoryWorker:
 class FaktoryLease:
     """
     A job a Faktory worker fetched through this server: its queue and
-    lease, who owns it, when it was fetched and whether a failure
-    deletes it (C{"retry": 0}) or sends it to dead (C{"retry": -1}).
+    lease, who owns it, when it was fetched and whether a failure out of
+    retries deletes it (pushed with C{"retry": 0}) rather than sending it
+    to dead.
     """
 
-    __slots__ = ("queue", "lease", "owner", "fetched_at", "timeout", "retry")
+    __slots__ = ("queue", "lease", "owner", "fetched_at", "timeout", "discard")
 
     def __init__(
         self,
@@ -143,14 +144,14 @@ class FaktoryLease:
         owner: str,
         fetched_at: float,
         timeout: float,
-        retry: int,
+        discard: bool,
     ) -> None:
         self.queue = queue
         self.lease = lease
         self.owner = owner
         self.fetched_at = fetched_at
         self.timeout = timeout
-        self.retry = retry
+        self.discard = discard
 
 
 class Fetch:
@@ -533,14 +534,13 @@ class FaktoryProtocol(protocol.Protocol):
         self.dispatcher.remove_consumer(fetch)
         slot = fetch.slot
         wire = json.loads(job.payload)
-        retry = faktory_job.retry_policy(wire)
         self.factory.leases[job.id] = FaktoryLease(
             job.queue,
             job.lease,
             self.owner,
             self.factory.clock.seconds(),
             job.timeout,
-            retry,
+            faktory_job.discards(wire),
         )
         if job.attempt <= 1:
             self._settle(slot, _bulk(faktory_job.from_wire(wire)))
@@ -554,15 +554,15 @@ class FaktoryProtocol(protocol.Protocol):
 
         self.factory.owners.last_error(job.queue, job.id).addCallbacks(answer, no_error)
 
-    def _lease(self, jid: str) -> defer.Deferred[tuple[str, str, int | None]]:
+    def _lease(self, jid: str) -> defer.Deferred[tuple[str, str, bool | None]]:
         """
-        The queue, lease and (when known) retry policy of a job a Faktory
+        The queue, lease and (when known) whether a failure discards a job a Faktory
         worker holds: from this server's record of what it handed out, or
         from Redis when the job was fetched through another server.
         """
         held = self.factory.leases.get(jid)
         if held is not None:
-            return defer.succeed((held.queue, held.lease, held.retry))
+            return defer.succeed((held.queue, held.lease, held.discard))
         return self.factory.owners.running_lease(jid).addCallback(
             lambda found: (found[0], found[1], None)
         )
@@ -600,18 +600,18 @@ class FaktoryProtocol(protocol.Protocol):
 
         async def fail() -> bytes:
             try:
-                queue, lease, retry = await self._lease(jid)
-                if retry is None:
+                queue, lease, discard = await self._lease(jid)
+                if discard is None:
                     job = await self.factory.admin.get_job(jid, queue)
-                    retry = faktory_job.retry_policy(job)
+                    discard = faktory_job.discards(job)
                 await self.dispatcher.fail(
                     queue,
                     jid,
                     lease,
                     error,
                     None,
-                    retry > 0,
-                    discard=retry == 0,
+                    True,
+                    discard=discard,
                 )
             except (JobNotFound, LeaseLost):
                 raise FaktoryError(f"Job not found {jid}")

@@ -133,6 +133,17 @@ def retry_policy(job: dict[str, Any]) -> int:
     return int(job.get("max_attempts") or 1) - 1
 
 
+def discards(job: dict[str, Any]) -> bool:
+    """
+    Whether a failure deletes the job rather than retrying it or keeping
+    it as dead: a job a Faktory client pushed with C{"retry": 0}.  (A
+    native job with one attempt shows C{"retry": 0} too, but goes to dead
+    as natively.)  Retries and dead otherwise follow C{max_attempts}:
+    C{"retry": -1} is one attempt, then dead.
+    """
+    return _own(job).get("retry") == 0
+
+
 def _own(job: dict[str, Any]) -> dict[str, Any]:
     meta = job.get("meta")
     if isinstance(meta, dict) and isinstance(meta.get(META_KEY), dict):
