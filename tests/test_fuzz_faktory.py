@@ -120,8 +120,8 @@ class Session:
 
     def reply(self) -> tuple[str, Any]:
         """
-        The next reply: (C{"+"}, text), (C{"-"}, text), (C{"$"}, JSON) or
-        (C{"$"}, L{None}) for nil.
+        The next reply: (C{"+"}, text), (C{"-"}, text), (C{"$"}, JSON, or
+        text when it is not JSON) or (C{"$"}, L{None}) for nil.
         """
         line = self.line()
         kind, rest = line[:1].decode(), line[1:].decode("utf-8")
@@ -135,7 +135,11 @@ class Session:
                     raise Closed()
                 self.buffer += data
             body, self.buffer = self.buffer[:size], self.buffer[size + 2 :]
-            return "$", json.loads(body)
+            try:
+                return "$", json.loads(body)
+            except ValueError:
+                # BATCH NEW answers the new batch's id as it is.
+                return "$", body.decode("utf-8")
         return kind, rest
 
     def closes(self) -> bool:
@@ -352,7 +356,10 @@ class FuzzFaktoryTests(SynchronousTestCase):
             (b'PUSH {"jid":"12345678","jobtype":"t"}', True, ["+", "-", "$"]),
             (b"PUSH " + b"[" * 10_000 + b"]" * 10_000, True, ["+", "-"]),
             (b"FLUSH", True, ["+", "-", "$"]),
-            (b"BATCH NEW {}", True, ["+", "-", "$"]),
+            (b"BATCH NEW {}", True, ["+", "$", "$"]),
+            (b"BATCH NEW []", True, ["+", "-", "$"]),
+            (b"BATCH STATUS nope", True, ["+", "-", "$"]),
+            (b"BATCH COMMIT", True, ["+", "-", "$"]),
             (b"FETCH", True, ["+", "-", "$"]),
             (b"FETCH bad/name", True, ["+", "-", "$"]),
             (b"FETCH fz-empty", True, ["+", "$", "$"]),

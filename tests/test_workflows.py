@@ -7,6 +7,7 @@ HTTP API, several servers on the test Redis.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import statistics
@@ -16,7 +17,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.client import ServerFixture
 from tests.docs import examples, run, same_line, section_text
@@ -848,3 +849,81 @@ class AwaitCleanupTests(TestCase):
             return workflows.waiting() == 0
 
         await until(none, timeout=2)
+
+
+class FaktoryBatchTests(TestCase):
+    """
+    Faktory Enterprise's batch commands, through the published client
+    pyfaktory (unchanged), on procession's batches.
+    """
+
+    async def test_pyfaktory_batch(self) -> None:
+        try:
+            from pyfaktory import Batch, Client, Job, Producer, TargetJob
+        except ImportError:
+            raise SkipTest("pyfaktory is not installed (pip install '.[test]')")
+        from twisted.internet.threads import deferToThread
+
+        a = await ServerFixture(self, "--faktory", "tcp:0:interface=127.0.0.1").start()
+
+        def bulk(reply: str) -> str:
+            size, _, data = reply.partition("\r\n")
+            self.assertTrue(size.startswith("$"), reply)
+            return data
+
+        url = f"tcp://127.0.0.1:{a.service.faktory_port.getHost().port}"
+
+        def produce() -> tuple[str, list[str], str]:
+            with Client(faktory_url=url, role="producer") as client:
+                producer = Producer(client=client)
+                # pyfaktory hands back the reply as it came, a RESP bulk
+                # string ("$<length>", then the new batch's id), as with
+                # Faktory's own server.
+                reply = producer.batch_new(
+                    Batch(
+                        parent_bid=None,
+                        description="three from Faktory",
+                        success=TargetJob(jobtype="zip", args=["all"], queue="fk-cb"),
+                        complete=None,
+                    )
+                )
+                bid = bulk(reply)
+                jobs = [
+                    Job(jobtype="t", args=[n], queue="fk", custom={"bid": bid})
+                    for n in range(3)
+                ]
+                for job in jobs:
+                    producer.push(job)
+                producer.batch_commit(bid)
+                return bid, [j.jid for j in jobs], bulk(client._batch_status(bid))
+
+        bid, jids, status = await deferToThread(produce)
+        self.assertEqual(
+            {k: v for k, v in json.loads(status).items() if k != "created_at"},
+            {
+                "bid": bid,
+                "parent_bid": "",
+                "description": "three from Faktory",
+                "total": 3,
+                "pending": 3,
+                "failed": 0,
+                "complete_st": "",
+                "success_st": "",
+            },
+        )
+        worker = await a.connect("native")
+        await worker.ok("READY", {"queues": ["fk", "fk-cb"], "credit": 1})
+        for _ in range(3):
+            job = await worker.next_job()
+            self.assertIn(job["id"], jids)
+            self.assertEqual((job["batch"], job["meta"]["bid"]), (bid, bid))
+            await worker.ok("ACK", {"id": job["id"]})
+        callback = await worker.next_job()
+        self.assertEqual((callback["id"], callback["type"]), (f"{bid}:success", "zip"))
+
+        def status_now() -> str:
+            with Client(faktory_url=url, role="producer") as client:
+                return bulk(client._batch_status(bid))
+
+        done = json.loads(await deferToThread(status_now))
+        self.assertEqual((done["pending"], done["success_st"]), (0, "1"))

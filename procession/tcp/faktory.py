@@ -47,7 +47,7 @@ from procession.core.errors import (
     LeaseLost,
     ProcessionError,
 )
-from procession.core.job import MAX_BATCH, QUEUE_NAME, format_time
+from procession.core.job import MAX_BATCH, QUEUE_NAME, format_time, parse_batch_spec
 from procession.net.transport import write_now
 from procession.service.owners import LeaseOwners
 from procession.tcp import faktory_job
@@ -693,7 +693,36 @@ class FaktoryProtocol(protocol.Protocol):
         )
 
     def do_BATCH(self, payload: str) -> Any:
-        raise FaktoryError("batch subsystem is only available in Faktory Enterprise")
+        """
+        Faktory Enterprise's batches, on procession's (docs/workflows.rst):
+        C{BATCH NEW <json>} answers the new batch's id; C{BATCH COMMIT
+        <bid>} and C{BATCH OPEN <bid>} answer C{+OK}; C{BATCH STATUS <bid>}
+        the batch's counts.  Jobs join a batch by C{custom.bid}.
+        """
+        sub, _, rest = payload.strip().partition(" ")
+        sub = sub.upper()
+        workflows = self.dispatcher.workflows
+        if sub == "NEW":
+            request = faktory_job.to_batch_request(_json(rest))
+            spec = parse_batch_spec(
+                request, self.factory.now_ms(), self.factory.max_job_size
+            )
+            return defer.Deferred.fromCoroutine(
+                workflows.create_batch(spec)
+            ).addCallback(lambda batch: _bulk_text(batch["id"]))
+        bid = rest.strip()
+        if not bid or " " in bid:
+            raise FaktoryError(f"BATCH {sub} takes a batch id")
+        if sub in ("COMMIT", "OPEN"):
+            change = workflows.commit_batch if sub == "COMMIT" else workflows.open_batch
+            return defer.Deferred.fromCoroutine(change(bid)).addCallback(
+                lambda _: b"+OK\r\n"
+            )
+        if sub == "STATUS":
+            return defer.Deferred.fromCoroutine(workflows.get_batch(bid)).addCallback(
+                lambda batch: _bulk(faktory_job.batch_status(batch))
+            )
+        raise FaktoryError(f"unknown BATCH subcommand {sub[:32]}")
 
     def do_TRACK(self, payload: str) -> Any:
         raise FaktoryError("tracking subsystem is only available in Faktory Enterprise")

@@ -111,7 +111,67 @@ def to_submission(obj: object) -> dict[str, Any]:
         meta[META_KEY] = own
     if meta:
         submission["meta"] = meta
+    # Faktory Enterprise's batches: a job joins one by naming it in
+    # custom.bid (docs/workflows.rst); it stays in custom for the worker.
+    bid = (custom or {}).get("bid")
+    if bid is not None:
+        submission["batch"] = bid
     return submission
+
+
+def to_batch_request(obj: object) -> dict[str, Any]:
+    """
+    The native batch request (C{BATCH {"action": "new"}}) for Faktory's
+    C{BATCH NEW {"description", "success", "complete", "parent_bid"}}; its
+    callbacks are Faktory jobs, mapped as pushes are.
+
+    @raise InvalidJob: a callback is not a valid Faktory job.
+    @raise InvalidRequest: a child batch (C{parent_bid}), which procession
+        does not have.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidRequest("a batch must be a JSON object")
+    if obj.get("parent_bid"):
+        raise InvalidRequest("child batches (parent_bid) are not supported")
+    request: dict[str, Any] = {}
+    description = obj.get("description")
+    if description is not None:
+        request["description"] = description
+    for faktory_name, name in (("success", "on_success"), ("complete", "on_complete")):
+        job = obj.get(faktory_name)
+        if job is None:
+            continue
+        if not isinstance(job, dict):
+            raise InvalidRequest(f"{faktory_name} must be a job", field=faktory_name)
+        # The callback's id is the batch's (<bid>:success): a jid given is
+        # not used.
+        submission = to_submission({**job, "jid": job.get("jid") or "x" * MIN_JID})
+        del submission["id"]
+        request[name] = submission
+    return request
+
+
+def batch_status(batch: dict[str, Any]) -> dict[str, Any]:
+    """
+    Faktory's C{BATCH STATUS} answer for a batch: C{failed} counts the
+    jobs that died; a callback's state is C{""} until pushed, then C{"1"}.
+    """
+
+    def state(name: str) -> str:
+        callback = batch.get(name)
+        return "1" if callback and callback.get("pushed_at") else ""
+
+    return {
+        "bid": batch["id"],
+        "parent_bid": "",
+        "description": batch.get("description", ""),
+        "created_at": batch.get("created_at"),
+        "total": batch["total"],
+        "pending": batch["pending"],
+        "failed": batch["dead"],
+        "complete_st": state("on_complete"),
+        "success_st": state("on_success"),
+    }
 
 
 def parse_job(obj: object, now_ms: int, max_size: int, size: int | None) -> NewJob:
