@@ -662,7 +662,14 @@ class _Silent(Protocol):
         self.closed: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
+        import socket
+
         self.transport.pauseProducing()
+        # A small receive buffer: the kernel takes little of what the
+        # server writes, so what it holds back shows on its side.
+        self.transport.getHandle().setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024
+        )
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -995,3 +1002,51 @@ class SmallerTests(TestCase):
         client = await self.server.connect(worker=None)
         reply = await client.ok("HELLO", {"worker": "ok é"})
         self.assertTrue(reply["worker"].startswith("ok é#"))
+
+
+class UnreadJobsTests(TestCase):
+    """
+    Item 4 for C{JOB} frames: a worker with a large credit that never reads
+    gets no new claims while the server holds its unread output; the jobs
+    wait in the queue, and once it reads, it gets them all.
+    """
+
+    async def test_unread_jobs(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.task import deferLater
+
+        server = await ServerFixture(self).start()
+        client = _Silent()
+        await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", server.tcp_port), client
+        )
+        self.addCleanup(lambda: client.closed)
+        self.addCleanup(client.transport.abortConnection)
+        client.transport.write(
+            b'HELLO {"worker":"hoarder"}\nREADY {"queues":["big"],"credit":1000}\n'
+        )
+        producer = await server.connect("producer")
+        args = "y" * 100_000
+        for start in range(0, 200, 8):
+            await producer.ok(
+                "PUSHB",
+                [{"type": "t", "queue": "big", "args": [args]} for _ in range(8)],
+            )
+            await deferLater(reactor, 0.05, lambda: None)
+        for _ in range(20):
+            await deferLater(reactor, 0.05, lambda: None)
+        [connection] = [
+            c
+            for c in server.service.worker_factory.connections
+            if c.worker == "hoarder"
+        ]
+        # 200 jobs of 100 KB would be 20 MB: the server holds at most a
+        # claim's worth (8 jobs) more than its buffer, and claims no more.
+        self.assertLess(unsent(connection.transport), 4 << 20)
+        self.assertGreater(len(await server.store.state_members("big", "queued")), 0)
+        client.transport.resumeProducing()
+        deadline = reactor.seconds() + 20
+        while client.lines < 203 and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(client.lines, 203)  # HI, HELLO's and READY's OK, 200 JOBs

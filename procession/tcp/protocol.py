@@ -314,6 +314,8 @@ class WorkerProtocol(protocol.Protocol):
         The transport has sent what it held.
         """
         self._release("output")
+        if not self._pauses:
+            self._has_room()
 
     def stopProducing(self) -> None:
         """
@@ -805,12 +807,16 @@ class WorkerProtocol(protocol.Protocol):
     # -- the dispatcher's consumer interface
 
     def room(self) -> int:
-        if self.quieted or self.closing:
+        # While the client has not read what was written (output held back),
+        # ask for no more jobs: they would only pile up here.
+        if self.quieted or self.closing or "output" in self._pauses:
             return 0
         return self.credit - self.unfinished
 
     def deliver(self, job: ClaimedJob) -> bool:
-        if self.closing or self.quieted or self.room() <= 0:
+        # The jobs of a claim already made are taken whatever the output:
+        # its size is bounded by the credit.
+        if self.closing or self.quieted or self.credit - self.unfinished <= 0:
             return False
         self.held[job.id] = Held(job.queue, job.lease, job.timeout)
         self.unfinished += 1
