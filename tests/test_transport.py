@@ -58,13 +58,52 @@ class WriteNowTests(TestCase):
         await self.receiver.received(6)
         self.assertEqual(bytes(self.receiver.data), b"hello\n")
 
-    async def test_corked_writes_wait_for_the_reactor(self) -> None:
+    async def test_corked_writes_leave_together(self) -> None:
+        """
+        Writes made in a corked block are held, and leave together at once
+        when the outermost block ends: nothing is left to the reactor.
+        """
+        sends: list[bytes] = []
+        send = self.transport.writeSomeData
+
+        def counted(data: bytes) -> Any:
+            sends.append(bytes(data))
+            return send(data)
+
+        self.transport.writeSomeData = counted
         with corked():
             write_now(self.transport, b"a")
-            write_now(self.transport, b"b")
+            with corked():
+                write_now(self.transport, b"b")
+            self.assertEqual(sends, [])
+            write_now(self.transport, b"c")
+        self.assertEqual(sends, [b"abc"])
+        self.assertEqual(buffered(self.transport), 0)
+        await self.receiver.received(3)
+        self.assertEqual(bytes(self.receiver.data), b"abc")
+
+    async def test_corked_then_closed(self) -> None:
+        """
+        A connection closed within a corked block still sends what was
+        held, then what was written after, in order, before it closes.
+        """
+        with corked():
+            write_now(self.transport, b"reply ")
+            self.transport.loseConnection()
+            write_now(self.transport, b"last")
+        await self.receiver.received(10)
+        self.assertEqual(bytes(self.receiver.data), b"reply last")
+
+    async def test_behind_buffered_bytes(self) -> None:
+        """
+        Behind bytes Twisted has buffered, a write is buffered too: order
+        is kept.
+        """
+        self.transport.write(b"a")
+        write_now(self.transport, b"b")
         self.assertEqual(buffered(self.transport), 2)
-        write_now(self.transport, b"c")
-        # Behind buffered bytes, a write is buffered too: order is kept.
+        with corked():
+            write_now(self.transport, b"c")
         self.assertEqual(buffered(self.transport), 3)
         await self.receiver.received(3)
         self.assertEqual(bytes(self.receiver.data), b"abc")
@@ -83,9 +122,10 @@ class WriteNowTests(TestCase):
         self.assertEqual(buffered(self.transport), 0)
         with corked():
             self.transport.write(b"y")
-        self.assertEqual(buffered(self.transport), 1)
-        await self.receiver.received(11)
-        self.assertEqual(bytes(self.receiver.data), b"x" * 10 + b"y")
+            self.transport.write(b"z")
+        self.assertEqual(buffered(self.transport), 0)
+        await self.receiver.received(12)
+        self.assertEqual(bytes(self.receiver.data), b"x" * 10 + b"yz")
 
     async def test_closing_transport(self) -> None:
         """

@@ -12,9 +12,12 @@ socket did not take to C{write}, which buffers it as usual.  Any other
 transport (TLS, a test's) just gets C{write}.
 
 A burst of writes (the jobs of one claim, the replies to a batch of
-pipelined requests) should still leave in one system call: code that
-makes one writes it L{corked}, and those writes are buffered as Twisted
-always does, to go together on the next turn.
+pipelined requests, the replies of one group commit to many connections)
+should still leave in one system call per connection: code that makes one
+writes it L{corked}.  Those writes are held, per transport, and sent when
+the outermost corked block ends, each transport's together, at once (as
+L{write_now}): not left to the reactor's next turn, which would cost each
+connection two C{epoll_ctl} calls and the turn's wait.
 """
 
 from __future__ import annotations
@@ -26,15 +29,18 @@ from twisted.internet import tcp
 
 from procession.net.internals import nothing_buffered
 
-# How many corked() blocks are open (the reactor runs in one thread).
+# How many corked() blocks are open (the reactor runs in one thread), and
+# the writes they hold, per transport, in order.
 _corks = 0
+_held: dict[Any, list[bytes]] = {}
 
 
 @contextmanager
 def corked() -> Iterator[None]:
     """
-    Within this block, writes are buffered and leave together on the
-    reactor's next turn, as with a plain C{transport.write}.
+    Within this block, writes made with L{write_now} (or through
+    L{immediate_writes}) are held, and each transport's leave together, at
+    once, when the outermost block ends.
     """
     global _corks
     _corks += 1
@@ -42,6 +48,44 @@ def corked() -> Iterator[None]:
         yield
     finally:
         _corks -= 1
+        if not _corks and _held:
+            _flush()
+
+
+def _flush() -> None:
+    """
+    Send what corked blocks held: each transport's bytes in one write.
+    """
+    held = list(_held.items())
+    _held.clear()
+    for transport, parts in held:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        rest = _unsent(transport, data)
+        if rest:
+            _buffered_write(transport, rest)
+
+
+def _buffered_write(transport: Any, data: bytes) -> None:
+    """
+    Twisted's own C{write} of C{transport}, also under L{immediate_writes}.
+    """
+    write = getattr(transport, "_procession_write", None)
+    if write is not None:
+        write(data)
+    else:
+        transport.write(data)
+
+
+def _sendable(transport: Any) -> bool:
+    """
+    Whether C{transport} is a plain TCP or Unix socket that is up.
+    """
+    return bool(
+        isinstance(transport, tcp.Connection)
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+    )
 
 
 def _unsent(transport: Any, data: bytes) -> bytes:
@@ -49,14 +93,19 @@ def _unsent(transport: Any, data: bytes) -> bytes:
     Send what the socket under C{transport} takes of C{data} now, if it is
     a plain TCP or Unix socket with nothing buffered; return the rest.
     """
-    if (
-        not _corks
-        and isinstance(transport, tcp.Connection)
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and nothing_buffered(transport)
-    ):
+    if _corks:
+        held = _held.get(transport)
+        if held is not None:
+            # behind what is held already, whatever the transport's state
+            held.append(data)
+            return b""
+        if _sendable(transport):
+            _held[transport] = [data]
+            return b""
+        return data
+    if not _sendable(transport):
+        return data
+    if nothing_buffered(transport):
         sent = transport.writeSomeData(data)
         if isinstance(sent, int) and sent > 0:
             return data[sent:]
@@ -92,3 +141,4 @@ def immediate_writes(transport: Any) -> None:
     # An instance attribute over the method: the Redis client calls
     # transport.write, and must get the write-now path.
     transport.write = write_at_once  # type: ignore[method-assign]
+    setattr(transport, "_procession_write", write)
