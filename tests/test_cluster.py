@@ -361,7 +361,14 @@ class ClusterProcessTests(SynchronousTestCase):
         # Each job completed once: an ack completes only a running job.
         final = queue()
         self.assertEqual(
-            final["totals"], {"pushed": total, "processed": total, "failed": 0}
+            final["totals"],
+            {
+                "pushed": total,
+                "processed": total,
+                "failed": 0,
+                "expired": 0,
+                "unique_collisions": 0,
+            },
         )
         self.assertEqual(
             final["sizes"],

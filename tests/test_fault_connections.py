@@ -46,7 +46,7 @@ from tests.redis import shared_redis
 from tests.wire import WireClient
 
 
-class _Dispatcher:
+class IdleDispatcher:
     """
     Just enough of a dispatcher for connections that do not take jobs.
     """
@@ -74,7 +74,7 @@ class FramingTests(SynchronousTestCase):
 
     def connect(self, **kwargs: Any) -> tuple[Any, StringTransport, Clock]:
         clock = Clock()
-        factory = WorkerFactory(_Dispatcher(), clock, **kwargs)  # type: ignore[arg-type]
+        factory = WorkerFactory(IdleDispatcher(), clock, **kwargs)  # type: ignore[arg-type]
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)

@@ -29,6 +29,7 @@ from procession.client import Client, Unauthorized
 from procession.tcp.protocol import WorkerFactory
 from tests.ledger import REPO, Ledger, Procession, environment, tail, wait_for
 from tests.redis import shared_redis
+from tests.test_fault_connections import IdleDispatcher
 from tests.wire import WireClient
 
 
@@ -192,7 +193,7 @@ class TokenTests(SynchronousTestCase):
             return compare(a, b)
 
         self.patch(protocol.hmac, "compare_digest", spy)
-        factory = WorkerFactory(None, Clock(), token="s3cret")  # type: ignore[arg-type]
+        factory = WorkerFactory(IdleDispatcher(), Clock(), token="s3cret")  # type: ignore[arg-type]
         connection = factory.buildProtocol(None)
         connection.makeConnection(StringTransport())
         connection.dataReceived(b'HELLO {"worker":"w","token":"guess"}\n')
