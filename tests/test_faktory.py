@@ -227,7 +227,7 @@ class FaktoryServer(Server):
         return body
 
     def job_becomes(
-        self, jid: str, check: Callable[[dict[str, Any]], bool], timeout: float = 20
+        self, jid: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30
     ) -> dict[str, Any]:
         """
         The job, once C{check} holds for it (fails the test after C{timeout}).

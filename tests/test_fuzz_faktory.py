@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import json
 import socket
+import threading
 import uuid
 from typing import Any
 
@@ -375,3 +376,35 @@ class FuzzFaktoryTests(SynchronousTestCase):
         ]
         for data, hello, want in cases:
             self.assertEqual(exchange(self, data, hello), want, data[:60])
+
+    def test_flood_and_pipelined_fetches(self) -> None:
+        """
+        3,000 pipelined PUSHes written at once are all answered, in order
+        (the server stops reading while 1,000 replies are owed, and goes
+        on); two pipelined FETCHes are served one after the other, each
+        with one job.
+        """
+        session = Session(timeout=60)
+        self.addCleanup(session.close)
+        session.send(HELLO)
+        self.assertEqual(session.reply(), ("+", "OK"))
+        queue = "fz-flood" + uuid.uuid4().hex[:6]
+        pushes = b"".join(
+            b'PUSH {"jid":"flood-%s-%d","jobtype":"t","args":[],"queue":"%s"}\r\n'
+            % (queue.encode(), n, queue.encode())
+            for n in range(3000)
+        )
+        writer = threading.Thread(target=session.send, args=(pushes,))
+        writer.start()
+        for _ in range(3000):
+            self.assertEqual(session.reply(), ("+", "OK"))
+        writer.join(30)
+        session.send(f"FETCH {queue}\r\nFETCH {queue}\r\n".encode())
+        first = session.reply()
+        second = session.reply()
+        self.assertEqual(first[0], "$")
+        self.assertEqual(second[0], "$")
+        self.assertEqual(
+            [first[1]["jid"], second[1]["jid"]],
+            [f"flood-{queue}-0", f"flood-{queue}-1"],
+        )

@@ -63,6 +63,10 @@ FETCH_WAIT = 2.0
 HANDSHAKE_MAX_LINE = 16 * 1024
 # The most queues one FETCH may name.
 MAX_FETCH_QUEUES = 100
+# With this many replies owed, stop reading the connection until some are
+# written (as the native protocol does): a client that pipelines requests
+# without reading the answers slows itself down.
+MAX_PENDING_REPLIES = 1_000
 # The most MUTATE/QUEUE names or jids one request may give.
 MAX_NAMES = 1000
 WID = re.compile(r"[\x21-\x7e]{1,128}\Z")
@@ -216,6 +220,11 @@ class FaktoryProtocol(protocol.Protocol):
         self._close_after = False
         self._handshake_timer: Any = None
         self._fetches: set[Fetch] = set()
+        # FETCHes sent while one waits: one at a time per connection (no
+        # Faktory client pipelines them; one that did must not lease a job
+        # per line it sent).
+        self._queued_fetches: deque[tuple[tuple[str, ...], list[Any]]] = deque()
+        self._paused = False
         self._timers: set[Any] = set()
 
     # -- connection
@@ -262,6 +271,7 @@ class FaktoryProtocol(protocol.Protocol):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        self._queued_fetches.clear()
         for fetch in list(self._fetches):
             self._end_fetch(fetch)
         self.factory.connections.discard(self)
@@ -319,6 +329,9 @@ class FaktoryProtocol(protocol.Protocol):
     def _slot(self) -> list[Any]:
         slot: list[Any] = [None]
         self._replies.append(slot)
+        if len(self._replies) >= MAX_PENDING_REPLIES and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
         return slot
 
     def _settle(self, slot: list[Any], data: bytes) -> None:
@@ -328,6 +341,9 @@ class FaktoryProtocol(protocol.Protocol):
             out.append(self._replies.popleft()[0])
         if out and self.transport is not None:
             write_now(self.transport, b"".join(out))
+        if self._paused and len(self._replies) < MAX_PENDING_REPLIES // 2:
+            self._paused = False
+            self.transport.resumeProducing()
         if self._close_after and not self._replies:
             self.transport.loseConnection()
 
@@ -486,6 +502,13 @@ class FaktoryProtocol(protocol.Protocol):
             )
         queues = tuple(dict.fromkeys(queues))
         slot = self._slot()
+        if self._fetches or self._queued_fetches:
+            self._queued_fetches.append((queues, slot))
+            return _NO_REPLY
+        self._start_fetch(queues, slot)
+        return _NO_REPLY
+
+    def _start_fetch(self, queues: tuple[str, ...], slot: list[Any]) -> None:
         worker = self.worker
         if (
             worker is None
@@ -495,15 +518,25 @@ class FaktoryProtocol(protocol.Protocol):
         ):
             # Quiet or terminating workers get no more jobs: nil, after
             # the wait a FETCH that found nothing would take.
-            self._later(FETCH_WAIT, self._settle, slot, b"$-1\r\n")
-            return _NO_REPLY
+            self._later(FETCH_WAIT, self._nil_fetched, slot)
+            return
         fetch = Fetch(self, queues, slot)
         self._fetches.add(fetch)
         fetch.timer = self.factory.clock.callLater(
             FETCH_WAIT, self._fetch_expired, fetch
         )
         self.dispatcher.add_consumer(fetch)
-        return _NO_REPLY
+
+    def _nil_fetched(self, slot: list[Any]) -> None:
+        self._settle(slot, b"$-1\r\n")
+        self._next_fetch()
+
+    def _next_fetch(self) -> None:
+        """
+        Start the FETCH that waited behind the one just answered.
+        """
+        if self._queued_fetches and not self._fetches and not self.closing:
+            self._start_fetch(*self._queued_fetches.popleft())
 
     def _later(self, seconds: float, f: Callable[..., Any], *args: Any) -> None:
         timer: Any = None
@@ -528,6 +561,7 @@ class FaktoryProtocol(protocol.Protocol):
             return
         self._end_fetch(fetch)
         self._settle(fetch.slot, b"$-1\r\n")
+        self._next_fetch()
 
     def _fetched(self, fetch: Fetch, job: Any) -> None:
         self._fetches.discard(fetch)
@@ -542,6 +576,9 @@ class FaktoryProtocol(protocol.Protocol):
             job.timeout,
             faktory_job.discards(wire),
         )
+        # The next FETCH of this connection starts once the dispatcher is
+        # done handing out this claim's jobs.
+        self._later(0, self._next_fetch)
         if job.attempt <= 1:
             self._settle(slot, _bulk(faktory_job.from_wire(wire)))
             return
@@ -556,9 +593,9 @@ class FaktoryProtocol(protocol.Protocol):
 
     def _lease(self, jid: str) -> defer.Deferred[tuple[str, str, bool | None]]:
         """
-        The queue, lease and (when known) whether a failure discards a job a Faktory
-        worker holds: from this server's record of what it handed out, or
-        from Redis when the job was fetched through another server.
+        The queue, lease and (when known) whether a failure discards a job
+        a Faktory worker holds: from this server's record of what it handed
+        out, or from Redis when the job was fetched through another server.
         """
         held = self.factory.leases.get(jid)
         if held is not None:
