@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.client import ServerFixture
 from tests.docs import examples, run, same_line, section_text
@@ -927,3 +927,21 @@ class FaktoryBatchTests(TestCase):
 
         done = json.loads(await deferToThread(status_now))
         self.assertEqual((done["pending"], done["success_st"]), (0, "1"))
+
+
+class PushedTests(SynchronousTestCase):
+    def test_pushed_is_the_id_everywhere(self) -> None:
+        """
+        What push returns compares, serializes, pickles and copies as the
+        plain id.
+        """
+        import copy
+        import pickle
+
+        from procession.client import Pushed
+
+        pushed = Pushed("job-1", client=None)  # type: ignore[arg-type]
+        self.assertEqual(pushed, "job-1")
+        self.assertEqual(json.dumps({"id": pushed}), '{"id": "job-1"}')
+        for twin in (pickle.loads(pickle.dumps(pushed)), copy.deepcopy(pushed)):
+            self.assertEqual((twin, type(twin)), ("job-1", str))

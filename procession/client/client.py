@@ -993,6 +993,11 @@ class Pushed(str):
         self.created = created
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled or copied, it is the plain id: a client's connection
+        # does not travel.
+        return (str, (str(self),))
+
     def wait(self, timeout: float | None = None) -> Any:
         """
         Wait until the job finishes; its result when it completed.
