@@ -105,8 +105,11 @@ class LeaseOwners:
         self._ticking = True
         try:
             here = set(self.connected())
-            for owner in sorted(here):
-                await self.store.owners.beat(owner)
+            # All at once: Redis pipelines them on the one connection.
+            await defer.gatherResults(
+                [self.store.owners.beat(owner) for owner in sorted(here)],
+                consumeErrors=True,
+            ).addErrback(lambda f: f.value.subFailure)
             await self.recover(here)
         except ProcessionError as e:
             log.warn("The lease owners' upkeep failed: {error}", error=e.message)
