@@ -44,6 +44,15 @@ end
 -- limits: how many the queue's limits allow
 local limit = queue_limits()
 local asked = wanted
+if limit and limit.rate and not limit.per_key then
+  -- Servers' clocks are read before their claims reach Redis, so a claim
+  -- may run after another that read a later time: a rate window's starts
+  -- stay in order (and the window exact) by never counting time back.
+  local newest = redis.call('ZRANGE', prefix .. 'window', -1, -1, 'WITHSCORES')
+  if newest[2] then
+    now = math.max(now, tonumber(newest[2]))
+  end
+end
 if limit and not limit.per_key then
   wanted = allowance(limit, now, wanted)
 end
