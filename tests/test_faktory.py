@@ -832,3 +832,23 @@ class TLSTests(FaktoryTestCase):
         client.kill()
         out = self.node(server, "hello").next(lambda v: "pushed" in v)
         self.assertEqual(server.job(out["pushed"])["state"], "queued")
+
+
+class CrossServerQuietTests(FaktoryTestCase):
+    def test_quiet_reaches_a_beat_through_another_server(self) -> None:
+        """
+        A worker process connected to two servers (or processes) is quieted
+        through one; its BEAT through the other is answered quiet.
+        """
+        first = self.server()
+        second = FaktoryServer(self, ns=first.namespace).serving()
+        here = RawSession(first.faktory_port, {"wid": "two-homed", "v": 2})
+        self.addCleanup(here.close)
+        there = RawSession(second.faktory_port, {"wid": "two-homed", "v": 2})
+        self.addCleanup(there.close)
+        beat = "BEAT " + json.dumps({"wid": "two-homed"})
+        self.assertEqual(there.request(beat), "+OK")
+        status, body = first.api("POST", "/api/v1/workers/two-homed/quiet")
+        self.assertEqual((status, body), (200, {"quieted": ["two-homed"]}))
+        self.assertEqual(there.request(beat), {"state": "quiet"})
+        self.assertEqual(here.request(beat), {"state": "quiet"})

@@ -160,6 +160,29 @@ class LeaseOwners:
             )
         return total
 
+    def signal(self, owner: str, state: str) -> defer.Deferred[Any]:
+        """
+        Tell C{owner} C{state} (C{quiet}) through every server: the one
+        its next beat reaches answers it.  Failures are logged.
+        """
+
+        def failed(failure: Any) -> None:
+            log.warn(
+                "Could not record that worker {owner} is {state}: {error}",
+                owner=owner,
+                state=state,
+                error=failure.getErrorMessage(),
+            )
+
+        return self.store.owners.signal(owner, state).addErrback(failed)
+
+    def signalled(self, owner: str) -> defer.Deferred[str | None]:
+        """
+        What C{owner} was told through any server (L{signal}), or L{None};
+        L{None} too when Redis does not answer.
+        """
+        return self.store.owners.signalled(owner).addErrback(lambda _: None)
+
     def running_lease(self, job_id: str) -> defer.Deferred[tuple[str, str]]:
         """
         The queue and lease of a running job, by its id alone.

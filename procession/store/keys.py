@@ -16,7 +16,8 @@ C{ns:server:<id>}, each live server's description), the periodic
 entries' definitions (C{ns:periodic}, one hash), and the id index
 (C{ns:ids}): the one key that scripts of a queue (push, delete, purge,
 sweep) touch besides their queue's, because a job's id is unique across
-queues; and the lease owners' registry (C{ns:owners}).
+queues; and the lease owners' registry (C{ns:owners}, with what an
+operator told each, C{ns:owner:<id>:state}).
 
 The exception is workflows (lua/workflow.lua): batches (C{ns:batch:<id>},
 C{ns:batch:<id>:jobs}, C{ns:batches}) and jobs that run after jobs of
@@ -135,6 +136,13 @@ class Keys:
         C{wid}s) by when each was last heard of.
         """
         return f"{self.namespace}:owners"
+
+    def owner_state(self, owner: str) -> str:
+        """
+        What an operator told a lease owner (C{quiet}), for whichever
+        server or process its next beat reaches (expiring).
+        """
+        return f"{self.namespace}:owner:{owner}:state"
 
     def server(self, server_id: str) -> str:
         """

@@ -163,3 +163,20 @@ class OwnerRegistry:
         return self._store.run_on(
             "servers", [self._keys.owners], ["forget", owner, int(timeout * 1000)]
         ).addCallback(lambda n: bool(int(n)))
+
+    def signal(
+        self, owner: str, state: str, ttl: float = 86400.0
+    ) -> defer.Deferred[Any]:
+        """
+        Record that C{owner} was told C{state} (C{quiet}), for whichever
+        server its next beat reaches; forgotten after C{ttl} seconds.
+        """
+        return self._store.command(
+            "SET", self._keys.owner_state(owner), state, "PX", int(ttl * 1000)
+        )
+
+    def signalled(self, owner: str) -> defer.Deferred[str | None]:
+        """
+        What C{owner} was last told (L{signal}), or L{None}.
+        """
+        return self._store.command("GET", self._keys.owner_state(owner))

@@ -676,10 +676,19 @@ class FaktoryProtocol(protocol.Protocol):
         if self.factory.terminating:
             worker.signal("terminate")
         self.factory.owners.beat(worker.wid)
-        if worker.state == "running":
-            return b"+OK\r\n"
-        worker.told = worker.state
-        return _bulk_text('{"state":' + json.dumps(worker.state) + "}")
+
+        def answer(told: str | None) -> bytes:
+            # An operator's quiet through another server or process.
+            if told:
+                worker.signal(told)
+            if worker.state == "running":
+                return b"+OK\r\n"
+            worker.told = worker.state
+            return _bulk_text('{"state":' + json.dumps(worker.state) + "}")
+
+        if worker.state == "terminate":
+            return answer(None)
+        return self.factory.owners.signalled(worker.wid).addCallback(answer)
 
     def do_INFO(self, payload: str) -> Any:
         return defer.Deferred.fromCoroutine(self.factory.info()).addCallback(_bulk)
@@ -965,8 +974,8 @@ class FaktoryFactory(protocol.Factory):
     def quiet_workers(self, name: str) -> list[str]:
         """
         Quiet the Faktory worker process C{name} (its wid) if it is
-        connected here: its next BEAT is answered C{{"state":"quiet"}} and
-        its FETCHes get nothing.
+        connected here: its next BEAT, through whichever server or process,
+        is answered C{{"state":"quiet"}}, and its FETCHes here get nothing.
 
         @return: C{[name]}, or nothing when it is not connected here.
         """
@@ -974,6 +983,8 @@ class FaktoryFactory(protocol.Factory):
         if worker is None:
             return []
         worker.signal("quiet")
+        # Its BEAT may go to another server or process (--processes).
+        self.owners.signal(name, "quiet")
         return [name]
 
     def describe_workers(self) -> list[dict[str, Any]]:
