@@ -105,13 +105,31 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
+# Ports handed out by free_port, each held by a bound socket that does not
+# listen; the oldest are let go past MAX_RESERVED.
+_reserved: list[socket.socket] = []
+MAX_RESERVED = 200
+
+
 def free_port() -> int:
     """
-    A TCP port on loopback that nothing listens on right now.
+    A TCP port on loopback that nothing listens on, reserved for a while.
+
+    Binding port 0 and closing the socket again (the usual way) races: the
+    kernel may give the same port to the next caller, in this process or
+    in another test run on the machine, before the server meant for it
+    listens.  Instead the port stays bound here, with C{SO_REUSEADDR} and
+    without listening: no other bind to port 0 gets it, and a server told
+    to listen on it (Twisted's listeners and redis-server set
+    C{SO_REUSEADDR}) still can.  Connecting to it before then is refused.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    _reserved.append(s)
+    if len(_reserved) > MAX_RESERVED:
+        _reserved.pop(0).close()
+    return s.getsockname()[1]
 
 
 def shared_redis() -> RedisProcess:
