@@ -46,6 +46,7 @@ from twisted.trial.unittest import SkipTest
 from procession.client import Client, ProcessionError
 from procession.redis.embedded import LOCK_FILE, SOCKET_FILE
 from tests.redis import RedisProcess, free_port
+from tests.resp import encode_all, read_reply
 from tests.wire import WireClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,39 +167,14 @@ class Resp:
         Send the commands at once; their replies (errors as L{RuntimeError}
         values, not raised).
         """
-        out = []
-        for command in commands:
-            out.append(b"*%d\r\n" % len(command))
-            for arg in command:
-                data = arg if isinstance(arg, bytes) else str(arg).encode()
-                out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(out))
-        return [self._reply() for _ in commands]
+        self.sock.sendall(encode_all(commands))
+        return [read_reply(self.file, errors_as_values=True) for _ in commands]
 
     def __call__(self, *command: Any) -> Any:
         [reply] = self.pipeline([command])
         if isinstance(reply, RuntimeError):
             raise reply
         return reply
-
-    def _reply(self) -> Any:
-        line = self.file.readline()
-        if not line:
-            raise ConnectionError("Redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.file.read(size + 2)[:-2].decode()
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self._reply() for _ in range(size)]
-        raise RuntimeError(f"not RESP: {line!r}")
 
 
 class Procession:

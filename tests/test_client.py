@@ -45,6 +45,7 @@ from procession.client import (
 )
 from tests.ledger import wait_for as _poll
 from tests.redis import free_port, namespace, shared_redis
+from tests.resp import encode_all, read_reply
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,34 +88,11 @@ class RedisReader:
         """
         Send the commands at once; their replies.
         """
-        out = []
-        for command in commands:
-            out.append(b"*%d\r\n" % len(command))
-            for arg in command:
-                data = str(arg).encode()
-                out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(out))
-        return [self._reply() for _ in commands]
+        self.sock.sendall(encode_all(commands))
+        return [read_reply(self.file) for _ in commands]
 
     def __call__(self, *command: Any) -> Any:
         return self.pipeline(command)[0]
-
-    def _reply(self) -> Any:
-        line = self.file.readline()[:-2]
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.file.read(size + 2)[:-2].decode()
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self._reply() for _ in range(size)]
-        raise RuntimeError(f"not RESP: {line!r}")
 
     def key(self, queue: str, suffix: str) -> str:
         return f"{self.ns}:{{{queue}}}:{suffix}"

@@ -77,6 +77,32 @@ class TwistedInternalsTests(TestCase):
         net.forget_exit_signal(fake)
         self.assertIsNone(fake._exitSignal)
 
+    def test_http_attributes(self) -> None:
+        """
+        An HTTP channel keeps the request line where L{net.request_line}
+        reads it, and a request has the flag L{net.parse_forms} sets.
+        """
+        from twisted.test.proto_helpers import StringTransport
+        from twisted.web import http
+
+        channel = http.HTTPChannel()
+        channel.makeConnection(StringTransport())
+        seen = []
+
+        class Request(http.Request):
+            def gotLength(self, length: int | None) -> None:
+                seen.append(net.request_line(self.channel))
+                super().gotLength(length)
+
+        channel.requestFactory = Request  # type: ignore[assignment]
+        channel.dataReceived(b"POST /api/v1/jobs HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(seen, [(b"POST", b"/api/v1/jobs")])
+        request = http.Request(channel)
+        self.assertTrue(hasattr(request, net.REQUEST_ATTRIBUTE))
+        net.parse_forms(request, False)
+        self.assertFalse(getattr(request, net.REQUEST_ATTRIBUTE))
+        channel.connectionLost(None)  # type: ignore[arg-type]
+
 
 class TxredisapiInternalsTests(TestCase):
     async def test_pool_factory(self) -> None:

@@ -31,6 +31,7 @@ from procession.redis.connection import connect
 from procession.store.jobs import Store
 from tests.support import FakeClock, new_job
 from tests.redis import free_port
+from tests.resp import encode, read_reply
 from tests.test_server_process import Server
 from tests.wire import WireClient, WireClosed, WireTimeout
 
@@ -48,43 +49,14 @@ def command(
     One Redis command on a fresh connection (after AUTH C{password} if
     given); the reply, decoded (RESP2).
     """
-
-    def encode(words: tuple[str, ...]) -> str:
-        return f"*{len(words)}\r\n" + "".join(
-            f"${len(w.encode())}\r\n{w}\r\n" for w in words
-        )
-
     with socket.create_connection(("127.0.0.1", port), timeout) as s:
         s.settimeout(timeout)
         reader = s.makefile("rb")
         if password is not None:
-            s.sendall(encode(("AUTH", password)).encode())
-            _read(reader)
-        s.sendall(encode(words).encode())
-        return _read(reader)
-
-
-def _read(reader: Any) -> Any:
-    line = reader.readline()
-    if not line:
-        raise ConnectionError("closed")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RuntimeError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = reader.read(n + 2)
-        return data[:-2].decode()
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read(reader) for _ in range(n)]
-    raise ValueError(f"bad reply {line!r}")
+            s.sendall(encode(("AUTH", password)))
+            read_reply(reader)
+        s.sendall(encode(words))
+        return read_reply(reader)
 
 
 class Node:

@@ -1,6 +1,7 @@
 """
 What every layer and the client share, with no I/O: the domain errors and
-their codes, job values and their validation, the job states, listing
-cursors and statistics values.  Standard library and attrs only: the client
+their codes (one hierarchy for server and client), job values and their
+validation, the job states and their groups, the wire protocol's constants
+and limits, listing cursors and statistics values.  Standard library and attrs only: the client
 (L{procession.client}) imports it.
 """

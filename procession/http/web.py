@@ -22,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import PathConverter, RequestRedirect
 
+from procession.net.internals import parse_forms, request_line
 from procession.core.json_checks import (
     MAX_DECODE_NESTING,
     lone_surrogate,
@@ -89,8 +90,8 @@ class Request(server.Request):
         channel: Any = self.channel
         gate = getattr(channel.site, "gate", None)
         if gate is not None:
-            path = channel._path
-            error = gate.check_head(self, channel._command, path, length)
+            command, path = request_line(channel)
+            error = gate.check_head(self, command, path, length)
             if error is not None:
                 self.content = io.BytesIO()  # type: ignore[assignment]
                 self._refuse(error)
@@ -115,7 +116,7 @@ class Request(server.Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.refused:
             return
-        self._parsePOSTFormSubmission = not path.startswith(b"/api/")
+        parse_forms(self, not path.startswith(b"/api/"))
         super().requestReceived(command, path, version)
 
     def _refuse(self, error: ProcessionError) -> None:

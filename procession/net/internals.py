@@ -4,8 +4,10 @@ module, each where no public API does the same.
 
 Twisted gives no public way to ask whether a TCP transport has bytes
 waiting to be sent, to read back what a server endpoint was made with,
-to keep an adopted UNIX port from shutting its shared socket down, or to
-stop C{twist} from re-raising the signal that stopped the reactor.  So
+to keep an adopted UNIX port from shutting its shared socket down, to
+stop C{twist} from re-raising the signal that stopped the reactor, to read
+a request's first line before its head is complete, or to skip form
+parsing of a request body.  So
 these read or set attributes that Twisted does not promise to keep.
 tests/test_internals.py checks each on a real object of the installed
 Twisted, and fails, naming the attribute, if one is gone; setup.cfg bounds
@@ -30,6 +32,13 @@ CONNECTION_ATTRIBUTES = (
 #: The attributes of a TCP (or SSL) server endpoint that L{endpoint_address}
 #: reads.
 ENDPOINT_ATTRIBUTES = ("_interface", "_port", "_backlog")
+
+#: What an C{HTTPChannel} has read of a request's first line, before its
+#: request object learns it (L{request_line}).
+CHANNEL_ATTRIBUTES = ("_command", "_path")
+
+#: The flag of a C{twisted.web.http.Request} that L{parse_forms} sets.
+REQUEST_ATTRIBUTE = "_parsePOSTFormSubmission"
 
 
 def nothing_buffered(transport: Any) -> bool:
@@ -92,3 +101,20 @@ def plain_reads(transport: Any) -> None:
 
     if isinstance(transport, unix.Client) and hasattr(transport, "socket"):
         setattr(transport, "doRead", MethodType(tcp.Connection.doRead, transport))
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes]:
+    """
+    The method and path of the request an C{HTTPChannel} is reading, once
+    its head is in but before the request object is told (when the HTTP
+    gate checks the head, before the body arrives).
+    """
+    return channel._command, channel._path
+
+
+def parse_forms(request: Any, parse: bool) -> None:
+    """
+    Whether a C{twisted.web} request parses a form body into its C{args}
+    (the API's JSON bodies need none of that work).
+    """
+    request._parsePOSTFormSubmission = parse

@@ -1,5 +1,6 @@
 """
-Start-up wiring for C{twist procession}: the command-line options, the
-service that starts and stops every part in order, and several processes on
-one host.
+Start-up wiring for C{twist procession}: the command-line options and the
+service (C{tap}), the parts it is made of, each starting and stopping
+itself in order (C{parts}), and several processes on one host
+(C{processes}).
 """
