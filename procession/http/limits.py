@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 
 from procession.core.errors import TooManyConnections
+from procession.net.transport import immediate_writes
 
 log = Logger()
 
@@ -113,6 +114,19 @@ class _Drop(protocol.Protocol):
         self.transport.abortConnection()
 
 
+class _Connection(policies.ProtocolWrapper):
+    """
+    One HTTP connection within the limit: its socket sends at once (a
+    response leaves in one write as Twisted's HTTP server makes it, see
+    L{procession.http.web.Request.write}, rather than on the reactor's next
+    turn).
+    """
+
+    def makeConnection(self, transport: Any) -> None:
+        immediate_writes(transport, sequences=True)
+        super().makeConnection(transport)
+
+
 class HTTPConnectionLimit(policies.WrappingFactory):
     """
     Wraps the HTTP listener's factory (a L{twisted.web.server.Site}) and
@@ -124,6 +138,7 @@ class HTTPConnectionLimit(policies.WrappingFactory):
     """
 
     noisy = False
+    protocol = _Connection
 
     def __init__(self, wrapped: Any, limit: int, clock: Any) -> None:
         super().__init__(wrapped)

@@ -23,6 +23,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import PathConverter, RequestRedirect
 
 from procession.net.internals import parse_forms, request_line
+from procession.net.transport import corked
 from procession.core.json_checks import (
     MAX_DECODE_NESTING,
     lone_surrogate,
@@ -112,6 +113,16 @@ class Request(server.Request):
             )
             return
         super().handleContentChunk(data)
+
+    def write(self, data: bytes) -> None:
+        # The head and the body leave together, at once (on a connection
+        # that sends at once: procession.http.limits).
+        with corked():
+            super().write(data)
+
+    def finish(self) -> None:
+        with corked():
+            super().finish()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.refused:
@@ -230,7 +241,10 @@ def json_text_response(request: Any, text: str, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return text.encode("utf-8")
+    body = text.encode("utf-8")
+    # a length, not chunks: the answer is one write, and finish adds none
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def error_response(request: Any, error: ProcessionError) -> bytes:

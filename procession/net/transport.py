@@ -124,10 +124,12 @@ def write_now(transport: Any, data: bytes) -> None:
         transport.write(data)
 
 
-def immediate_writes(transport: Any) -> None:
+def immediate_writes(transport: Any, sequences: bool = False) -> None:
     """
     Make C{transport.write} behave like L{write_now}, for a protocol whose
-    writes are made by code that is not ours (the Redis client's).
+    writes are made by code that is not ours (the Redis client's); with
+    C{sequences}, C{transport.writeSequence} too (Twisted's HTTP server
+    writes a response's head with it).
     """
     if not isinstance(transport, tcp.Connection):
         return
@@ -142,3 +144,9 @@ def immediate_writes(transport: Any) -> None:
     # transport.write, and must get the write-now path.
     transport.write = write_at_once  # type: ignore[method-assign]
     setattr(transport, "_procession_write", write)
+    if sequences:
+
+        def write_sequence_at_once(parts: Any) -> None:
+            write_at_once(b"".join(parts))
+
+        setattr(transport, "writeSequence", write_sequence_at_once)
