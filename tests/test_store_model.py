@@ -3,6 +3,9 @@ A stateful property test of L{procession.store.jobs}: random sequences of
 pushes, claims, acks, fails, extensions, releases, sweeps and management
 actions run against the real test Redis and against a small in-memory
 model of the job state machine, and after every step the two must agree.
+The model includes unique locks (who holds each, freed at start or on
+success, by death, cancel, expiry and removal) and expiring jobs (a claim
+ends a job past its expires_at as expired and takes the next).
 
 Hypothesis cannot drive a Deferred-returning test, so the state machine
 runs in a thread (C{deferToThread}) and every store call hops onto the
@@ -42,7 +45,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from procession.core.errors import IllegalState, JobNotFound
-from procession.core.job import format_time
+from procession.core.job import UniqueHeld, format_time
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES, UNFINISHED
 from procession.core.stats import QueueSummary, Throughput
 from procession.store.jobs import Store
@@ -73,6 +76,7 @@ SET_OF = {
     "dead": "dead",
     "completed": "done",
     "cancelled": "done",
+    "expired": "done",
 }
 SETS = ("queued", "scheduled", "retrying", "running", "dead", "done")
 
@@ -93,6 +97,10 @@ end
 for _, key in ipairs(redis.call('KEYS', prefix .. 'errors:*')) do
   out.errors[string.sub(key, #prefix + 8)] = redis.call('LLEN', key)
 end
+out.locks = {}
+for _, key in ipairs(redis.call('KEYS', prefix .. 'unique:*')) do
+  out.locks[string.sub(key, #prefix + 8)] = redis.call('GET', key)
+end
 return cjson.encode(out)
 """
 
@@ -103,8 +111,15 @@ job_specs = st.fixed_dictionaries(
         "max_attempts": st.integers(1, 3),
         "timeout": st.sampled_from([0.5, 1, 5, 30]),
         "delay": st.sampled_from([None, None, 0, 0.25, 1, 5, 20]),
+        # A unique key (from a small pool, so that pushes collide) and
+        # when its lock frees; the locks last an hour of real time, which
+        # no example reaches (expiry by time is tests/test_unique.py's).
+        "unique": st.sampled_from([None, None, "k1", "k2"]),
+        "until": st.sampled_from(["success", "start"]),
+        "expires_in": st.sampled_from([None, None, 0.5, 3, 30]),
     }
 )
+UNIQUE_FOR = 3600
 
 
 class Abandoned(BaseException):
@@ -135,6 +150,12 @@ class ModelJob:
     errors: int = 0
     created_at: int = 0
     enqueued_at: int | None = None
+    # The unique lock the job took (its name), when it frees, and whether
+    # it still holds it.
+    lock: str | None = None
+    until: str = "success"
+    holds: bool = False
+    expires_at: int | None = None
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -155,6 +176,10 @@ class StoreMachine(RuleBasedStateMachine):
         self.pushed = 0
         self.processed = 0
         self.failed = 0
+        self.expired = 0
+        self.collisions = 0
+        # Each unique lock held: its name -> the id of the job holding it.
+        self.locks: dict[str, str] = {}
         # processed and failed per clock minute, as common.lua's count()
         self.minutes: dict[int, list[int]] = {}
         self.checks = 0
@@ -254,6 +279,9 @@ class StoreMachine(RuleBasedStateMachine):
         job = self.jobs.get(job_id)
         if job is None:
             return "not_found"
+        if job.state == "cancelled":
+            # Its worker is told it was cancelled (docs/workflows.rst).
+            return "cancelled"
         if job.state != "running" or job.lease != lease:
             return "lease_lost"
         return None
@@ -268,7 +296,27 @@ class StoreMachine(RuleBasedStateMachine):
         job.enqueued_at = now
         job.run_at = job.expiry = job.lease = None
 
+    def free_lock(self, job: ModelJob, when: str | None = None) -> None:
+        """
+        free_unique in common.lua: the job's lock frees if it holds it (and
+        it frees at C{when}, when given).
+        """
+        if not job.holds or (when is not None and job.until != when):
+            return
+        assert job.lock is not None
+        if self.locks.get(job.lock) == job.id:
+            del self.locks[job.lock]
+        job.holds = False
+
+    def forget_job(self, job: ModelJob) -> None:
+        """
+        erase() in common.lua: the job is gone, its lock with it.
+        """
+        self.free_lock(job)
+        del self.jobs[job.id]
+
     def make_dead(self, job: ModelJob, now: int) -> None:
+        self.free_lock(job)
         job.state = "dead"
         job.finished_at = now
         job.run_at = job.expiry = job.lease = None
@@ -287,6 +335,10 @@ class StoreMachine(RuleBasedStateMachine):
         return "queued"
 
     def finish(self, job: ModelJob, state: str, now: int) -> None:
+        if state == "completed":
+            self.free_lock(job, "success")
+        else:
+            self.free_lock(job)
         job.state = state
         job.finished_at = now
         job.run_at = job.expiry = job.lease = None
@@ -306,12 +358,24 @@ class StoreMachine(RuleBasedStateMachine):
         now = self.now()
         jobs = []
         for spec in specs:
-            fields = {k: v for k, v in spec.items() if v is not None}
+            fields = {
+                k: v
+                for k, v in spec.items()
+                if v is not None and k not in ("unique", "until")
+            }
+            if spec.get("unique"):
+                fields["unique_for"] = UNIQUE_FOR
+                fields["unique_key"] = spec["unique"]
+                fields["unique_until"] = spec["until"]
             jobs.append(new_job(now, **fields))
-        expected = []
+        expected: list[Any] = []
         for spec, job in zip(specs, jobs):
             if job.id in self.jobs:
                 expected.append(False)
+                continue
+            if job.unique_lock and job.unique_lock in self.locks:
+                expected.append(UniqueHeld(self.locks[job.unique_lock]))
+                self.collisions += 1
                 continue
             expected.append(True)
             self.pushed += 1
@@ -322,7 +386,13 @@ class StoreMachine(RuleBasedStateMachine):
                 timeout=job.timeout,
                 state="scheduled",
                 created_at=now,
+                expires_at=job.expires_at or None,
             )
+            if job.unique_lock:
+                model.lock = job.unique_lock
+                model.until = job.unique_until
+                model.holds = True
+                self.locks[job.unique_lock] = job.id
             self.jobs[job.id] = model
             if job.run_at > now:
                 model.run_at = job.run_at
@@ -336,7 +406,17 @@ class StoreMachine(RuleBasedStateMachine):
     def claim(self, n: int, worker: str) -> None:
         now = self.now()
         slots = [(worker, self.new_lease()) for _ in range(n)]
-        expected = [] if self.paused else self.queued_order()[:n]
+        # In the queue's order, jobs past their expires_at end expired and
+        # the claim takes the next, until it has n or the queue is empty.
+        expected: list[ModelJob] = []
+        expired: list[ModelJob] = []
+        for job in [] if self.paused else self.queued_order():
+            if len(expected) == n:
+                break
+            if job.expires_at is not None and job.expires_at <= now:
+                expired.append(job)
+            else:
+                expected.append(job)
         claimed = self.call(self.store.claim, QUEUE, slots)
         assert [c.id for c in claimed] == [j.id for j in expected], (
             [c.id for c in claimed],
@@ -347,7 +427,11 @@ class StoreMachine(RuleBasedStateMachine):
             # that lasted would starve the rest of the example of work.
             assert self.call(self.store.set_paused, QUEUE, False) is True
             self.paused = False
+        for job in expired:
+            self.finish(job, "expired", now)
+            self.expired += 1
         for (_, lease), job, got in zip(slots, expected, claimed):
+            self.free_lock(job, "start")
             job.state = "running"
             job.attempt += 1
             job.lease = lease
@@ -516,13 +600,13 @@ class StoreMachine(RuleBasedStateMachine):
         def forget(jobs: list[ModelJob]) -> None:
             nonlocal removed
             for job in jobs:
-                del self.jobs[job.id]
+                self.forget_job(job)
                 removed += 1
 
         forget(
             [
                 j
-                for j in oldest(("completed", "cancelled"))
+                for j in oldest(("completed", "cancelled", "expired"))
                 if j.finished_at <= now - keep_completed * 1000
             ][:limit]
         )
@@ -605,7 +689,7 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             job = self.run_action(self.store.delete, job_id, STATES)
             if job is not None:
-                del self.jobs[job.id]
+                self.forget_job(job)
 
     # The management actions share one rule so that, between them, they
     # take no more steps than one worker action: purge and delete would
@@ -638,7 +722,7 @@ class StoreMachine(RuleBasedStateMachine):
             batch = data.draw(st.sampled_from([1, 2, 1000]), label="batch")
             doomed = self.in_state(state)
             for job in doomed:
-                del self.jobs[job.id]
+                self.forget_job(job)
             n = self.call(self.store.purge, QUEUE, state, batch=batch)
             assert n == len(doomed), (n, doomed)
         elif action == "retry_all":
@@ -781,6 +865,13 @@ class StoreMachine(RuleBasedStateMachine):
                 assert job_id not in seen, (job_id, seen[job_id], name)
                 seen[job_id] = name
         assert sorted(seen) == ids, (sorted(seen), ids)
+        # Each unique lock is held by the job the model says.
+        locks = snapshot["locks"] or {}
+        assert locks == self.locks, (locks, self.locks)
+        for job in self.jobs.values():
+            assert job.holds == (
+                job.lock is not None and self.locks.get(job.lock) == job.id
+            ), job
         created = listed(snapshot["created"])
         want_created = sorted(f"{j.created_at:015d}{j.id}" for j in self.jobs.values())
         assert created == want_created, (created, want_created)
@@ -805,6 +896,8 @@ class StoreMachine(RuleBasedStateMachine):
                 "enqueued_at": (
                     None if job.enqueued_at is None else str(job.enqueued_at)
                 ),
+                "expires_at": (None if job.expires_at is None else str(job.expires_at)),
+                "ulock": job.lock if job.holds else None,
             }
             got_fields = {k: fields.get(k) for k in want_fields}
             assert got_fields == want_fields, (job_id, got_fields, want_fields)
@@ -845,6 +938,8 @@ class StoreMachine(RuleBasedStateMachine):
                 self.now(),
                 bucket(minute) + bucket(minute - 1) + hour + bucket(minute - 60),
             ),
+            expired=self.expired,
+            unique_collisions=self.collisions,
         )
         assert summary == want_summary, (summary, want_summary)
         for state, members in zip(states, members_of):
