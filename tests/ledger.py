@@ -47,6 +47,7 @@ from procession.client import Client, ProcessionError
 from procession.redis.embedded import LOCK_FILE, SOCKET_FILE
 from tests.redis import RedisProcess, free_port
 from tests.resp import encode_all, read_reply
+from tests.waiting import wait_for
 from tests.wire import WireClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,28 +78,6 @@ def environment(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def wait_for(
-    condition: Callable[[], Any],
-    timeout: float,
-    describe: Callable[[], str] | str = "",
-    interval: float = 0.05,
-) -> Any:
-    """
-    Poll C{condition} until it is true; its value.
-
-    @raise AssertionError: when C{timeout} seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = describe() if callable(describe) else describe
-            raise AssertionError(f"still not true after {timeout} s. {text}")
-        time.sleep(interval)
 
 
 def tail(path: str, lines: int = 60) -> str:

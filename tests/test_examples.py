@@ -11,12 +11,12 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.client import ServerFixture
 from tests.http import HTTP
+from tests.waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE = shutil.which("node")
@@ -46,20 +46,6 @@ class Child(ProcessProtocol):
         if self.running:
             self.transport.signalProcess("KILL")
         await self.ended
-
-
-async def wait_until(condition: Any, timeout: float, describe: Any) -> Any:
-    """
-    Poll the coroutine function C{condition} until its value is true.
-    """
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"still not true after {timeout} s: {describe()}")
-        await deferLater(reactor, 0.05, lambda: None)
 
 
 class NodeExampleTests(TestCase):

@@ -48,10 +48,10 @@ log = Logger()
 # The most jobs one claim script call may lease.
 MAX_CLAIM = 1000
 
-# The fewest slots a claim asks for while consumers have room for more.  A
+# The fewest jobs a claim asks for while consumers have room for more.  A
 # claim asks for about twice what the last one found (so a queue that a
 # trickle of pushes keeps nearly empty costs one small claim per job), and
-# four times as many after one that filled every slot (so a backlog is
+# four times as many after one that found every job it asked for (so a backlog is
 # claimed in batches of MAX_CLAIM after a few calls).
 MIN_CLAIM = 16
 
@@ -409,7 +409,7 @@ class Dispatcher:
             return None
         # One claim records its jobs as held by this server or not: when
         # both kinds of consumers wait, serve them in turns.  If this
-        # claim fills every slot the queue is not empty and the next one
+        # claim finds every job it asks for, the queue is not empty and the next one
         # serves the other kind; if it does not, the queue ran dry for
         # both.
         holders: dict[str | None, list[Consumer]] = {}
@@ -420,17 +420,17 @@ class Dispatcher:
             order = sorted(holders, key=lambda h: "" if h is None else "." + h)
             eligible = holders[order[state.turn % len(order)]]
         holder = lease_holder(eligible[0])
-        # Deal the slots round-robin so that a batch shared by many consumers
+        # Deal the jobs to take round-robin so that a batch shared by many consumers
         # spreads over them.
         rooms = {c: c.room() for c in eligible}
         size = state.claim_size
-        slots: list[Consumer] = []
-        while len(slots) < size and any(rooms.values()):
+        takers: list[Consumer] = []
+        while len(takers) < size and any(rooms.values()):
             for consumer in eligible:
-                if rooms[consumer] > 0 and len(slots) < size:
+                if rooms[consumer] > 0 and len(takers) < size:
                     rooms[consumer] -= 1
-                    slots.append(consumer)
-        leases = list(zip([c.name for c in slots], new_leases(name, len(slots))))
+                    takers.append(consumer)
+        leases = list(zip([c.name for c in takers], new_leases(name, len(takers))))
         state.claiming = True
         state.dirty = False
         if holder:
@@ -444,7 +444,7 @@ class Dispatcher:
         d.addCallbacks(
             self._claimed,
             self._claim_failed,
-            callbackArgs=(name, state, slots),
+            callbackArgs=(name, state, takers),
             errbackArgs=(name, state),
         )
         return d
@@ -458,11 +458,11 @@ class Dispatcher:
         jobs: list[ClaimedJob],
         name: str,
         state: QueueState,
-        slots: list[Consumer],
+        takers: list[Consumer],
     ) -> None:
         state.claiming = False
         state.answered += 1
-        if len(jobs) < len(slots):
+        if len(jobs) < len(takers):
             state.claim_size = max(MIN_CLAIM, 2 * len(jobs))
             if not state.dirty:
                 state.empty = True
@@ -472,7 +472,7 @@ class Dispatcher:
         # Many jobs leave together (one write per connection on the next
         # turn); a lone job leaves at once.
         with corked() if len(jobs) > 1 else nullcontext():
-            for job, consumer in zip(jobs, slots):
+            for job, consumer in zip(jobs, takers):
                 if consumer not in self._consumers or not consumer.deliver(job):
                     undelivered.append(job)
         if undelivered:

@@ -508,14 +508,14 @@ class Store:
     def claim(
         self,
         queue: str,
-        slots: Sequence[tuple[str, str]],
+        leases: Sequence[tuple[str, str]],
         held: bool = False,
         holder: str | None = None,
     ) -> defer.Deferred[list[ClaimedJob]]:
         """
-        Lease up to C{len(slots)} jobs from a queue.
+        Lease up to C{len(leases)} jobs from a queue.
 
-        @param slots: per wanted job, the worker's name and the new lease.
+        @param leases: per wanted job, the worker's name and the new lease.
         @param held: whether the leases live and die with connections to
             this server (TCP workers): the jobs are recorded as held here,
             and come back soon after this server dies (L{server_lost}).
@@ -523,22 +523,22 @@ class Store:
             a worker process that owns its leases across connections and
             servers (see L{procession.store.registry.OwnerRegistry.holder});
             they come back when it is lost.
-        @return: the jobs leased, the i-th under the i-th slot's lease,
+        @return: the jobs leased, the i-th under the i-th lease,
             as L{ClaimedJobs}: its C{wait} says whether and how long the
             queue's limits hold claims back.
         """
         args: list[Any] = [self.now_ms(), self.server_id, holder or ""]
-        for worker, lease in slots:
+        for worker, lease in leases:
             args.append(worker)
             args.append(lease)
 
         def built(rows: list[Any]) -> ClaimedJobs:
             jobs = ClaimedJobs()
             if rows and not isinstance(rows[-1], list):
-                # The limits held the claim back (claim.lua).
+                # The limits throttled the claim (claim.lua).
                 jobs.wait = int(rows.pop()) / 1000
             for i, row in enumerate(rows):
-                jobs.append(ClaimedJob.from_claim(row, queue, slots[i][1]))
+                jobs.append(ClaimedJob.from_claim(row, queue, leases[i][1]))
             return jobs
 
         more = [self.keys.held(queue, holder or self.server_id)] if held else []
