@@ -144,6 +144,31 @@ class ImportDirectionTests(SynchronousTestCase):
                     wrong.append(f"{module}:{node.lineno}")
         self.assertEqual(wrong, [])
 
+    def test_wiring_calls_no_store_method(self) -> None:
+        """
+        Start-up wiring builds the store and hands it on, but calls none of
+        its methods: even its start-up checks are the store layer's
+        (L{procession.store.health}).
+        """
+        wrong = []
+        for module, path in sorted(modules().items()):
+            if layer_of(module) != "server":
+                continue
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                if not isinstance(func, ast.Attribute):
+                    continue
+                target = func.value
+                if (isinstance(target, ast.Attribute) and target.attr == "store") or (
+                    isinstance(target, ast.Name) and target.id == "store"
+                ):
+                    wrong.append(f"{module}:{node.lineno}")
+        self.assertEqual(wrong, [])
+
     def test_the_checker_sees_imports(self) -> None:
         """
         The checks above read real imports: a module known to import the

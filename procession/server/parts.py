@@ -104,6 +104,7 @@ class StoreConnection(Part):
 
     async def start(self) -> None:
         from procession.redis.connection import connect
+        from procession.store import health
         from procession.store.jobs import Store
 
         server, options = self.server, self.server.options
@@ -122,7 +123,14 @@ class StoreConnection(Part):
             replicas_ack=replicas_ack,
             fail_fast=bool(address.sentinels),
         )
-        await self._check_redis(external=options["redis-address"] is not None)
+        await health.wait_until_answering(server.store, server.reactor)
+        if options["redis-address"] is not None:
+            # An external Redis: warn where its configuration could lose or
+            # evict jobs.
+            for warning in await health.configuration_warnings(
+                server.store, options["replicas-ack"]
+            ):
+                log.warn("{warning}", warning=warning)
 
     async def close(self) -> None:
         if self.server.redis is not None:
@@ -130,65 +138,6 @@ class StoreConnection(Part):
                 await self.server.redis.disconnect()
             except Exception:
                 pass
-
-    async def _check_redis(self, external: bool) -> None:
-        """
-        Wait for Redis to answer; against an external Redis, warn where its
-        configuration could lose or evict jobs.
-        """
-        store, reactor = self.server.store, self.server.reactor
-        deadline = reactor.seconds() + 30
-        while True:
-            try:
-                await store.ping()
-                break
-            except Exception as e:
-                if reactor.seconds() > deadline:
-                    raise RuntimeError(f"Redis does not answer: {e}")
-                from twisted.internet.task import deferLater
-
-                await deferLater(reactor, 0.5, lambda: None)
-        if not external:
-            return
-        try:
-            policy = await store.command("CONFIG", "GET", "maxmemory-policy")
-            aof = await store.command("CONFIG", "GET", "appendonly")
-            save = await store.command("CONFIG", "GET", "save")
-        except Exception as e:
-            log.warn(
-                "Cannot read the Redis configuration ({error}): make sure "
-                "maxmemory-policy is noeviction and persistence is on",
-                error=str(e),
-            )
-            return
-        if list(policy)[-1] != "noeviction":
-            log.warn(
-                "Redis maxmemory-policy is {policy}: under memory pressure "
-                "Redis may evict jobs. Set it to noeviction.",
-                policy=list(policy)[-1],
-            )
-        if list(aof)[-1] != "yes" and not list(save)[-1]:
-            log.warn(
-                "Redis persists nothing (no AOF, no RDB snapshots): a Redis "
-                "restart loses every job. Turn on appendonly."
-            )
-        wanted = self.server.options["replicas-ack"]
-        if wanted:
-            try:
-                info = await store.command("INFO", "replication")
-            except Exception:
-                return
-            replicas = 0
-            for line in str(info).splitlines():
-                if line.startswith("connected_slaves:"):
-                    replicas = int(line.partition(":")[2] or 0)
-            if replicas < wanted:
-                log.warn(
-                    "--replicas-ack {wanted}: Redis has {replicas} replicas "
-                    "connected now, so pushes fail until enough are",
-                    wanted=wanted,
-                    replicas=replicas,
-                )
 
 
 class QueueService(Part):
