@@ -1,6 +1,6 @@
 """
 Tests for L{procession.service.dispatcher} and L{procession.service.cluster}'s
-part in a cluster of servers: the heartbeat, when a server may declare others lost, giving back what a lost
+part in a cluster of servers: the heartbeat, when a server may declare others lost, releasing what a lost
 server held, the heartbeat's description, and claims that serve TCP workers
 and HTTP polls in turns.  Synchronous, against a fake store and a
 L{task.Clock}.
@@ -143,7 +143,7 @@ class HeartbeatTests(SynchronousTestCase):
 
     def test_lost_servers_jobs_come_back(self) -> None:
         """
-        The sweep gives back, queue by queue, what a lost server held, then
+        The sweep releases, queue by queue, what a lost server held, then
         forgets it; never this server itself, and nothing before it judges.
         """
         self.store.lost = ["dead", "me"]
@@ -161,7 +161,7 @@ class HeartbeatTests(SynchronousTestCase):
 
     def test_leave(self) -> None:
         """
-        A clean stop gives back what is still recorded as held here and
+        A clean stop releases what is still recorded as held here and
         leaves the registry.
         """
         self.store.held = {("q1", "me"): 2}

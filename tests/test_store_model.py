@@ -321,7 +321,7 @@ class StoreMachine(RuleBasedStateMachine):
         job.finished_at = now
         job.run_at = job.expiry = job.lease = None
 
-    def take_back(self, job: ModelJob, now: int, uncount: bool) -> str:
+    def release_job(self, job: ModelJob, now: int, uncount: bool) -> str:
         job.lease = job.expiry = None
         if uncount:
             job.attempt -= 1
@@ -546,7 +546,7 @@ class StoreMachine(RuleBasedStateMachine):
                 expected.append(problem)
                 continue
             expected.append(
-                self.take_back(self.jobs[job_id], now, uncount=not delivered)
+                self.release_job(self.jobs[job_id], now, uncount=not delivered)
             )
         replies = self.call(
             self.store.release, QUEUE, items, "gone", delivered=delivered
@@ -591,7 +591,7 @@ class StoreMachine(RuleBasedStateMachine):
             key=lambda j: (j.expiry, j.id),
         )[:limit]
         for job in expired:
-            self.take_back(job, now, uncount=False)
+            self.release_job(job, now, uncount=False)
             reclaimed += 1
 
         def oldest(states: tuple[str, ...]) -> list[ModelJob]:

@@ -10,9 +10,9 @@ Start-up runs L{Part.start} of each in order, each once the one before it
 is up (Redis must answer before the dispatcher runs, the heartbeat must be
 in the registry before a listener opens).  Shutdown runs three rounds, the
 parts in the reverse order each time: L{Part.quiet} (take no new work),
-L{Part.drain} (the front ends' workers finish or give back what they hold,
-all front ends at once, within C{--shutdown-grace}) and L{Part.close} (let
-go of the rest).  A part reads the options and records what it builds on
+L{Part.drain} (the front ends' workers finish what they hold, or it is
+released; all front ends at once, within C{--shutdown-grace}) and
+L{Part.close} (let go of the rest).  A part reads the options and records what it builds on
 the server (C{server.store}, C{server.dispatcher}, ...), where the parts
 after it and the tests find it.
 """

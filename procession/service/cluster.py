@@ -1,7 +1,7 @@
 """
 This server's part in a cluster of servers on one Redis: it heartbeats
 into the server registry with a description of itself and its workers,
-and gives back the jobs that a server which stopped heartbeating (it
+and releases the jobs that a server which stopped heartbeating (it
 died, or lost Redis) held for its worker connections, once the server
 timeout has passed.  Any server can list the workers of the whole cluster
 from the others' descriptions.
@@ -84,7 +84,7 @@ class Cluster:
     async def leave(self) -> None:
         """
         Leave the server registry, for a clean stop, after the front ends
-        have given back the jobs their workers held: jobs still recorded as
+        have released the jobs their workers held: jobs still recorded as
         held here (a claim whose reply was lost) go back to their queues,
         then this server's entry goes.  If Redis does not answer, the
         entry stays, and another server gives the jobs back once the
@@ -97,7 +97,7 @@ class Cluster:
         own = self.store.server_id
         try:
             for name in await self.store.known_queues():
-                await self.give_back(name, own, "the server stopped")
+                await self.release_held(name, own, "the server stopped")
             await self.store.registry.deregister()
         except ProcessionError as e:
             log.warn(
@@ -186,7 +186,7 @@ class Cluster:
             left = 0
             taken = 0
             for name in names:
-                given, still = await self.give_back(
+                given, still = await self.release_held(
                     name,
                     server_id,
                     f"server {server_id} was not heard of for "
@@ -203,14 +203,14 @@ class Cluster:
             if not left:
                 await self.store.registry.forget_server(server_id, self.server_timeout)
 
-    async def give_back(
+    async def release_held(
         self, name: str, server_id: str, reason: str, rounds: int = 10
     ) -> tuple[int, int]:
         """
-        Give back the jobs of queue C{name} held by server C{server_id}, a
-        bounded number of batches at a time.
+        Release the jobs of queue C{name} held by server C{server_id} back
+        to the queue, a bounded number of batches at a time.
 
-        @return: (jobs given back, jobs still recorded as held).
+        @return: (jobs released, jobs still recorded as held).
         """
         total = 0
         left = 0

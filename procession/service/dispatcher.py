@@ -102,7 +102,7 @@ def connection_bound(consumer: Consumer) -> bool:
     Whether the leases of C{consumer}'s jobs live and die with its
     connection to this server (a TCP worker: yes; an HTTP long-poll, whose
     worker may ack through any server: no, it says C{connection_bound =
-    False}).  Only such jobs are given back when this server is lost.
+    False}).  Only such jobs are released when this server is lost.
     """
     return bool(getattr(consumer, "connection_bound", True))
 

@@ -687,7 +687,7 @@ class Store:
         L{procession.store.registry.OwnerRegistry.holder}).
 
         @param reason: recorded as the attempt's error (type C{error_type}).
-        @return: (jobs given back, jobs still recorded as held there).
+        @return: (jobs released, jobs still recorded as held there).
         """
         now = self.now_ms()
         error = json.dumps({"type": error_type, "message": reason, "at": now})

@@ -307,11 +307,11 @@ local function unlist(id, state)
   end
 end
 
--- Take back a job from its worker (connection lost, lease expired, shut
--- down).  The attempt was counted when the job was claimed: a job that has
+-- Release a job its worker no longer runs back to its queue (connection
+-- lost, lease expired, server lost, shut down).  The attempt was counted when the job was claimed: a job that has
 -- used up its attempts is dead, so a job that kills its worker every time
 -- cannot loop forever.  Returns 'queued' or 'dead'.
-local function take_back(id, now, err, uncount)
+local function release_job(id, now, err, uncount)
   local key = jobkey(id)
   leave_running(id)
   redis.call('HDEL', key, 'worker')

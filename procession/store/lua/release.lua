@@ -21,7 +21,7 @@ for i = 6, #ARGV, 2 do
   if problem then
     replies[#replies + 1] = problem
   else
-    local outcome = take_back(id, now, ARGV[4], uncount)
+    local outcome = release_job(id, now, ARGV[4], uncount)
     if outcome == 'queued' then
       queued = queued + 1
     end

@@ -1,4 +1,4 @@
--- server_lost.lua: give back the jobs a lost server held in one queue.
+-- server_lost.lua: release the jobs a lost server held in one queue.
 --
 -- KEYS[1]  the queue's key prefix
 -- KEYS[2]  <prefix>held:<server>, the lost server's held set
@@ -15,7 +15,7 @@
 -- the set.  Safe when many servers do it at once: the second finds
 -- nothing left.  Callers repeat while jobs are left.  The server leaves
 -- the queue's waiting set (common.lua): its consumers are gone.
--- Returns {given back, left in the held set}.
+-- Returns {released, left in the held set}.
 local now = tonumber(ARGV[1])
 local held = KEYS[2]
 local server = ARGV[6]
@@ -26,7 +26,7 @@ local queued = 0
 for _, id in ipairs(ids) do
   local fields = redis.call('HMGET', jobkey(id), 'state', 'server')
   if fields[1] == 'running' and fields[2] == server then
-    if take_back(id, now, ARGV[4], false) == 'queued' then
+    if release_job(id, now, ARGV[4], false) == 'queued' then
       queued = queued + 1
     end
     taken = taken + 1

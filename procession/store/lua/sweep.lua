@@ -35,7 +35,7 @@ end
 local expired = redis.call('ZRANGEBYSCORE', prefix .. 'running', '-inf', now,
   'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
-  if take_back(id, now, ARGV[8], false) == 'queued' then
+  if release_job(id, now, ARGV[8], false) == 'queued' then
     woken = woken + 1
   end
   reclaimed = reclaimed + 1
