@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -887,3 +887,99 @@ class UITests(UITestCase):
         page = await self.browser.get(f"/jobs/{job_id}")
         self.assertEqual(page.code, 200, page)
         self.assertIn("badge state-expired", page.text)
+
+
+class SchedulerTests(TestCase):
+    """
+    The periodic service's pass over the entries (L{Periodic.run_due}) on a
+    clock the test moves: late ticks, missed ticks after downtime, and two
+    schedulers (servers) running one entry.
+    """
+
+    async def setUp(self) -> None:
+        from procession.service.periodic import Periodic
+
+        self.clock = FakeClock(ms("2026-05-05T10:00:00.500Z") / 1000)
+        self.store = await connected_store(self, self.clock)
+        self.one = Periodic(self.store, reactor)
+        self.two = Periodic(self.store, reactor)
+
+    async def jobs(self, queue: str = "default") -> list[str]:
+        return sorted(await self.store.state_members(queue, "queued"))
+
+    async def test_missed_ticks_skip(self) -> None:
+        await self.one.put("hourly", {"cron": "0 * * * *", "job": {"type": "h"}})
+        # Down for five hours and a bit: one job, for the latest tick.
+        self.clock.advance(5 * 3600 + 60)
+        await self.one.run_due()
+        self.assertEqual(await self.jobs(), ["hourly@2026-05-05T15:00:00.000Z"])
+        entry = await self.one.get("hourly")
+        self.assertEqual((entry["runs"], entry["skipped"]), (1, 4))
+        # Another server's pass finds nothing left to do.
+        await self.two.run_due()
+        self.assertEqual(len(await self.jobs()), 1)
+
+    async def test_missed_ticks_all(self) -> None:
+        await self.one.put(
+            "hourly", {"cron": "0 * * * *", "missed": "all", "job": {"type": "h"}}
+        )
+        self.clock.advance(3 * 3600)
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(self.one.run_due()),
+                defer.ensureDeferred(self.two.run_due()),
+            ]
+        )
+        self.assertEqual(
+            await self.jobs(),
+            [
+                "hourly@2026-05-05T11:00:00.000Z",
+                "hourly@2026-05-05T12:00:00.000Z",
+                "hourly@2026-05-05T13:00:00.000Z",
+            ],
+        )
+        entry = await self.one.get("hourly")
+        self.assertEqual((entry["runs"], entry["skipped"]), (3, 0))
+
+    async def test_two_schedulers_one_job_per_tick(self) -> None:
+        await self.one.put(
+            "beat", {"cron": "* * * * * *", "job": {"type": "b", "queue": "beats"}}
+        )
+        for step in range(20):
+            self.clock.advance(0.25 if step % 3 else 1.5)
+            order = [self.one, self.two] if step % 2 else [self.two, self.one]
+            await defer.gatherResults(
+                [defer.ensureDeferred(s.run_due()) for s in order]
+            )
+        ticks = [parse_time(i.partition("@")[2]) for i in await self.jobs("beats")]
+        first = ms("2026-05-05T10:00:01Z")
+        self.assertEqual(ticks, list(range(first, first + 1000 * len(ticks), 1000)))
+        self.assertGreaterEqual(len(ticks), 10)
+        entry = await self.one.get("beat")
+        self.assertEqual(entry["runs"], len(ticks))
+
+    async def test_a_bad_entry_does_not_stop_the_others(self) -> None:
+        await self.one.put("good", {"cron": "* * * * * *", "job": {"type": "g"}})
+        # An entry stored by hand with a template the scheduler cannot push
+        # (a definition that went wrong some other way).
+        spec = json.dumps(
+            {
+                "cron": "* * * * * *",
+                "timezone": "UTC",
+                "missed": "skip",
+                "job": {"type": ""},
+            }
+        )
+        await self.store.command(
+            "HSET",
+            self.store.keys.periodic,
+            "broken",
+            json.dumps({"spec": spec, "source": "api", "paused": 0, "since": 0}),
+        )
+        for _ in range(3):
+            self.clock.advance(1)
+            await self.one.run_due()
+        # Logged once, not at every pass.
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+        jobs = await self.jobs()
+        self.assertTrue(jobs and all(j.startswith("good@") for j in jobs), jobs)

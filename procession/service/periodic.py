@@ -19,7 +19,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from procession.core.errors import InvalidRequest, PeriodicNotFound, ProcessionError
+from procession.core.errors import (
+    InvalidRequest,
+    PeriodicNotFound,
+    ProcessionError,
+    StoreUnavailable,
+)
 from procession.core.job import format_time
 from procession.core.periodic import parse_entry, parse_file
 from procession.store.jobs import Store
@@ -62,6 +67,8 @@ class Periodic:
         self.ticks_skipped = 0
         # The last tick known per entry definition (name, since, spec).
         self._last: dict[tuple[str, int, str], int] = {}
+        # The definitions whose ticks cannot be pushed (logged once each).
+        self._broken: set[tuple[str, int, str]] = set()
         self._timer: Any = None
         self._running: defer.Deferred[Any] | None = None
         self._stopped = True
@@ -125,15 +132,19 @@ class Periodic:
             live.add(key)
             try:
                 upcoming = await self._run_entry(stored, key, now)
-            except ProcessionError:
+            except StoreUnavailable:
                 raise
             except Exception:
-                # A bad entry must not stop the others.
-                log.failure("Periodic entry {name} failed", name=entry.name)
+                # A bad entry must not stop the others; said once per
+                # definition, not at every pass.
+                if key not in self._broken:
+                    self._broken.add(key)
+                    log.failure("Periodic entry {name} cannot run", name=entry.name)
                 continue
             earliest = min(earliest, upcoming)
         for key in set(self._last) - live:
             del self._last[key]
+        self._broken &= live
         return max(0.005, (earliest - self.store.now_ms()) / 1000)
 
     async def _run_entry(
