@@ -206,7 +206,8 @@ class Upkeep(Part):
     async def quiet(self) -> None:
         # The heartbeat goes on until close: workers may still be
         # finishing jobs that this server holds.
-        self.server.dispatcher.stop_sweeping()
+        if self.server.dispatcher is not None:
+            self.server.dispatcher.stop_sweeping()
 
     async def close(self) -> None:
         if self.server.dispatcher is not None:
