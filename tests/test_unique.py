@@ -8,6 +8,7 @@ pushes from 8 concurrent producers on two real servers over TCP and HTTP.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -253,3 +254,45 @@ class ClusterTests(TestCase):
         stats = (await HTTP(a.http_port).get("/api/v1/stats")).json
         refused = 2 * len(keys) * (len(producers) - 1)
         self.assertEqual(stats["totals"]["unique_collisions"], refused)
+
+
+class FaktoryTests(SynchronousTestCase):
+    """
+    Faktory Enterprise's unique and expiring jobs name their fields in
+    C{custom}: over the Faktory listener, a second push of a held key
+    answers NOTUNIQUE, and an expired job is never fetched.
+    """
+
+    def test_mapping(self) -> None:
+        from procession.tcp.faktory_job import to_submission
+
+        submission = to_submission(
+            {
+                "jid": "unique-job-1",
+                "jobtype": "t",
+                "args": [1],
+                "custom": {"unique_for": 60, "unique_until": "start", "expires_in": 30},
+            }
+        )
+        job = parse_submission(submission, 1000, 1 << 20)
+        self.assertEqual((job.unique_for, job.unique_until), (60_000, "start"))
+        self.assertEqual(job.expires_at, 31_000)
+
+    def test_notunique_and_expired(self) -> None:
+        from tests.test_faktory import FaktoryServer, RawSession
+
+        server = FaktoryServer(self).serving()
+        session = RawSession(server.faktory_port, {"wid": "w1", "v": 2})
+        self.addCleanup(session.close)
+
+        def push(jid: str, **custom: Any) -> Any:
+            job = {"jid": jid, "jobtype": "t", "args": [1], "queue": "fq"}
+            job["custom"] = custom
+            return session.request("PUSH " + json.dumps(job))
+
+        self.assertEqual(push("unique-a", unique_for=60), "+OK")
+        self.assertEqual(push("unique-b", unique_for=60), "-NOTUNIQUE Job not unique")
+        self.assertEqual(push("expired-c", expires_at="2020-01-01T00:00:00Z"), "+OK")
+        fetched = session.request("FETCH fq")
+        self.assertEqual(fetched["jid"], "unique-a")
+        self.assertIsNone(session.request("FETCH fq"))

@@ -116,6 +116,12 @@ def to_submission(obj: object) -> dict[str, Any]:
     bid = (custom or {}).get("bid")
     if bid is not None:
         submission["batch"] = bid
+    # Faktory Enterprise's unique and expiring jobs, also named in custom
+    # (docs/periodic.rst): a push whose lock is held answers NOTUNIQUE.
+    for name in ("unique_for", "unique_until", "expires_at", "expires_in"):
+        value = (custom or {}).get(name)
+        if value is not None:
+            submission[name] = value
     return submission
 
 
