@@ -1,9 +1,10 @@
 """
-Tests of L{procession.client} and L{procession.client.worker} against a real
-server: each test starts C{twist procession} as a child process on free
-loopback ports, against the test Redis in a namespace of its own, and uses
-the blocking client and the worker runner (as another child process) the
-way an application would.
+Tests of L{procession.client.client} against a real server: each test
+starts C{twist procession} as a child process on free loopback ports,
+against the test Redis in a namespace of its own, and uses the blocking
+client the way an application would.  The helpers here (L{ServerProcess},
+L{WorkerProcess}, L{RedisReader}) serve L{tests.test_worker} too, which
+tests the worker runner.
 
 The client blocks and the server is another process, so these are
 synchronous tests; every wait has a deadline and every process a test
