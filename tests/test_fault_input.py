@@ -705,8 +705,10 @@ class OutputBoundTests(TestCase):
         )
         self.addCleanup(lambda: client.closed)
         self.addCleanup(client.transport.abortConnection)
-        frames = 60_000
-        # Each 2-byte frame earns a reply of about 60 bytes: 3.6 MB unread.
+        frames = 200_000
+        # Each 2-byte frame earns a reply of about 60 bytes: 12 MB unread,
+        # well past what the kernel's socket buffers take (SO_SNDBUF grows
+        # to 4 MB on loopback).
         client.transport.write(b"X\n" * frames)
         [connection] = server.service.worker_factory.connections
         for _ in range(20):

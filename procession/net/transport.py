@@ -33,6 +33,13 @@ from procession.net.internals import nothing_buffered
 # the writes they hold, per transport, in order.
 _corks = 0
 _held: dict[Any, list[bytes]] = {}
+_held_bytes: dict[Any, int] = {}
+
+# The most a corked block holds for one transport: past it, what is held
+# goes to the transport at once, so that a peer that does not read fills
+# the transport's buffer and pauses its producer (the TCP protocol stops
+# reading) instead of growing a held list without bound.
+MAX_HELD = 64 * 1024
 
 
 @contextmanager
@@ -58,11 +65,23 @@ def _flush() -> None:
     """
     held = list(_held.items())
     _held.clear()
+    _held_bytes.clear()
     for transport, parts in held:
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        rest = _unsent(transport, data)
-        if rest:
-            _buffered_write(transport, rest)
+        _send_held(transport, parts)
+
+
+def _send_held(transport: Any, parts: list[bytes]) -> None:
+    """
+    Send the writes held for C{transport}: what the socket takes now, and
+    the rest through Twisted's buffered C{write}.
+    """
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if _sendable(transport) and nothing_buffered(transport):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent > 0:
+            data = data[sent:]
+    if data:
+        _buffered_write(transport, data)
 
 
 def _buffered_write(transport: Any, data: bytes) -> None:
@@ -98,9 +117,16 @@ def _unsent(transport: Any, data: bytes) -> bytes:
         if held is not None:
             # behind what is held already, whatever the transport's state
             held.append(data)
+            size = _held_bytes[transport] + len(data)
+            if size > MAX_HELD:
+                del _held[transport], _held_bytes[transport]
+                _send_held(transport, held)
+            else:
+                _held_bytes[transport] = size
             return b""
         if _sendable(transport):
             _held[transport] = [data]
+            _held_bytes[transport] = len(data)
             return b""
         return data
     if not _sendable(transport):
