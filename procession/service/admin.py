@@ -17,7 +17,12 @@ from typing import Any, Protocol, Sequence
 
 from twisted.internet import defer
 
-from procession.core.errors import JobNotFound, QueueNotFound, WorkerNotFound
+from procession.core.errors import (
+    InvalidRequest,
+    JobNotFound,
+    QueueNotFound,
+    WorkerNotFound,
+)
 from procession.core.job import JOB_ID
 from procession.core.queue_limits import LimitStatus, QueueLimits
 from procession.core.stats import QueueSummary, Totals
@@ -184,6 +189,11 @@ class Admin:
 
         @return: how many jobs changed.
         """
+        if action not in BULK_ACTION_NAMES:
+            raise InvalidRequest(
+                f"action must be one of {', '.join(BULK_ACTION_NAMES)}",
+                field="action",
+            )
         store = self._store
         change = {
             "retry": store.retry_all,
@@ -281,6 +291,11 @@ class Admin:
         @raise JobNotFound: no such job.
         @raise IllegalState: its state does not allow C{action}.
         """
+        if action not in JOB_ACTION_NAMES:
+            raise InvalidRequest(
+                f"action must be one of {', '.join(JOB_ACTION_NAMES)}",
+                field="action",
+            )
         if queue is None:
             queue = await self.locate(job_id)
         store = self._store
