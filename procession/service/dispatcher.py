@@ -5,7 +5,9 @@ protocol, the HTTP API) calls, between them and the store.
 It keeps the live, per-process part of procession: which consumers (worker
 connections, HTTP long-polls) wait on which queues with how much credit.
 Work reaches them by push, never by polling: a push on any server publishes
-a wake-up on Redis pub/sub, and the dispatcher answers it with one claim
+a wake-up on Redis pub/sub (while another server may have consumers
+waiting: the queue's waiting set, kept by the claim script), and wakes its
+own consumers itself; the dispatcher answers a wake-up with one claim
 script call per queue for as many jobs as its waiting consumers have room
 for.  It also coalesces acks, fails and extends that arrive in the same
 reactor turn into one script call per queue, and runs the periodic sweep.
