@@ -335,6 +335,27 @@ class PerKeyStoreTests(TestCase):
         self.clock.advance(7.5)
         self.assertEqual(len(await self.claim(3)), 1)
 
+    async def test_a_keys_window_never_counts_time_back(self) -> None:
+        """
+        A claim that reaches Redis after another that read a later clock
+        (two servers) counts its start no earlier than the key's newest
+        one, so the key's starts stay in order and its window exact.
+        """
+        await self.store.set_limits(
+            "default", QueueLimits(rate=Rate(2, 1.0), per_key=True)
+        )
+        await self.push(["a"] * 4)
+        self.assertEqual(len(await self.claim(1)), 1)
+        self.clock.advance(-0.9)  # a server whose clock is behind
+        self.assertEqual(len(await self.claim(1)), 1)
+        self.clock.advance(1.4)  # 0.5 s after the first start
+        held = await self.claim(1)
+        self.assertEqual((len(held), held.wait), (0, 0.5))
+        window = await self.redis(
+            "ZRANGE", self.store.keys.prefix("default") + "kwin:a", 0, -1, "WITHSCORES"
+        )
+        self.assertEqual(window[1], window[3])
+
     async def test_a_job_released_from_another_queue_joins_its_key(self) -> None:
         """
         A job that waited for a job of another queue (docs/workflows.rst)

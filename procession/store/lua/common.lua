@@ -401,6 +401,19 @@ local function window_opens(window, limit, now, extra)
   return limit.per
 end
 
+-- The time a claim at 'now' counts its starts at in rate window 'window':
+-- never before the window's newest start.  Servers' clocks are read
+-- before their claims reach Redis, so a claim may run after another that
+-- read a later time; counting no time back keeps the starts in order and
+-- the window exact (claim.lua does the same for the queue's window).
+local function window_now(window, now)
+  local newest = redis.call('ZRANGE', window, -1, -1, 'WITHSCORES')
+  if newest[2] then
+    return math.max(now, tonumber(newest[2]))
+  end
+  return now
+end
+
 -- Pop up to 'wanted' queued jobs of a per_key queue, one per key in turn
 -- (round-robin over the 'lready' list), each key within its own limits.
 -- Returns them as ZPOPMIN would ({member, score, ...}); the claim leases
@@ -434,12 +447,13 @@ local function pop_by_key(limit, now, wanted)
       state = 'b'
     elseif limit.rate then
       local window = prefix .. 'kwin:' .. lk
+      local at = window_now(window, now)
       if t == 0 then
-        redis.call('ZREMRANGEBYSCORE', window, '-inf', now - limit.per)
+        redis.call('ZREMRANGEBYSCORE', window, '-inf', at - limit.per)
       end
       if redis.call('ZCARD', window) + t >= limit.rate then
         state = 'w'
-        redis.call('ZADD', waiting, now + window_opens(window, limit, now, t), lk)
+        redis.call('ZADD', waiting, at + window_opens(window, limit, at, t), lk)
       end
     end
     if state == 'r' then
@@ -476,7 +490,8 @@ local function limit_started(limit, key, id, now)
     redis.call('HSET', key, 'lk', lk)
     if limit.rate then
       local window = prefix .. 'kwin:' .. lk
-      redis.call('ZADD', window, now, id .. ':' .. now)
+      local at = window_now(window, now)
+      redis.call('ZADD', window, at, id .. ':' .. at)
       redis.call('PEXPIRE', window, limit.per)
     end
   elseif limit.rate then
