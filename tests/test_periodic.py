@@ -264,6 +264,31 @@ class StoreTests(TestCase):
         state = await self.periodic.tick_state(e)
         self.assertEqual((state.tick, state.job, state.runs), (t2, now_job.id, 2))
 
+    async def test_a_move_to_another_queue_removes_the_old_ticks(self) -> None:
+        """
+        An entry put (or synced from the file) with a new job.queue leaves
+        no tick state behind in its old queue: moved back, it starts afresh.
+        """
+        old = entry(name="a", job={"type": "report", "queue": "q1"})
+        await self.periodic.put(old)
+        tick = ms("2026-05-05T10:00:00Z")
+        await self.periodic.claim_ticks(old, self.jobs(old, tick), 0)
+        self.assertEqual((await self.periodic.tick_state(old)).runs, 1)
+        moved = entry(name="a", job={"type": "report", "queue": "q2"})
+        self.assertEqual(await self.periodic.put(moved), "updated")
+        self.assertEqual(
+            await self.store.command("EXISTS", self.periodic.state_key(old)), 0
+        )
+        await self.periodic.claim_ticks(moved, self.jobs(moved, tick), 0)
+        (back,) = parse_file(
+            "[periodic.a]\ncron='* * * * * *'\njob={type='report', queue='q1'}\n"
+        )
+        self.assertEqual(await self.periodic.sync_file([back]), (0, 1, 0))
+        self.assertEqual(
+            await self.store.command("EXISTS", self.periodic.state_key(moved)), 0
+        )
+        self.assertEqual((await self.periodic.tick_state(back)).runs, 0)
+
     async def test_definitions(self) -> None:
         e = entry(name="a")
         self.assertEqual(await self.periodic.put(e), "created")

@@ -8,7 +8,10 @@
 -- ARGV[1]  the operation, then its arguments:
 --   put NAME SPEC SOURCE NOW PAUSED  (PAUSED '1', '0' or '' for as it was)
 --        store a definition; an unchanged one (same spec and source) keeps
---        its 'since', so that re-reading a file moves no schedule.
+--        its 'since', so that re-reading a file moves no schedule.  One
+--        whose job.queue changed removes its tick state in the old queue
+--        (<ns>:{<old queue>}:periodic:NAME, see common.lua: the one key
+--        this script touches outside KEYS, built from KEYS[1]'s namespace).
 --        Returns 'created', 'updated' or 'unchanged'.
 --   delete NAME                       returns 1, or 0 when there was none
 --   pause NAME PAUSED NOW             returns 1, or 0 when there was none;
@@ -19,6 +22,11 @@
 --        is deleted.  Returns {created, updated, deleted}.
 local key = KEYS[1]
 local op = ARGV[1]
+local NS = string.sub(key, 1, #key - #':periodic')
+
+local function queue_of(spec)
+  return cjson.decode(spec).job.queue or 'default'
+end
 
 local function put(name, spec, source, now, paused)
   local old = redis.call('HGET', key, name)
@@ -31,6 +39,8 @@ local function put(name, spec, source, now, paused)
     if o.spec == spec and o.source == source then
       entry.since = o.since
       outcome = 'unchanged'
+    elseif queue_of(o.spec) ~= queue_of(spec) then
+      redis.call('DEL', NS .. ':{' .. queue_of(o.spec) .. '}:periodic:' .. name)
     end
   end
   if paused == '1' then
