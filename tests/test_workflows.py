@@ -84,6 +84,24 @@ class AwaitTests(TestCase):
         self.assertEqual(outcome["error"]["type"], "Boom")
         self.assertIsNone(outcome["result"])
 
+    async def test_await_an_expired_job_answers_it_finished(self) -> None:
+        """
+        Expired is a finish (docs/protocol.rst): the waiter hears of it, and
+        awaiting an expired job answers at once.
+        """
+        producer = await self.a.connect("producer")
+        worker = await self.a.connect("worker")
+        await producer.ok("PUSH", {"type": "t", "id": "e1", "expires_in": 0.05})
+        waiting = defer.ensureDeferred(producer.ok("AWAIT", {"id": "e1", "wait": 30}))
+        await sleep(0.1)
+        # A claim ends the job expired instead of handing it out.
+        await worker.ok("READY", {"queues": ["default"], "credit": 1})
+        outcome = await waiting
+        self.assertEqual((outcome["state"], outcome["finished"]), ("expired", True))
+        again = await producer.ok("AWAIT", {"id": "e1", "wait": 30})
+        self.assertEqual((again["state"], again["finished"]), ("expired", True))
+        self.assertEqual(len(worker.jobs.pending), 0)
+
     async def test_await_times_out_with_the_state_and_checks_input(self) -> None:
         producer = await self.a.connect("producer")
         await producer.ok("PUSH", {"type": "t", "id": "slow"})

@@ -1004,7 +1004,8 @@ class Pushed(str):
 
         @param timeout: seconds to wait at most (L{None}: as long as it
             takes).
-        @raise JobFailed: it died or was cancelled (C{state}, C{error}).
+        @raise JobFailed: it died, was cancelled or expired (C{state},
+            C{error}).
         @raise WaitTimeout: it had not finished within C{timeout}.
         """
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -22,7 +22,7 @@ STATES = (
 UNFINISHED = ("waiting", "queued", "scheduled", "retrying", "running")
 
 #: The states of a job that has finished (what a caller awaiting it waits for).
-FINISHED = ("completed", "dead", "cancelled")
+FINISHED = ("completed", "dead", "cancelled", "expired")
 
 #: The states whose jobs a queue summary counts, in the order of summary.lua.
 SIZED_STATES = ("queued", "scheduled", "retrying", "running", "dead")
