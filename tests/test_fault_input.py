@@ -302,6 +302,45 @@ class UniqueIdTests(TestCase):
         self.assertEqual(batch["created"], [True, False])
         self.assertEqual(batch["queues"], ["qa", "qa"])
 
+    async def test_workflow_jobs_hold_their_ids(self) -> None:
+        """
+        A batch callback (workflow.lua creates it) and a job that ran after
+        another hold their ids across queues like pushed jobs, are found by
+        id alone, and free their ids when deleted.
+        """
+        client = await self.server.connect()
+        await client.ok(
+            "BATCH", {"id": "b1", "on_complete": {"type": "cb", "queue": "qc"}}
+        )
+        await client.ok(
+            "PUSH", {"type": "t", "queue": "qa", "id": "parent", "batch": "b1"}
+        )
+        await client.ok("BATCH", {"action": "commit", "id": "b1"})
+        await client.ok(
+            "PUSH",
+            {
+                "type": "t",
+                "queue": "qb",
+                "id": "child",
+                "after": ["parent"],
+            },
+        )
+        worker = await self.server.connect()
+        await worker.ok("READY", {"queues": ["qa"], "credit": 1})
+        job = await worker.next_job()
+        await worker.ok("ACK", {"id": job["id"]})
+        for job_id, queue, state in [
+            ("b1:complete", "qc", "queued"),
+            ("child", "qb", "queued"),
+        ]:
+            found = await self.http.get(f"/api/v1/jobs/{job_id}")
+            self.assertEqual((found.json["queue"], found.json["state"]), (queue, state))
+            again = await client.ok("PUSH", {"type": "t", "queue": "qz", "id": job_id})
+            self.assertEqual(again, {"id": job_id, "created": False, "queue": queue})
+            await self.http.delete(f"/api/v1/jobs/{job_id}")
+            moved = await client.ok("PUSH", {"type": "t", "queue": "qz", "id": job_id})
+            self.assertEqual(moved, {"id": job_id, "created": True})
+
 
 WORKER_TOKEN = "w0rker-s3cret"
 ADMIN_TOKEN = "adm1n-s3cret"
