@@ -676,10 +676,15 @@ class FinishTests(WorkerAPITestCase):
             )
         # A lease naming another queue than the job's cannot be its lease.
         other = job["lease"].replace("@default", "@other")
-        response = await self.http.post("/api/v1/jobs/b/ack", body={"lease": other})
-        self.assertEqual(
-            (response.code, response.json["error"]["code"]), (409, "lease_lost")
-        )
+        for route, body in (
+            ("ack", {"lease": other}),
+            ("extend", {"lease": other, "seconds": 10}),
+            ("progress", {"lease": other, "progress": 10}),
+        ):
+            response = await self.http.post(f"/api/v1/jobs/b/{route}", body=body)
+            self.assertEqual(
+                (response.code, response.json["error"]["code"]), (409, "lease_lost")
+            )
         for body in (b"[1]", b"5", b"{nope"):
             response = await raw_post(self.http, "/api/v1/jobs/b/ack", body)
             self.assertEqual(response.code, 400, body)

@@ -215,6 +215,28 @@ def request_object(request: Any, limit: int) -> dict[str, Any]:
     return body
 
 
+async def lease_elsewhere(
+    admin: Any, error: Exception, job_id: str, queue: str
+) -> None:
+    """
+    A lease names its job's queue: when the job is not in that queue but
+    in another, the lease cannot be the job's, and the answer is
+    C{lease_lost} (409), not C{not_found}.
+    """
+    if not isinstance(error, JobNotFound):
+        return
+    try:
+        other = await admin.locate(job_id)
+    except JobNotFound:
+        return
+    if other != queue:
+        raise LeaseLost(
+            f"the lease names queue {queue!r}, and job {job_id!r} is in "
+            f"queue {other!r}",
+            id=job_id,
+        )
+
+
 class WorkerRoutes:
     """
     The worker routes of L{procession.http.site.HTTPServer}: C{self} is that
@@ -421,23 +443,7 @@ class WorkerRoutes:
         return json_response(request, {"id": id, "expires_at": format_time(expiry)})
 
     async def _elsewhere(self, error: Exception, job_id: str, queue: str) -> None:
-        """
-        A lease names its job's queue: when the job is not in that queue but
-        in another, the lease cannot be the job's, and the answer is
-        C{lease_lost} (409), not C{not_found}.
-        """
-        if not isinstance(error, JobNotFound):
-            return
-        try:
-            other = await self.admin.locate(job_id)
-        except JobNotFound:
-            return
-        if other != queue:
-            raise LeaseLost(
-                f"the lease names queue {queue!r}, and job {job_id!r} is in "
-                f"queue {other!r}",
-                id=job_id,
-            )
+        await lease_elsewhere(self.admin, error, job_id, queue)
 
     def _ack_one(
         self, job_id: str, lease: str, queue: str, result: str

@@ -16,7 +16,7 @@ from procession.core.errors import BatchNotFound, InvalidRequest, JobNotFound
 from procession.core.job import BATCH_ID, JOB_ID, parse_batch_spec
 from procession.core.listing import parse_limit
 from procession.http.web import ADMIN, WORKER, app, authorize, json_response, query
-from procession.http.worker_api import lease_of, request_object
+from procession.http.worker_api import lease_elsewhere, lease_of, request_object
 from procession.service.dispatcher import Dispatcher
 from procession.service.workflows import parse_await_wait, parse_progress
 
@@ -52,6 +52,7 @@ class WorkflowRoutes:
     admin_token: str | None
     max_body: int
     poll_timeout: float
+    admin: Any
 
     def _flow_auth(self, request: Any, kind: str = WORKER) -> None:
         authorize(request, kind, self.worker_token, self.admin_token)
@@ -79,7 +80,11 @@ class WorkflowRoutes:
         body = request_object(request, self.max_body)
         lease, queue = lease_of(body, id)
         percent, message = parse_progress(body)
-        await self.dispatcher.workflows.progress(queue, id, lease, percent, message)
+        try:
+            await self.dispatcher.workflows.progress(queue, id, lease, percent, message)
+        except JobNotFound as e:
+            await lease_elsewhere(self.admin, e, id, queue)
+            raise
         return json_response(request, {"id": id})
 
     @app.route("/api/v1/batches", methods=["POST"])
