@@ -84,7 +84,10 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a procession job server. Workers connect to the TCP listener "
-        "(docs/protocol.rst); the HTTP listener serves the health probes. "
+        "(docs/protocol.rst); the HTTP listener serves the worker and "
+        "management API, the operator UI, /metrics and the health probes "
+        "(docs/http-api.rst, docs/ui.rst); --faktory adds a listener for "
+        "Faktory's clients (docs/faktory.rst). "
         "A bare port number listens on loopback only; any Twisted endpoint "
         "description (tcp:7000:interface=0.0.0.0, ssl:7443:privateKey=key.pem:"
         "certKey=cert.pem, unix:/path) is accepted. With no --redis the "
