@@ -289,6 +289,24 @@ class StoreTests(TestCase):
         )
         self.assertEqual((await self.periodic.tick_state(back)).runs, 0)
 
+    async def test_a_tick_in_flight_during_a_move_pushes_nothing(self) -> None:
+        """
+        A server that read the definition before the move claims its tick
+        in the old queue after it: nothing is pushed there and no tick
+        state comes back.
+        """
+        old = entry(name="a", job={"type": "report", "queue": "q1"})
+        await self.periodic.put(old)
+        await self.periodic.put(entry(name="a", job={"type": "report", "queue": "q2"}))
+        tick = ms("2026-05-05T10:00:00Z")
+        self.assertEqual(
+            await self.periodic.claim_ticks(old, self.jobs(old, tick), 0), (0, 0)
+        )
+        self.assertEqual(await self.store.state_members("q1", "queued"), [])
+        self.assertEqual(
+            await self.store.command("EXISTS", self.periodic.state_key(old)), 0
+        )
+
     async def test_definitions(self) -> None:
         e = entry(name="a")
         self.assertEqual(await self.periodic.put(e), "created")

@@ -168,7 +168,8 @@ class PeriodicStore:
         @param skipped: ticks passed without a job, counted if this call
             claims a tick.
         @return: the last tick claimed (ms, 0 for never) and how many jobs
-            were pushed.
+            were pushed; (0, 0) when the stored definition names another
+            queue than C{entry}'s (moved since it was read).
         """
         queue = entry.queue
         await self.store._register([queue])
@@ -187,7 +188,9 @@ class PeriodicStore:
             args.extend(job.script_args(at))
             args.append("")  # no workflow
             args.extend(job.lifetime_args())
-        last, pushed = await self.store.run("tick", queue, args, [self.store.keys.ids])
+        last, pushed = await self.store.run(
+            "tick", queue, args, [self.store.keys.ids, self.key]
+        )
         return int(last), int(pushed)
 
 

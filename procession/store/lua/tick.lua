@@ -4,6 +4,9 @@
 --          <prefix>periodic:<name>, shares the queue's hash tag)
 -- KEYS[2]  the id index, <ns>:ids (as push.lua's: a job id that another
 --          queue holds is not pushed)
+-- KEYS[3]  the definitions, <ns>:periodic (periodic.lua): while the
+--          entry's definition names another queue (moved after this
+--          server read it), nothing is pushed and no tick state written
 -- ARGV[1]  now (ms)           ARGV[2]  the wake channel
 -- ARGV[3]  the queue's name   ARGV[4]  the wake message: the queue's name
 --          alone, so that every server wakes its consumers, this one too
@@ -24,6 +27,11 @@
 local now = tonumber(ARGV[1])
 local queue = ARGV[3]
 local state = prefix .. 'periodic:' .. ARGV[5]
+local definition = redis.call('HGET', KEYS[3], ARGV[5])
+if definition
+    and (cjson.decode(cjson.decode(definition).spec).job.queue or 'default') ~= queue then
+  return {0, 0}
+end
 local last = tonumber(redis.call('HGET', state, 'tick') or 0)
 local pushed = 0
 local queued = 0
