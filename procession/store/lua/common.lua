@@ -73,10 +73,11 @@
 --                window opens again
 --
 -- One key lies outside every queue: <ns>:ids, a hash of every job's id to
--- its queue, so that an id is unique across queues.  push.lua, delete.lua,
--- purge.lua and sweep.lua take it as KEYS[2] (push checks and records ids,
--- erase() forgets them): the one key they touch outside their queue's
--- hash tag.
+-- its queue, so that an id is unique across queues.  push.lua, tick.lua,
+-- fail.lua, delete.lua, purge.lua and sweep.lua take it as KEYS[2] (push
+-- and tick check and record ids, erase() forgets them): the one key they
+-- touch outside their queue's hash tag.  (workflow.lua's batch callbacks
+-- reach it by name, as they reach the batches' keys.)
 
 local prefix = KEYS[1]
 local MAX_ERRORS = 10
