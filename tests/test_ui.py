@@ -564,6 +564,10 @@ class RunningTests(UITestCase):
         self.assertRegex(page.text, r"one#\d+")
         self.assertRegex(page.text, r"two#\d+")
         self.assertIn("1 of 25", page.text)
+        self.assertIn("2 jobs, the longest-running first", page.text)
+        await one.ok("ACK", {"id": "first"})
+        page = await self.browser.get("/running")
+        self.assertIn("1 job, the longest-running first", page.text)
 
     async def test_none(self) -> None:
         page = await self.browser.get("/running")

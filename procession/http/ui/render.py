@@ -251,6 +251,7 @@ def environment(folder: Path | None = None) -> jinja2.Environment:
     )
     env.filters.update(
         number=humanize.count,
+        plural=humanize.plural,
         compact=humanize.compact,
         rate=humanize.rate,
         duration=humanize.duration,
