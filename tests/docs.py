@@ -42,6 +42,7 @@ VARYING = frozenset(
         "server",
         "committed_at",
         "pushed_at",
+        "next_run",
     }
 )
 

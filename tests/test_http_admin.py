@@ -737,15 +737,18 @@ class FuzzTests(TestCase):
 
 class DocsTests(TestCase):
     """
-    The curl session of docs/http-api.rst's "Management", "Statistics" and
-    "Metrics" sections, run against a live server (L{tests.docs}).
+    The curl session of docs/http-api.rst's "Management", "Statistics",
+    "Metrics" and "Periodic jobs" sections, run against a live server
+    (L{tests.docs}).
     """
 
     async def test_session(self) -> None:
         from tests.docs import examples, run, same_line, section_text
 
         with open(os.path.join(ROOT, "docs", "http-api.rst"), encoding="utf-8") as f:
-            text = section_text(f.read(), ["Management", "Statistics", "Metrics"])
+            text = section_text(
+                f.read(), ["Management", "Statistics", "Metrics", "Periodic jobs"]
+            )
         session = [e for e in examples(text) if not e.command.startswith("export ")]
         self.assertGreater(len(session), 20)
         server = await ServerFixture(
