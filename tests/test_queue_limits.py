@@ -922,7 +922,7 @@ class UILimitTests(UITestCase):
         page = await self.browser.get("/queues/default")
         self.assertPage(page)
         self.assertIn('<dd id="limit-concurrency">1 running of 1</dd>', page.text)
-        self.assertIn("10 started per 1 min", page.text)
+        self.assertIn("at most 10 started per 1 min", page.text)
         self.assertIn("1 in the current window", page.text)
         self.assertRegex(page.text, r'<dd id="limit-throttled">yes, since <time')
         self.assertIn("when a running job finishes", page.text)
