@@ -1,6 +1,7 @@
 """
-Tests for L{procession.net.internals} and L{procession.redis.internals}:
-the private attributes of Twisted and txredisapi that procession uses are
+Tests for L{procession.net.internals}, L{procession.http.internals} and
+L{procession.redis.internals}:
+the private attributes of Twisted, werkzeug and txredisapi that procession uses are
 still there in the installed versions.  A failure here names the one that
 went: read the new version's source and change the one function that uses
 it (and setup.cfg's version bounds).
@@ -15,6 +16,7 @@ from twisted.internet import defer, endpoints, protocol, reactor, tcp
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from procession.http import internals as http_internals
 from procession.net import internals as net
 from procession.redis import internals as redis
 
@@ -102,6 +104,38 @@ class TwistedInternalsTests(TestCase):
         net.parse_forms(request, False)
         self.assertFalse(getattr(request, net.REQUEST_ATTRIBUTE))
         channel.connectionLost(None)  # type: ignore[arg-type]
+
+
+class WerkzeugInternalsTests(TestCase):
+    def test_map_matcher(self) -> None:
+        """
+        A werkzeug C{Map}, made before L{http_internals.keep_slashes} runs
+        (as Klein makes it), has the matcher whose flag it sets; then a
+        path with repeated slashes is matched as it is (here: not found)
+        rather than redirected to the path with its slashes merged.
+        """
+        from werkzeug.exceptions import NotFound
+        from werkzeug.routing import Map, RequestRedirect, Rule
+
+        merged = Map([Rule("/queues/<name>", endpoint="queue")])
+        self.assertRaises(RequestRedirect, merged.bind("localhost").match, "/queues//a")
+
+        url_map = Map()
+        matcher = getattr(url_map, http_internals.MAP_ATTRIBUTE, None)
+        self.assertIsNotNone(
+            matcher, f"werkzeug's Map has no {http_internals.MAP_ATTRIBUTE}"
+        )
+        self.assertTrue(
+            hasattr(matcher, "merge_slashes"),
+            f"werkzeug's Map.{http_internals.MAP_ATTRIBUTE} has no merge_slashes",
+        )
+        http_internals.keep_slashes(url_map)
+        self.assertIs(matcher.merge_slashes, False)
+        url_map.add(Rule("/queues/<name>", endpoint="queue"))
+        self.assertRaises(NotFound, url_map.bind("localhost").match, "/queues//a")
+        self.assertEqual(
+            url_map.bind("localhost").match("/queues/a"), ("queue", {"name": "a"})
+        )
 
 
 class TxredisapiInternalsTests(TestCase):

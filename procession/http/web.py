@@ -22,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import PathConverter, RequestRedirect
 
+from procession.http import internals
 from procession.net.internals import parse_forms, request_line
 from procession.net.transport import corked
 from procession.core.json_checks import (
@@ -58,9 +59,7 @@ class _IdPath(PathConverter):
 
 # A job id may begin with "/" (or hold "//"): werkzeug would answer such a
 # path with a redirect to the path with its slashes merged, another job's.
-app.url_map.merge_slashes = False
-# werkzeug's matcher copies the flag when the map is made (Klein makes it).
-app.url_map._matcher.merge_slashes = False
+internals.keep_slashes(app.url_map)
 app.url_map.converters["path"] = _IdPath
 
 WORKER = "worker"
