@@ -361,7 +361,7 @@ class FaktoryListener(Part):
         through another server; the others come back after the Faktory
         worker timeout.
         """
-        from twisted.internet.task import deferLater
+        from twisted.internet.defer import TimeoutError
 
         server = self.server
         factory = server.faktory_factory
@@ -371,16 +371,16 @@ class FaktoryListener(Part):
         factory.quiet_all()
         if server.faktory_prune is not None and server.faktory_prune.running:
             server.faktory_prune.stop()
-        checked = 0.0
-        while (
-            factory.jobs_in_hand() or factory.untold()
-        ) and server.reactor.seconds() < deadline:
-            if server.reactor.seconds() - checked > 0.5:
-                # Jobs acknowledged through another server or process
-                # are not in hand here any more.
-                checked = server.reactor.seconds()
-                await factory.prune(older_than=0)
-            await deferLater(server.reactor, 0.05, lambda: None)
+        while not factory.drained() and server.reactor.seconds() < deadline:
+            # Jobs acknowledged through another server or process are not
+            # in hand here any more: nothing here hears of them, so look
+            # every half second; the rest wakes the wait as it happens.
+            await factory.prune(older_than=0)
+            wait = min(0.5, deadline - server.reactor.seconds())
+            try:
+                await factory.when_drained().addTimeout(max(wait, 0), server.reactor)
+            except TimeoutError:
+                pass
         factory.close_all()
         if server.lease_owners is not None:
             server.lease_owners.stop()

@@ -684,6 +684,7 @@ class FaktoryProtocol(protocol.Protocol):
             if worker.state == "running":
                 return b"+OK\r\n"
             worker.told = worker.state
+            self.factory.settled()
             return _bulk_text('{"state":' + json.dumps(worker.state) + "}")
 
         if worker.state == "terminate":
@@ -888,6 +889,7 @@ class FaktoryFactory(protocol.Factory):
         self.workers: dict[str, FaktoryWorker] = {}
         self.leases: dict[str, FaktoryLease] = {}
         self.terminating = False
+        self._drained_waiters: list[defer.Deferred[None]] = []
         self.commands = 0
         self.started_at = clock.seconds()
         self._count = 0
@@ -923,6 +925,7 @@ class FaktoryFactory(protocol.Factory):
             del self.workers[worker.wid]
             # Heard of until now: its timeout runs from here.
             self.owners.beat(worker.wid)
+            self.settled()
 
     def connected_owners(self) -> list[str]:
         """
@@ -942,6 +945,7 @@ class FaktoryFactory(protocol.Factory):
 
     def forget(self, jid: str) -> None:
         self.leases.pop(jid, None)
+        self.settled()
 
     async def prune(self, older_than: float = 5.0, limit: int = 1000) -> int:
         """
@@ -969,6 +973,8 @@ class FaktoryFactory(protocol.Factory):
             if lease != held.lease and self.leases.get(jid) is held:
                 del self.leases[jid]
                 gone += 1
+        if gone:
+            self.settled()
         return gone
 
     def quiet_workers(self, name: str) -> list[str]:
@@ -1034,6 +1040,40 @@ class FaktoryFactory(protocol.Factory):
         How many jobs the Faktory workers connected here hold.
         """
         return sum(1 for held in self.leases.values() if held.owner in self.workers)
+
+    def drained(self) -> bool:
+        """
+        Whether the shutdown may close the connections: every worker
+        connected here was told to terminate and holds no job here.
+        """
+        return not self.jobs_in_hand() and not self.untold()
+
+    def when_drained(self) -> defer.Deferred[None]:
+        """
+        Fires once L{drained} (at once when it is); cancelling it stops
+        the wait.
+        """
+        if self.drained():
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred(self._drained_waiters.remove)
+        self._drained_waiters.append(d)
+        return d
+
+    def settled(self) -> None:
+        """
+        A worker was told to terminate, left, or let go of a job: tell
+        those waiting in L{when_drained} once L{drained}.  They are told
+        on the reactor's next turn, after the answer being made now (the
+        BEAT that says terminate) is written.
+        """
+        if self._drained_waiters and self.drained():
+            self.clock.callLater(0, self._tell_drained)
+
+    def _tell_drained(self) -> None:
+        if self._drained_waiters and self.drained():
+            waiting, self._drained_waiters = self._drained_waiters, []
+            for d in waiting:
+                d.callback(None)
 
     def close_all(self) -> None:
         """
