@@ -86,7 +86,7 @@ HANDSHAKE_MAX_FRAME = 16 * 1024
 PERIODIC_ACTIONS = ("get", "put", "delete", "pause", "resume", "run")
 
 
-class Held:
+class JobInHand:
     """
     A job in a worker's hands: its queue, lease and timeout, whether its ack
     or fail is on its way to the store, and (once the store could not take
@@ -123,7 +123,7 @@ class WorkerProtocol(protocol.Protocol):
         self.hello = False
         self.queues: tuple[str, ...] = ()
         self.credit = 0
-        self.held: dict[str, Held] = {}
+        self.in_hand: dict[str, JobInHand] = {}
         self.unfinished = 0
         self.quieted = False
         self.closing = False
@@ -220,21 +220,21 @@ class WorkerProtocol(protocol.Protocol):
         self.dispatcher.remove_consumer(self)
         for waiting in list(self._awaits):
             waiting.cancel()
-        for held in self.held.values():
-            _stop_waiting(held)
+        for in_hand in self.in_hand.values():
+            _stop_waiting(in_hand)
         self._release_all("the worker's connection was lost")
         self.factory.job_left()
 
     def _release_all(self, reason: str) -> defer.Deferred[Any]:
         by_queue: dict[str, list[tuple[str, str]]] = {}
-        for job_id, held in self.held.items():
+        for job_id, in_hand in self.in_hand.items():
             # A job whose ack or fail is on its way is the store's to settle:
             # releasing it too could overtake the ack and run it twice.
-            if not held.finishing:
-                by_queue.setdefault(held.queue, []).append((job_id, held.lease))
+            if not in_hand.finishing:
+                by_queue.setdefault(in_hand.queue, []).append((job_id, in_hand.lease))
         for items in by_queue.values():
             for job_id, _ in items:
-                del self.held[job_id]
+                del self.in_hand[job_id]
         if by_queue:
             self.factory.job_left()
         return defer.DeferredList(
@@ -555,20 +555,20 @@ class WorkerProtocol(protocol.Protocol):
         self.dispatcher.add_consumer(self)
         return {"queues": list(queues), "credit": credit}
 
-    def _take(self, body: Any, verb: str) -> tuple[dict[str, Any], str, Held]:
+    def _take(self, body: Any, verb: str) -> tuple[dict[str, Any], str, JobInHand]:
         body = _object(body, verb)
         job_id = body.get("id")
         if not isinstance(job_id, str):
             raise InvalidRequest("id must be a string", field="id")
-        held = self.held.get(job_id)
-        if held is None and job_id in self.cancelled_ids:
+        in_hand = self.in_hand.get(job_id)
+        if in_hand is None and job_id in self.cancelled_ids:
             del self.cancelled_ids[job_id]
             raise JobCancelled(f"job {job_id!r} was cancelled", id=job_id)
-        if held is None or held.finishing:
+        if in_hand is None or in_hand.finishing:
             raise NotHeld(f"this connection does not hold job {job_id!r}", id=job_id)
-        return body, job_id, held
+        return body, job_id, in_hand
 
-    def _finish(self, job_id: str, held: Held, d: defer.Deferred[Any]) -> Any:
+    def _finish(self, job_id: str, in_hand: JobInHand, d: defer.Deferred[Any]) -> Any:
         """
         Free the job's credit now, and forget the job once the store has
         answered (a refused ack means the lease is someone else's) -- unless
@@ -576,26 +576,28 @@ class WorkerProtocol(protocol.Protocol):
         or failed again (or given back if the connection drops), and counts
         against the credit again.
         """
-        again = self._finishing(held)
-        return d.addBoth(self._finished, job_id, held, again)
+        again = self._finishing(in_hand)
+        return d.addBoth(self._finished, job_id, in_hand, again)
 
-    def _finishing(self, held: Held) -> bool:
+    def _finishing(self, in_hand: JobInHand) -> bool:
         """
         L{_finish}'s first half, as the ack or fail goes to the store:
         whether it was sent again after C{store_unavailable}.
         """
-        held.finishing = True
+        in_hand.finishing = True
         # Sent again after store_unavailable: the store may still be
         # unavailable, and a claim for the credit freed now could time out
         # and yet lease jobs when Redis wakes, to nobody.  Ask for more once
         # the store has answered.
-        again = held.unsettled is not None and _stop_waiting(held)
+        again = in_hand.unsettled is not None and _stop_waiting(in_hand)
         self.unfinished -= 1
         if not again:
             self._has_room()
         return again
 
-    def _finished(self, result: Any, job_id: str, held: Held, again: bool) -> Any:
+    def _finished(
+        self, result: Any, job_id: str, in_hand: JobInHand, again: bool
+    ) -> Any:
         """
         L{_finish}'s second half, once the store has answered.
         """
@@ -604,67 +606,67 @@ class WorkerProtocol(protocol.Protocol):
             and result.check(StoreUnavailable)
             and not self.closing
         ):
-            held.finishing = False
+            in_hand.finishing = False
             self.unfinished += 1
             # A client that does not send it again must not hold the
             # credit forever: by then the lease is over anyway.
-            held.unsettled = self.factory.clock.callLater(
-                held.timeout, self._unsettled_expired, job_id, held
+            in_hand.unsettled = self.factory.clock.callLater(
+                in_hand.timeout, self._unsettled_expired, job_id, in_hand
             )
         else:
-            self.held.pop(job_id, None)
+            self.in_hand.pop(job_id, None)
             self.factory.job_left()
             if again:
                 self._has_room()
         return result
 
-    def _unsettled_expired(self, job_id: str, held: Held) -> None:
+    def _unsettled_expired(self, job_id: str, in_hand: JobInHand) -> None:
         """
         A job whose ack or fail the store could not take was not sent
         again within its timeout: forget it, and free its credit.
         """
-        held.unsettled = None
-        if self.held.get(job_id) is held and not held.finishing:
-            del self.held[job_id]
+        in_hand.unsettled = None
+        if self.in_hand.get(job_id) is in_hand and not in_hand.finishing:
+            del self.in_hand[job_id]
             self.factory.job_left()
             self.unfinished -= 1
             self._has_room()
 
     def do_ACK(self, body: Any, size: int) -> Any:
-        body, job_id, held = self._take(body, "ACK")
+        body, job_id, in_hand = self._take(body, "ACK")
         result = encode_result(body.get("result"))
         # As _finish does, with one callback: acks are the hot path.
-        again = self._finishing(held)
-        return self.dispatcher.ack(held.queue, job_id, held.lease, result).addBoth(
-            self._acked, job_id, held, again
-        )
+        again = self._finishing(in_hand)
+        return self.dispatcher.ack(
+            in_hand.queue, job_id, in_hand.lease, result
+        ).addBoth(self._acked, job_id, in_hand, again)
 
-    def _acked(self, outcome: Any, job_id: str, held: Held, again: bool) -> Any:
-        outcome = self._finished(outcome, job_id, held, again)
+    def _acked(self, outcome: Any, job_id: str, in_hand: JobInHand, again: bool) -> Any:
+        outcome = self._finished(outcome, job_id, in_hand, again)
         if isinstance(outcome, Failure):
             return outcome
         return _JSON('{"id":' + _compact(job_id) + "}")
 
     def do_FAIL(self, body: Any, size: int) -> Any:
-        body, job_id, held = self._take(body, "FAIL")
+        body, job_id, in_hand = self._take(body, "FAIL")
         report = parse_failure(body, self.name, self.factory.now_ms())
         d = self.dispatcher.fail(
-            held.queue,
+            in_hand.queue,
             job_id,
-            held.lease,
+            in_hand.lease,
             report.error,
             report.retry_in,
             report.retry,
         )
-        return self._finish(job_id, held, d).addCallback(
+        return self._finish(job_id, in_hand, d).addCallback(
             lambda outcome: failure_reply(job_id, *outcome)
         )
 
     def do_EXTEND(self, body: Any, size: int) -> Any:
-        body, job_id, held = self._take(body, "EXTEND")
+        body, job_id, in_hand = self._take(body, "EXTEND")
         seconds = parse_extend_seconds(body)
         return self.dispatcher.extend(
-            held.queue, job_id, held.lease, seconds
+            in_hand.queue, job_id, in_hand.lease, seconds
         ).addCallback(lambda expiry: {"id": job_id, "expires_at": format_time(expiry)})
 
     # -- workflows (docs/workflows.rst)
@@ -754,11 +756,11 @@ class WorkerProtocol(protocol.Protocol):
         return defer.Deferred.fromCoroutine(call(name))
 
     def do_PROGRESS(self, body: Any, size: int) -> Any:
-        body, job_id, held = self._take(body, "PROGRESS")
+        body, job_id, in_hand = self._take(body, "PROGRESS")
         percent, message = parse_progress(body)
         return defer.Deferred.fromCoroutine(
             self.dispatcher.workflows.progress(
-                held.queue, job_id, held.lease, percent, message
+                in_hand.queue, job_id, in_hand.lease, percent, message
             )
         ).addCallback(lambda _: {"id": job_id})
 
@@ -770,16 +772,16 @@ class WorkerProtocol(protocol.Protocol):
         ACK, FAIL, EXTEND or PROGRESS for it is answered C{cancelled}.
         Whether this connection held it.
         """
-        held = self.held.get(job_id)
-        if held is None or held.finishing or self.closing:
+        in_hand = self.in_hand.get(job_id)
+        if in_hand is None or in_hand.finishing or self.closing:
             return False
         if not self.wants_cancel:
             # It keeps the job (and its credit) until it acks or fails it,
             # which the store answers 'cancelled'.
             return True
-        del self.held[job_id]
+        del self.in_hand[job_id]
         self.factory.job_left()
-        _stop_waiting(held)
+        _stop_waiting(in_hand)
         self.unfinished -= 1
         self.cancelled_ids[job_id] = None
         if len(self.cancelled_ids) > MAX_CANCELLED_REMEMBERED:
@@ -818,7 +820,7 @@ class WorkerProtocol(protocol.Protocol):
         # its size is bounded by the credit.
         if self.closing or self.quieted or self.credit - self.unfinished <= 0:
             return False
-        self.held[job.id] = Held(job.queue, job.lease, job.timeout)
+        self.in_hand[job.id] = JobInHand(job.queue, job.lease, job.timeout)
         self.unfinished += 1
         write_now(self.transport, b"JOB " + job.payload.encode("utf-8") + b"\n")
         return True
@@ -843,15 +845,15 @@ class WorkerProtocol(protocol.Protocol):
 _NO_REPLY = object()
 
 
-def _stop_waiting(held: Held) -> bool:
+def _stop_waiting(in_hand: JobInHand) -> bool:
     """
     Cancel the wait for a job's ack to be sent again; whether there was one.
     """
-    if held.unsettled is None:
+    if in_hand.unsettled is None:
         return False
-    if held.unsettled.active():
-        held.unsettled.cancel()
-    held.unsettled = None
+    if in_hand.unsettled.active():
+        in_hand.unsettled.cancel()
+    in_hand.unsettled = None
     return True
 
 
@@ -972,8 +974,8 @@ class WorkerFactory(protocol.Factory):
                 "queues": list(c.queues),
                 "credit": c.credit,
                 "jobs": [
-                    {"id": job_id, "queue": held.queue}
-                    for job_id, held in sorted(c.held.items())
+                    {"id": job_id, "queue": in_hand.queue}
+                    for job_id, in_hand in sorted(c.in_hand.items())
                 ],
                 "connected_at": format_time(int(c.connected_at * 1000)),
                 "quiet": bool(c.quieted),
@@ -1005,7 +1007,7 @@ class WorkerFactory(protocol.Factory):
         """
         How many jobs the connected workers hold.
         """
-        return sum(len(c.held) for c in self.connections)
+        return sum(len(c.in_hand) for c in self.connections)
 
     def when_no_jobs_in_hand(self) -> defer.Deferred[None]:
         """
