@@ -618,6 +618,43 @@ class ProgressAndCancelTests(TestCase):
         await producer.ok("PUSH", {"type": "t", "id": "next"})
         self.assertEqual((await worker.next_job())["id"], "next")
 
+    async def test_a_job_put_back_has_no_progress(self) -> None:
+        """
+        Progress belongs to an attempt: a job failed for a retry, or given
+        back when its worker's connection is lost, shows none on GET
+        /api/v1/jobs/{id} or its job page until its next attempt reports.
+        """
+        a = await ServerFixture(self).start()
+        http = HTTP(a.http_port)
+        producer = await a.connect("producer")
+        await producer.ok("PUSH", {"type": "t", "id": "again", "max_attempts": 5})
+
+        async def shown() -> tuple[Any, bool]:
+            job = (await http.get("/api/v1/jobs/again")).json
+            page = (await http.get("/jobs/again")).content.decode()
+            return (job["state"], job.get("progress")), "<dt>Progress</dt>" in page
+
+        worker = await a.connect("worker")
+        await worker.ok("READY", {"queues": ["default"], "credit": 1})
+        await worker.next_job()
+        await worker.ok("PROGRESS", {"id": "again", "progress": 40, "message": "m"})
+        self.assertEqual((await shown())[1], True)
+        await worker.ok(
+            "FAIL", {"id": "again", "error": {"message": "e"}, "retry_in": 60}
+        )
+        self.assertEqual(await shown(), (("retrying", None), False))
+        await http.post("/api/v1/jobs/again/retry", body={})
+        self.assertEqual((await worker.next_job())["id"], "again")
+        await worker.ok("PROGRESS", {"id": "again", "progress": 70, "message": "m"})
+        worker.transport.abortConnection()
+        await worker.closed
+
+        async def queued() -> bool:
+            return (await shown())[0][0] == "queued"
+
+        await until(queued)
+        self.assertEqual(await shown(), (("queued", None), False))
+
     async def test_a_client_that_did_not_ask_gets_no_cancel_frame(self) -> None:
         """
         CANCEL goes only to clients whose HELLO asked for it; another keeps

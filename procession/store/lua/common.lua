@@ -197,7 +197,7 @@ end
 
 -- Put a job (already in its hash) on the queued zset.  keep_place reuses
 -- the job's old FIFO position, so a job given back by a worker does not go
--- behind jobs pushed after it.
+-- behind jobs pushed after it.  The last attempt's progress is cleared.
 local function enqueue(id, now, keep_place)
   local key = jobkey(id)
   local member = nil
@@ -210,7 +210,9 @@ local function enqueue(id, now, keep_place)
   end
   local priority = tonumber(redis.call('HGET', key, 'priority'))
   redis.call('HSET', key, 'state', 'queued', 'enqueued_at', now, 'qm', member)
-  redis.call('HDEL', key, 'run_at', 'lease')
+  -- Progress belongs to an attempt: a job back in its queue has none.
+  redis.call('HDEL', key, 'run_at', 'lease', 'progress', 'progress_message',
+    'progress_at')
   redis.call('ZADD', prefix .. 'queued', -priority, member)
   key_enqueue(key, member, -priority)
 end

@@ -42,6 +42,8 @@ for i = 2, #ARGV, 5 do
       end
       local run_at = now + math.floor(retry_in * 1000)
       redis.call('HSET', key, 'state', 'retrying', 'run_at', run_at)
+      -- Progress belongs to the attempt that failed.
+      redis.call('HDEL', key, 'progress', 'progress_message', 'progress_at')
       redis.call('ZADD', prefix .. 'retrying', run_at, id)
       replies[#replies + 1] = {'retrying', run_at}
     end
