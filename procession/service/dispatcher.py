@@ -31,9 +31,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from procession.core.errors import (
-    JobCancelled,
-    JobNotFound,
-    LeaseLost,
     ProcessionError,
     ShuttingDown,
 )
@@ -700,11 +697,8 @@ class Dispatcher:
 
 
 def _checked(outcome: str, job_id: str) -> None:
-    if outcome == "cancelled":
-        raise JobCancelled(f"job {job_id!r} was cancelled", id=job_id)
-    if outcome == "lease_lost":
-        raise LeaseLost(
-            f"the lease on job {job_id!r} expired or was revoked", id=job_id
-        )
-    if outcome == "not_found":
-        raise JobNotFound(f"no job {job_id!r}", id=job_id)
+    """
+    Raise the error of a lease holder's outcome (L{Store.lease_checked});
+    fires with nothing, as the dispatcher's ack does.
+    """
+    Store.lease_checked(outcome, job_id)
