@@ -869,6 +869,36 @@ class WorkerTests(UITestCase):
         self.assertIn(ui.job_url(job_id), page.text)
         self.assertIn('<td class="num wide">3</td>', page.text)
 
+    async def test_a_job_whose_lease_ran_out_is_not_in_hand(self) -> None:
+        """
+        Once a silent worker's lease runs out and the sweep gives its job
+        back, the Workers page and GET /api/v1/workers no longer list the
+        job in its connection's hands; a job whose lease it extended stays.
+        """
+        await self.push(
+            {"type": "t", "id": "lost", "timeout": 1},
+            {"type": "t", "id": "kept", "timeout": 1},
+        )
+        worker = await self.worker(credit=2, name="silent")
+        await worker.next_job()
+        await worker.next_job()
+        await worker.ok("EXTEND", {"id": "kept", "seconds": 60})
+        listed = (await self.browser.get("/api/v1/workers")).text
+        self.assertIn('"lost"', listed)
+        for _ in range(200):
+            if await self.state("lost") == "queued":
+                break
+            await sleep(0.05)
+        self.assertEqual(await self.state("lost"), "queued")
+        self.assertEqual(await self.state("kept"), "running")
+        page = await self.browser.get("/workers")
+        self.assertRegex(page.text, r"silent#\d+")
+        self.assertNotIn(ui.job_url("lost"), page.text)
+        self.assertIn(ui.job_url("kept"), page.text)
+        listed = (await self.browser.get("/api/v1/workers")).text
+        self.assertNotIn('"lost"', listed)
+        self.assertIn('"kept"', listed)
+
     async def test_workers_of_other_servers(self) -> None:
         other = await ServerFixture(self, ns=self.server.namespace).start()
         client = await other.connect("elsewhere")

@@ -88,17 +88,21 @@ PERIODIC_ACTIONS = ("get", "put", "delete", "pause", "resume", "run")
 
 class JobInHand:
     """
-    A job in a worker's hands: its queue, lease and timeout, whether its ack
+    A job in a worker's hands: its queue, lease and timeout, when its lease
+    runs out (ms, as the store's clock; moved on by EXTEND), whether its ack
     or fail is on its way to the store, and (once the store could not take
     one) when to stop waiting for it again.
     """
 
-    __slots__ = ("queue", "lease", "timeout", "finishing", "unsettled")
+    __slots__ = ("queue", "lease", "timeout", "expires_at", "finishing", "unsettled")
 
-    def __init__(self, queue: str, lease: str, timeout: float = 300.0) -> None:
+    def __init__(
+        self, queue: str, lease: str, timeout: float = 300.0, expires_at: int = 0
+    ) -> None:
         self.queue = queue
         self.lease = lease
         self.timeout = timeout
+        self.expires_at = expires_at
         self.finishing = False
         self.unsettled: Any = None
 
@@ -665,9 +669,14 @@ class WorkerProtocol(protocol.Protocol):
     def do_EXTEND(self, body: Any, size: int) -> Any:
         body, job_id, in_hand = self._take(body, "EXTEND")
         seconds = parse_extend_seconds(body)
+
+        def extended(expiry: int) -> dict[str, Any]:
+            in_hand.expires_at = expiry
+            return {"id": job_id, "expires_at": format_time(expiry)}
+
         return self.dispatcher.extend(
             in_hand.queue, job_id, in_hand.lease, seconds
-        ).addCallback(lambda expiry: {"id": job_id, "expires_at": format_time(expiry)})
+        ).addCallback(extended)
 
     # -- workflows (docs/workflows.rst)
 
@@ -820,7 +829,8 @@ class WorkerProtocol(protocol.Protocol):
         # its size is bounded by the credit.
         if self.closing or self.quieted or self.credit - self.unfinished <= 0:
             return False
-        self.in_hand[job.id] = JobInHand(job.queue, job.lease, job.timeout)
+        expires_at = self.factory.now_ms() + int(job.timeout * 1000)
+        self.in_hand[job.id] = JobInHand(job.queue, job.lease, job.timeout, expires_at)
         self.unfinished += 1
         write_now(self.transport, b"JOB " + job.payload.encode("utf-8") + b"\n")
         return True
@@ -965,8 +975,13 @@ class WorkerFactory(protocol.Factory):
     def describe_workers(self) -> list[dict[str, Any]]:
         """
         The workers connected here, as the workers listing shows them
-        (L{procession.service.admin.WorkerSource}).
+        (L{procession.service.admin.WorkerSource}).  A connection's jobs
+        are those it holds a live lease on: once a job's lease has run out
+        (the sweep gives it back to its queue) it is not listed, though the
+        connection keeps its credit until the worker acks (answered
+        lease_lost) or goes.
         """
+        now = self.now_ms()
         return [
             {
                 "kind": "tcp",
@@ -976,6 +991,7 @@ class WorkerFactory(protocol.Factory):
                 "jobs": [
                     {"id": job_id, "queue": in_hand.queue}
                     for job_id, in_hand in sorted(c.in_hand.items())
+                    if in_hand.expires_at > now
                 ],
                 "connected_at": format_time(int(c.connected_at * 1000)),
                 "quiet": bool(c.quieted),
