@@ -409,7 +409,9 @@ class NodeClientTests(FaktoryTestCase):
         A server shutdown answers the workers' BEAT with terminate, and
         they stop.
         """
-        server = self.server("--shutdown-grace", "2")
+        # A grace long enough for a loaded machine: the drain ends as soon
+        # as every worker was told, so it costs nothing when all goes well.
+        server = self.server("--shutdown-grace", "10")
         worker = self.node(server, "terminate", WID="node-term")
         worker.next(lambda v: "started" in v)
         assert server.process is not None
