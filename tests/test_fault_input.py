@@ -146,7 +146,7 @@ class BatchTests(TestCase):
         run = store.run_replicated
 
         def failing(name: str, queue: str, *rest: Any) -> Any:
-            if name == "push" and queue == "qb":
+            if store.scripts[name].source == "push" and queue == "qb":
                 return defer.fail(StoreUnavailable("Redis did not answer"))
             return run(name, queue, *rest)
 

@@ -124,7 +124,7 @@ class LimitsMachine(RuleBasedStateMachine):
     ) -> None:
         # The snapshot script, beside the store's own.
         sha = hashlib.sha1(SNAPSHOT.encode()).hexdigest()
-        self.store.scripts["snapshot"] = Script("snapshot", SNAPSHOT, sha)
+        self.store.scripts["snapshot"] = Script("snapshot", SNAPSHOT, sha, "snapshot")
         # Each example starts with limits and jobs, so that its claims
         # have something to hold back.
         self.set_limits(concurrency, rate, per_key)

@@ -47,6 +47,42 @@ class StoreTests(TestCase):
         self.assertEqual(sizes["sizes"]["queued"], 1)
         self.assertEqual(sizes["pushed"], 1)
 
+    async def test_plain_push_refuses_workflow_values(self) -> None:
+        """
+        A push of a job with no batch and no parents runs push.lua's
+        plain variant (no workflow hooks); handed a workflow value, that
+        variant fails before it writes anything, and a job in a batch is
+        pushed with the full script, which knows batches.
+        """
+        import txredisapi
+
+        from procession.core.errors import BatchNotFound
+        from procession.store.jobs import _job_args, _push_script
+
+        plain = self.job(id="p")
+        in_batch = self.job(id="b", batch="nope")
+        now = self.store.now_ms()
+        args = self.store._push_args("default", now) + _job_args(in_batch, now, {})
+        self.assertEqual(_push_script(args), "push")
+        plain_args = self.store._push_args("default", now) + _job_args(plain, now, {})
+        self.assertEqual(_push_script(plain_args), "push_plain")
+        with self.assertRaises(txredisapi.ResponseError):
+            await self.store.run("push_plain", "default", args, [self.store.keys.ids])
+        self.assertEqual(
+            await self.store.redis.execute_command(
+                "EXISTS", self.store.keys.job("default", "b")
+            ),
+            0,
+        )
+        self.assertEqual(
+            await self.store.redis.execute_command("HGET", self.store.keys.ids, "b"),
+            None,
+        )
+        with self.assertRaises(BatchNotFound) as refused:
+            await self.store.push([in_batch])
+        self.assertIn("nope", str(refused.exception))
+        self.assertEqual(await self.store.push([plain]), [True])
+
     async def test_claim_orders_by_priority_then_fifo(self) -> None:
         await self.store.push(
             [

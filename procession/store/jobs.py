@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any, Iterable, Sequence
 
@@ -61,6 +62,7 @@ from procession.core.stats import QueueSummary
 from procession.core.states import KILLABLE, PURGEABLE, RETRYABLE, STATES
 from procession.redis.connection import send
 from procession.redis.internals import pool_factory
+from procession.store.preamble import Preamble
 from procession.store.keys import STATE_SET_NAMES, STATE_SETS, Keys
 from procession.store.registry import OwnerRegistry, ServerRegistry
 
@@ -120,6 +122,9 @@ class Script:
     name: str
     text: str
     sha: str
+    #: The script file it is linked from (a plain variant's is its
+    #: script's): what it does, for messages.
+    source: str
 
 
 def load_scripts() -> dict[str, Script]:
@@ -127,7 +132,7 @@ def load_scripts() -> dict[str, Script]:
     Read the Lua scripts shipped with the package.
     """
     folder = files("procession.store").joinpath("lua")
-    common = (
+    preamble = Preamble.parse(
         folder.joinpath("common.lua").read_text("utf-8")
         + "\n"
         + folder.joinpath("workflow.lua").read_text("utf-8")
@@ -136,10 +141,30 @@ def load_scripts() -> dict[str, Script]:
     for name in SCRIPT_NAMES + REGISTRY_SCRIPT_NAMES:
         text = folder.joinpath(f"{name}.lua").read_text("utf-8")
         if name in SCRIPT_NAMES:
-            text = common + "\n" + text
-        sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
-        scripts[name] = Script(name, text, sha)
+            # Only the helpers the script uses (procession.store.preamble).
+            for variant, without in PLAIN_VARIANTS.get(name, ()):
+                linked = preamble.link(text, without)
+                scripts[variant] = _script(variant, linked, name)
+            text = preamble.link(text)
+        scripts[name] = _script(name, text, name)
     return scripts
+
+
+def _script(name: str, text: str, source: str) -> Script:
+    sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
+    return Script(name, text, sha, source)
+
+
+def _workflow_hook(name: str) -> bool:
+    return name.startswith("flow.")
+
+
+# Variants of a script linked without some helpers, for the calls that
+# never reach them: push_plain is push.lua without the workflow hooks, for
+# jobs with no batch and no parents (push.lua's header).
+PLAIN_VARIANTS: dict[str, tuple[tuple[str, Callable[[str], bool]], ...]] = {
+    "push": (("push_plain", _workflow_hook),),
+}
 
 
 def new_server_id() -> str:
@@ -374,7 +399,7 @@ class Store:
             args = self._push_args(job.queue, now)
             args.extend(_job_args(job, now, {}))
             return self.run_replicated(
-                "push", job.queue, args, [self.keys.ids]
+                _push_script(args), job.queue, args, [self.keys.ids]
             ).addCallbacks(_one_pushed, _flow_refused)
         by_queue: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
@@ -391,7 +416,7 @@ class Store:
                 for i in indexes:
                     args.extend(_job_args(jobs[i], now, parents))
                 call = self.run_replicated(
-                    "push", queue, args, [self.keys.ids]
+                    _push_script(args), queue, args, [self.keys.ids]
                 ).addErrback(_flow_refused)
                 calls.append((indexes, call))
             if len(calls) == 1:
@@ -499,7 +524,7 @@ class Store:
                 raise reply
             if int(acked) < self.replicas_ack:
                 raise StoreUnavailable(
-                    f"the {name} reached {int(acked)} of the {self.replicas_ack} "
+                    f"the {script.source} reached {int(acked)} of the {self.replicas_ack} "
                     f"replicas asked for within {wait_ms / 1000:g} s"
                 )
             return reply
@@ -1343,6 +1368,21 @@ def _job_args(job: NewJob, now: int, parents: dict[str, str]) -> list[Any]:
     push.lua's arguments for one job (its header lists them).
     """
     return [*job.script_args(now), job.flow_value(parents), *job.lifetime_args()]
+
+
+# push.lua's arguments: 4 first, then PUSH_STRIDE per job, of which the
+# job's workflow value is at PUSH_FLOW.
+PUSH_STRIDE = 15
+PUSH_FLOW = 10
+
+
+def _push_script(args: list[Any]) -> str:
+    """
+    push.lua's plain variant when no job in C{args} (push.lua's arguments)
+    has a workflow value, else push.lua.
+    """
+    flows = args[4 + PUSH_FLOW :: PUSH_STRIDE]
+    return "push" if any(flows) else "push_plain"
 
 
 def _one_pushed(flags: list[Any]) -> list[PushOutcome]:

@@ -1,5 +1,11 @@
 -- common.lua: helpers that procession.store puts in front of every script.
 --
+-- Each script gets only the definitions it names, and those they name
+-- (procession/store/preamble.py): every top-level statement here starts
+-- in column 0 as 'local function NAME(', 'local NAME = ...' on one line,
+-- or 'flow.NAME = function(' (workflow.lua), and a function's 'end' is in
+-- column 0.
+--
 -- Every script takes KEYS[1] = the queue's key prefix, "<ns>:{<queue>}:",
 -- and builds the queue's other keys from it, so that every key a script
 -- touches carries the queue's hash tag and stays in one cluster slot.

@@ -29,12 +29,19 @@
 -- jobs waits (state 'waiting').  A push that names a batch that is not
 -- open, or a parent that does not exist, is refused whole (an error reply
 -- 'PROCESSION <code> <id>').
+-- The server pushes jobs with no batch and no parents with this script's
+-- plain variant, push_plain (procession.store.jobs.load_scripts): linked
+-- without the workflow hooks (flow.*), which such a push never calls, so
+-- Redis does not build them on every call.  Handed a workflow value, the
+-- plain variant fails in its first loop, before it writes anything.
 local STRIDE = 15
 local now = tonumber(ARGV[1])
 for i = 5, #ARGV, STRIDE do
-  local refused = flow.check(ARGV[i], ARGV[i + 10])
-  if refused then
-    return refused
+  if ARGV[i + 10] ~= '' then
+    local refused = flow.check(ARGV[i], ARGV[i + 10])
+    if refused then
+      return refused
+    end
   end
 end
 local queue = ARGV[3]
