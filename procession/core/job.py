@@ -198,7 +198,9 @@ class NewJob:
             self.args,
             self.priority,
             self.max_attempts,
-            self.timeout,
+            # as txredisapi writes a float, so that the Redis command can
+            # be packed by hiredis (procession.redis.connection)
+            format(self.timeout, "f"),
             self.meta,
             self.run_at,
             self.wire(now_ms),

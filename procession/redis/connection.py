@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from hiredis import pack_command
 from twisted.internet import defer
 
 from procession.redis.address import RedisAddress
@@ -120,6 +121,20 @@ def _fast_connections(factory: Any) -> None:
             charset, errors = self.charset, self.errors
             if charset is None:
                 return super()._build_command(*args, **kwargs)
+            if (
+                charset == "utf-8"
+                and errors == "strict"
+                and float not in map(type, args)
+            ):
+                # hiredis packs in C what the loop below does (a third of
+                # the time for a push's two dozen values).  Floats are
+                # left to txredisapi's format ('%f'), which hiredis does
+                # not use; what hiredis refuses (bools, surrogates) goes
+                # the long way too, to fail or pass exactly as before.
+                try:
+                    return pack_command(args)
+                except (TypeError, UnicodeEncodeError):
+                    pass
             parts = [b"*%d\r\n" % len(args)]
             for arg in args:
                 kind = type(arg)
