@@ -124,6 +124,18 @@ class SubmissionTests(SynchronousTestCase):
         self.assertEqual(parse_time(format_time(ms)), ms)
 
 
+class JSONStringTests(SynchronousTestCase):
+    @given(st.text() | st.text(alphabet=st.characters(max_codepoint=0x7F)))
+    def test_string_is_json_dumps(self, text: str) -> None:
+        """
+        The JOB frame's strings (ids, types, queues) are written as
+        C{json.dumps(text, ensure_ascii=False)} writes them.
+        """
+        from procession.core.job import _string
+
+        self.assertEqual(_string(text), json.dumps(text, ensure_ascii=False))
+
+
 class ClaimedJobTests(SynchronousTestCase):
     def test_payload_is_json(self) -> None:
         job = parse_submission(

@@ -224,9 +224,9 @@ class NewJob:
         (L{ClaimedJob.from_claim}).
         """
         parts = [
-            '{"id":', json.dumps(self.id),
-            ',"type":', json.dumps(self.type, ensure_ascii=False),
-            ',"queue":', json.dumps(self.queue),
+            '{"id":', _string(self.id),
+            ',"type":', _string(self.type),
+            ',"queue":', _string(self.queue),
             ',"args":', self.args,
             ',"priority":', str(self.priority),
             ',"max_attempts":', str(self.max_attempts),
@@ -648,6 +648,22 @@ def _parse_expiry(obj: dict[str, Any], now_ms: int) -> int:
             )
         return now_ms + max(1, int(expires_in * 1000))
     return 0
+
+
+# Printable ASCII but the quote and the backslash: a JSON string of it is
+# the text in quotes, with or without ensure_ascii.
+_PLAIN = re.compile(r"[ !#-\[\]-~]*\Z")
+
+
+def _string(text: str) -> str:
+    """
+    C{text} as a JSON string, as C{json.dumps(text, ensure_ascii=False)}
+    writes it (quoted at once when it is plain ASCII: ids and queue names
+    always are, job types nearly always).
+    """
+    if _PLAIN.match(text):
+        return '"' + text + '"'
+    return json.dumps(text, ensure_ascii=False)
 
 
 # json.dumps with any option builds an encoder per call: build them once.

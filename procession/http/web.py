@@ -27,6 +27,7 @@ from procession.net.internals import parse_forms, request_line
 from procession.net.transport import corked
 from procession.core.json_checks import (
     MAX_DECODE_NESTING,
+    decode_json,
     lone_surrogate,
     may_hold_surrogates,
     too_deep,
@@ -279,7 +280,7 @@ def read_json(request: Any, limit: int, default: Any = None) -> Any:
             limit=MAX_DECODE_NESTING,
         )
     try:
-        value = json.loads(body)
+        value = decode_json(body)
     except (ValueError, RecursionError):
         raise MalformedJSON("the body is not valid JSON")
     if may_hold_surrogates(body):

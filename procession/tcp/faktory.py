@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from procession import __version__
 from procession.core.json_checks import (
     MAX_DECODE_NESTING,
+    decode_json,
     lone_surrogate,
     may_hold_surrogates,
     too_deep,
@@ -802,7 +803,7 @@ def _json(payload: str, message: str | None = None) -> Any:
             message or f"invalid JSON: nested more than {MAX_DECODE_NESTING} deep"
         )
     try:
-        value = json.loads(payload)
+        value = decode_json(payload)
     except RecursionError:
         raise FaktoryError(message or "invalid JSON: nested too deeply")
     except ValueError as e:

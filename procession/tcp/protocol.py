@@ -49,6 +49,7 @@ from procession.core.errors import (
 )
 from procession.core.json_checks import (
     MAX_DECODE_NESTING,
+    decode_json,
     lone_surrogate,
     may_hold_surrogates,
     too_deep,
@@ -459,7 +460,7 @@ class WorkerProtocol(protocol.Protocol):
                     )
                 )
             try:
-                body = json.loads(body_bytes)
+                body = decode_json(body_bytes)
             except UnicodeDecodeError:
                 return self._reply(BadFrame("the frame is not valid UTF-8"))
             except RecursionError:
