@@ -47,6 +47,22 @@ class StoreTests(TestCase):
         self.assertEqual(sizes["sizes"]["queued"], 1)
         self.assertEqual(sizes["pushed"], 1)
 
+    async def test_scripts_flushed(self) -> None:
+        """
+        A Redis that lost its scripts (restarted, failed over, SCRIPT
+        FLUSH) is sent a script's text again: the call succeeds, and the
+        next ones go by SHA again.
+        """
+        await self.store.push([self.job(id="a")])
+        await self.store.redis.execute_command("SCRIPT", "FLUSH")
+        self.assertEqual(await self.store.push([self.job(id="b")]), [True])
+        sha = self.store.scripts["push_plain"].sha
+        self.assertEqual(
+            await self.store.redis.execute_command("SCRIPT", "EXISTS", sha), [1]
+        )
+        claimed = await self.store.claim("default", [("w", "l1"), ("w", "l2")])
+        self.assertEqual(sorted(job.id for job in claimed), ["a", "b"])
+
     async def test_plain_push_refuses_workflow_values(self) -> None:
         """
         A push of a job with no batch and no parents runs push.lua's

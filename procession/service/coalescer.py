@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from procession.net.transport import corked
 
@@ -58,15 +59,19 @@ class Coalescer:
             sent = self._operation(queue, [item for item, _ in entries])
         except BaseException:
             sent = defer.fail()
-        sent.addCallbacks(
-            self._answer,
-            self._fail,
-            callbackArgs=(entries,),
-            errbackArgs=(entries,),
-        )
-        sent.addBoth(self._next, queue)
+        sent.addBoth(self._settle, queue, entries)
 
-    def _next(self, _: None, queue: str) -> None:
+    def _settle(self, result: Any, queue: str, entries: list[Any]) -> None:
+        # One callback for both outcomes: this is every push's and ack's path.
+        try:
+            if isinstance(result, Failure):
+                self._fail(result, entries)
+            else:
+                self._answer(result, entries)
+        finally:
+            self._next(queue)
+
+    def _next(self, queue: str) -> None:
         left = self._sent[queue] - 1
         if left:
             self._sent[queue] = left

@@ -312,37 +312,27 @@ class Store:
         """
         Run one script on the keys given.
         """
-        import txredisapi
-
         script = self.scripts[name]
-
-        def noscript(failure: Any) -> Any:
-            failure.trap(txredisapi.ScriptDoesNotExist)
-            log.info("Loading script {name} into Redis", name=name)
-            return self.redis.execute_command(
-                "EVAL", script.text, len(keys), *keys, *args
-            )
-
-        d = self._send(
-            "EVALSHA",
-            script.sha,
-            len(keys),
-            *keys,
-            *args,
-        )
-        d.addErrback(self._noscript_to_error)
-        d.addErrback(noscript)
+        d = self._send("EVALSHA", script.sha, len(keys), *keys, *args)
+        d.addErrback(self._noscript, script, keys, args)
         return self._guard(d)
 
-    @staticmethod
-    def _noscript_to_error(failure: Any) -> Any:
+    def _noscript(
+        self, failure: Any, script: Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """
+        Send the script's text when Redis does not have it (NOSCRIPT: a
+        Redis restarted, failed over or flushed), else pass the failure on.
+        """
         import txredisapi
 
-        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith(
-            "NOSCRIPT"
+        if not failure.check(txredisapi.ScriptDoesNotExist) and not (
+            failure.check(txredisapi.ResponseError)
+            and str(failure.value).startswith("NOSCRIPT")
         ):
-            raise txredisapi.ScriptDoesNotExist(str(failure.value))
-        return failure
+            return failure
+        log.info("Loading script {name} into Redis", name=script.name)
+        return self.redis.execute_command("EVAL", script.text, len(keys), *keys, *args)
 
     def ping(self) -> defer.Deferred[Any]:
         """
