@@ -14,6 +14,7 @@ rules; this module knows nothing of routes beyond the C{/api/} prefix.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -54,7 +55,21 @@ def is_loopback_name(name: str) -> bool:
     """
     Whether a host name can only mean this machine: C{localhost} (and its
     subdomains) or a loopback address.
+
+    Cached for names no longer than a DNS name may be: every request's
+    C{Host} is looked at, and parsing an address with L{ipaddress} each
+    time was a fiftieth of an HTTP push's time.  A client naming many hosts
+    only cycles the cache.
     """
+    if len(name) <= _LONGEST_NAME:
+        return _cached_loopback_name(name)
+    return _loopback_name(name)
+
+
+_LONGEST_NAME = 253
+
+
+def _loopback_name(name: str) -> bool:
     if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
         return True
     try:
@@ -63,11 +78,19 @@ def is_loopback_name(name: str) -> bool:
         return False
 
 
+_cached_loopback_name = lru_cache(maxsize=1024)(_loopback_name)
+
+
 def _loopback_listener(address: Any) -> bool:
     host = getattr(address, "host", None)
     if not isinstance(host, str):
         # A Unix socket: no browser can be made to reach it by a name.
         return False
+    return _loopback_address(host)
+
+
+@lru_cache(maxsize=64)
+def _loopback_address(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

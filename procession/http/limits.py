@@ -119,12 +119,24 @@ class _Connection(policies.ProtocolWrapper):
     One HTTP connection within the limit: its socket sends at once (a
     response leaves in one write as Twisted's HTTP server makes it, see
     L{procession.http.web.Request.write}, rather than on the reactor's next
-    turn).
+    turn), and its local address is asked of the kernel once.
     """
+
+    _host: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         immediate_writes(transport, sequences=True)
         super().makeConnection(transport)
+
+    def getHost(self) -> Any:
+        # twisted.web asks for every request (Request.__init__), and a TCP
+        # transport asks the kernel (getsockname) each time; a connection's
+        # own address never changes.
+        host = self._host
+        if host is None:
+            transport: Any = self.transport
+            host = self._host = transport.getHost()
+        return host
 
 
 class HTTPConnectionLimit(policies.WrappingFactory):

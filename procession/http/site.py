@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.resource import IResource
+
 from procession.http.admin_api import AdminRoutes
+from procession.http.hot_routes import HotRoutes
 from procession.http.periodic_api import PeriodicRoutes
 from procession.http.ui.periodic import PeriodicUIRoutes
 from procession.http.worker_api import WorkerRoutes
@@ -65,6 +68,13 @@ class HTTPServer(
         self.max_body = max_body
         self.poll_timeout = poll_timeout
         self.metrics_auth = metrics_auth
+
+    def resource(self) -> IResource:
+        """
+        The resource to serve: the worker API's hot routes
+        (L{procession.http.hot_routes}) in front of the Klein app.
+        """
+        return HotRoutes(self, self.app.resource())
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Any) -> bytes:

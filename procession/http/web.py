@@ -227,11 +227,15 @@ class Site(server.Site):
             super().log(request)
 
 
+# json.dumps with separators makes an encoder per call: one, made once.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def json_response(request: Any, body: Any, status: int = 200) -> bytes:
     """
     Encode C{body} as the response, with its status and content type.
     """
-    return json_text_response(request, json.dumps(body, separators=(",", ":")), status)
+    return json_text_response(request, _encode(body), status)
 
 
 def json_text_response(request: Any, text: str, status: int = 200) -> bytes:
@@ -382,10 +386,42 @@ def _unbound(handler: Any) -> Any:
     return handle
 
 
+def domain_error(request: Any, failure: Any) -> bytes:
+    """
+    The answer to a route that failed with a L{ProcessionError}.
+    """
+    return error_response(request, failure.value)
+
+
+def unexpected_error(request: Any, failure: Any) -> bytes:
+    """
+    The answer to a route that failed with any other exception: logged,
+    and answered 500 C{internal}.
+    """
+    log.failure(
+        "Unexpected error in {method} {path}",
+        failure,
+        method=request.method,
+        path=request.path,
+    )
+    return error_response(request, ProcessionError("internal error"))
+
+
+def failure_response(request: Any, failure: Any) -> bytes:
+    """
+    The answer to a route that failed, as the app's error handlers give it
+    (for the worker API's hot routes, L{procession.http.hot_routes}, which
+    are served without Klein).
+    """
+    if failure.check(ProcessionError):
+        return domain_error(request, failure)
+    return unexpected_error(request, failure)
+
+
 @app.handle_errors(ProcessionError)
 @_unbound
 def _domain_error(request: Any, failure: Any) -> bytes:
-    return error_response(request, failure.value)
+    return domain_error(request, failure)
 
 
 @app.handle_errors(WerkzeugNotFound)
@@ -411,10 +447,4 @@ def _bad_method(request: Any, failure: Any) -> bytes:
 @app.handle_errors(Exception)
 @_unbound
 def _unexpected(request: Any, failure: Any) -> bytes:
-    log.failure(
-        "Unexpected error in {method} {path}",
-        failure,
-        method=request.method,
-        path=request.path,
-    )
-    return error_response(request, ProcessionError("internal error"))
+    return unexpected_error(request, failure)

@@ -253,8 +253,13 @@ class WorkerRoutes:
     def _worker(self, request: Any) -> None:
         authorize(request, WORKER, self.worker_token, self.admin_token)
 
+    # The push, the long poll and the ack are the worker API's hot routes:
+    # procession.http.hot_routes serves them without Klein's routing, so
+    # they are plain functions of the request that raise or return a
+    # Deferred of the body, with callbacks rather than coroutines.
+
     @app.route("/api/v1/jobs", methods=["POST"])
-    async def worker_push(self, request: Any) -> bytes:
+    def worker_push(self, request: Any) -> defer.Deferred[bytes]:
         """
         Push a job (201, or 200 when its id exists), or a batch of jobs as
         a JSON array, all or nothing.
@@ -264,20 +269,14 @@ class WorkerRoutes:
         now = self.dispatcher.now_ms()
         if isinstance(body, list):
             jobs = parse_batch(body, now, self.max_body)
-            created = await self.dispatcher.push(jobs)
-            return json_response(
-                request,
-                batch_reply(jobs, created),
-                201 if any(c is True for c in created) else 200,
+            return defer.Deferred.fromCoroutine(self.dispatcher.push(jobs)).addCallback(
+                _pushed_batch, request, jobs
             )
         job = parse_submission(body, now, self.max_body)
-        [new] = await self.dispatcher.push([job])
-        return json_response(
-            request, push_reply(job.id, new), 201 if new is True else 200
-        )
+        return self.dispatcher.push_one(job).addCallback(_pushed, request, job.id)
 
     @app.route("/api/v1/jobs/next", methods=["GET"])
-    async def worker_next(self, request: Any) -> bytes:
+    def worker_next(self, request: Any) -> defer.Deferred[bytes]:
         """
         The long poll: one job with its lease as soon as one is leased to
         this poller, or 204 when C{wait} runs out.
@@ -304,12 +303,31 @@ class WorkerRoutes:
         pollers.poll_started(poll)
         try:
             poll.start()
-            jobs = await poll.result.addTimeout(
+        except BaseException:
+            pollers.poll_ended(poll)
+            raise
+        # Cancelling what this returns (Klein does, and so do the hot
+        # routes, when the client goes away) cancels the poll.
+        return (
+            poll.result.addTimeout(
                 wait, self.dispatcher.reactor, onTimeoutCancel=_taken
             )
-        finally:
-            pollers.poll_ended(poll)
+            .addBoth(_poll_ended, pollers, poll)
+            .addCallback(self._polled, request, poll, worker, count, gone)
+        )
 
+    def _polled(
+        self,
+        jobs: list[ClaimedJob] | None,
+        request: Any,
+        poll: Poll,
+        worker: str,
+        count: int | None,
+        gone: list[bool],
+    ) -> bytes:
+        """
+        Answer a long poll with what it took.
+        """
         if not jobs:
             if poll.quieted:
                 raise ShuttingDown("the server is shutting down")
@@ -334,6 +352,7 @@ class WorkerRoutes:
                     queue, taken, "the HTTP poller went away", delivered=False
                 )
             return b""
+        pollers = self.dispatcher.pollers
         for job in jobs:
             pollers.handed_out(worker, job.id, job.queue, job.lease, job.timeout)
         if count is None:
@@ -343,7 +362,7 @@ class WorkerRoutes:
         )
 
     @app.route("/api/v1/jobs/<path:id>/ack", methods=["POST"])
-    async def worker_ack(self, request: Any, id: str) -> bytes:
+    def worker_ack(self, request: Any, id: str) -> defer.Deferred[bytes]:
         """
         The job succeeded: C{{"lease": ..., "result": ...}}.
         """
@@ -351,10 +370,9 @@ class WorkerRoutes:
         body = request_object(request, self.max_body)
         lease, queue = lease_of(body, id)
         result = encode_result(body.get("result"))
-        await self._settled(
+        return self._settling(
             lease, self.dispatcher.ack(queue, id, lease, result), id, queue
-        )
-        return json_response(request, {"id": id})
+        ).addCallback(_acked, request, id)
 
     @app.route("/api/v1/acks", methods=["POST"])
     async def worker_acks(self, request: Any) -> bytes:
@@ -464,11 +482,54 @@ class WorkerRoutes:
         Await an ack or fail: unless the store failed (the client may try
         again), the lease is over.
         """
-        try:
-            outcome = await d
-        except (LeaseLost, JobNotFound) as e:
-            self.dispatcher.pollers.lease_ended(lease)
-            await self._elsewhere(e, job_id, queue)
-            raise
+        return await self._settling(lease, d, job_id, queue)
+
+    def _settling(
+        self, lease: str, d: defer.Deferred[Any], job_id: str, queue: str
+    ) -> defer.Deferred[Any]:
+        """
+        L{_settled} as callbacks on C{d} (the hot ack's, without a
+        coroutine): C{d}'s outcome, once the lease is forgotten.
+        """
+        return d.addCallbacks(
+            self._lease_over,
+            self._lease_refused,
+            callbackArgs=(lease,),
+            errbackArgs=(lease, job_id, queue),
+        )
+
+    def _lease_over(self, outcome: Any, lease: str) -> Any:
         self.dispatcher.pollers.lease_ended(lease)
         return outcome
+
+    def _lease_refused(self, failure: Any, lease: str, job_id: str, queue: str) -> Any:
+        error = failure.check(LeaseLost, JobNotFound)
+        if error is None:
+            return failure
+        self.dispatcher.pollers.lease_ended(lease)
+        return defer.Deferred.fromCoroutine(
+            self._elsewhere(failure.value, job_id, queue)
+        ).addCallback(lambda _: failure)
+
+
+def _poll_ended(result: Any, pollers: Any, poll: Poll) -> Any:
+    pollers.poll_ended(poll)
+    return result
+
+
+def _pushed(outcome: Any, request: Any, job_id: str) -> bytes:
+    return json_response(
+        request, push_reply(job_id, outcome), 201 if outcome is True else 200
+    )
+
+
+def _pushed_batch(created: list[Any], request: Any, jobs: list[Any]) -> bytes:
+    return json_response(
+        request,
+        batch_reply(jobs, created),
+        201 if any(c is True for c in created) else 200,
+    )
+
+
+def _acked(_: Any, request: Any, job_id: str) -> bytes:
+    return json_response(request, {"id": job_id})

@@ -416,7 +416,7 @@ class HTTPListener(Part):
         )
         server.http_server.periodic = server.periodic
         site = Site(
-            server.http_server.app.resource(),
+            server.http_server.resource(),
             access_log=bool(options["http-access-log"]),
             gate=Gate(
                 worker_token=options["token"],
