@@ -29,6 +29,7 @@ from procession.core.errors import (
     ProcessionError,
     UnsupportedMediaType,
 )
+from procession.http.web import known_token
 
 #: The largest body of a request outside the API (the UI's forms, which
 #: hold a CSRF token, a few names and at most a page of job ids).
@@ -55,30 +56,13 @@ def is_loopback_name(name: str) -> bool:
     """
     Whether a host name can only mean this machine: C{localhost} (and its
     subdomains) or a loopback address.
-
-    Cached for names no longer than a DNS name may be: every request's
-    C{Host} is looked at, and parsing an address with L{ipaddress} each
-    time was a fiftieth of an HTTP push's time.  A client naming many hosts
-    only cycles the cache.
     """
-    if len(name) <= _LONGEST_NAME:
-        return _cached_loopback_name(name)
-    return _loopback_name(name)
-
-
-_LONGEST_NAME = 253
-
-
-def _loopback_name(name: str) -> bool:
     if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-_cached_loopback_name = lru_cache(maxsize=1024)(_loopback_name)
 
 
 def _loopback_listener(address: Any) -> bool:
@@ -204,22 +188,36 @@ class Gate:
         return None
 
     def _host_allowed(self, request: Any, header: bytes) -> bool:
-        name = host_name(header)
-        if "*" in self.allowed_hosts or name in self.allowed_hosts:
-            return True
         loopback = self.loopback
         if loopback is None:
             loopback = _loopback_listener(request.getHost())
-        if loopback:
-            return is_loopback_name(name)
-        if self.allowed_hosts:
-            return is_loopback_name(name)
-        return True
+        if len(header) <= _LONGEST_CACHED_HOST:
+            return _cached_host_verdict(header, self.allowed_hosts, loopback)
+        return _host_verdict(header, self.allowed_hosts, loopback)
 
     def _known_token(self, request: Any) -> bool:
-        from procession.http.web import known_token
-
         return known_token(request, self.worker_token, self.admin_token)
+
+
+def _host_verdict(header: bytes, allowed_hosts: frozenset[str], loopback: bool) -> bool:
+    """
+    Whether a listener (on loopback only, or not) with these
+    C{--allowed-hosts} answers for a C{Host} header.
+    """
+    name = host_name(header)
+    if "*" in allowed_hosts or name in allowed_hosts:
+        return True
+    if loopback or allowed_hosts:
+        return is_loopback_name(name)
+    return True
+
+
+# Every request's Host is judged, and parsing it (an address with
+# ipaddress) each time was a twentieth of an HTTP request's time: the
+# verdicts of short headers are kept.  A client naming many hosts only
+# cycles the cache.
+_LONGEST_CACHED_HOST = 255
+_cached_host_verdict = lru_cache(maxsize=1024)(_host_verdict)
 
 
 def _is_json(kind: bytes | None) -> bool:
