@@ -107,11 +107,17 @@ def format_time(ms: int | None) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _format_ms(ms: int) -> str:
-    # Cached: on the hot path, the jobs of one batch share their times.
-    t = time.gmtime(ms // 1000)
+    # Cached: on the hot path, the jobs of one batch share their times;
+    # and jobs pushed one at a time, the second their times fall in.
+    return f"{_format_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@lru_cache(maxsize=64)
+def _format_second(seconds: int) -> str:
+    t = time.gmtime(seconds)
     return (
         f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms % 1000:03d}Z"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     )
 
 
