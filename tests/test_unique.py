@@ -119,6 +119,21 @@ class StoreTests(TestCase):
         summary = await self.store.summary("default")
         self.assertEqual((summary.pushed, summary.unique_collisions), (3, 2))
 
+    async def test_refused_id_stays_free(self) -> None:
+        """
+        A push refused for a held lock leaves its id free: nothing of it
+        is stored, not even in the index of ids, so the id can be pushed
+        to another queue.
+        """
+        await self.store.push([self.job(id="a", args=[1], unique_for=60)])
+        refused = self.job(id="b", args=[1], unique_for=60)
+        self.assertEqual(await self.store.push([refused]), [UniqueHeld("a")])
+        self.assertIsNone(await self.store.command("HGET", self.store.keys.ids, "b"))
+        self.assertEqual(
+            await self.store.push([self.job(id="b", queue="other")]), [True]
+        )
+        self.assertEqual(await self.store.locate("b"), "other")
+
     async def test_until_success(self) -> None:
         job = self.job(id="a", unique_for=60)
         await self.store.push([job])

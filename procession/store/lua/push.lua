@@ -51,19 +51,26 @@ local n = 0
 for i = 5, #ARGV, STRIDE do
   local id = ARGV[i]
   local key = jobkey(id)
-  local owner = redis.call('HGET', KEYS[2], id)
+  -- The id's entry in the id index, taken at once for a new id (one
+  -- command where a read and a write were): given back below when the
+  -- push stores nothing after all.
+  local fresh = redis.call('HSETNX', KEYS[2], id, queue) == 1
+  local owner = not fresh and redis.call('HGET', KEYS[2], id)
   if owner and owner ~= queue then
     created[#created + 1] = {owner}
   elseif redis.call('EXISTS', key) == 1 then
+    -- (a job older than the id index, when fresh: now indexed)
     created[#created + 1] = 0
   -- unique jobs {
   elseif ARGV[i + 11] ~= ''
       and take_unique(id, ARGV[i + 11], ARGV[i + 12], ARGV[i + 13]) then
+    if fresh then
+      redis.call('HDEL', KEYS[2], id)
+    end
     created[#created + 1] = {'unique', unique_holder(ARGV[i + 11])}
     redis.call('HINCRBY', prefix .. 'stats', 'collided', 1)
   -- }
   else
-    redis.call('HSET', KEYS[2], id, queue)
     local run_at = tonumber(ARGV[i + 7])
     local limit_key = ARGV[i + 9]
     local flow_text = ARGV[i + 10]
