@@ -204,7 +204,9 @@ class Child:
 class ProcessionServer(Child):
     """
     ``python -m twisted procession`` on loopback ports, with an external
-    Redis, started and waited for until its TCP listener says HI.
+    Redis, started and waited for until its TCP listener says HI and its
+    other listeners (HTTP, and Faktory's when ``extra`` asks for it, which
+    start after the first) take connections.
     """
 
     def __init__(
@@ -222,6 +224,9 @@ class ProcessionServer(Child):
         ]  # fmt: skip
         super().__init__(args, "procession")
         self.namespace = namespace
+        self._others = [self.http_port]
+        if "--faktory" in extra:
+            self._others.append(int(extra[list(extra).index("--faktory") + 1]))
         self._serving(30)
 
     def _serving(self, timeout: float) -> None:
@@ -233,6 +238,8 @@ class ProcessionServer(Child):
                 with socket.create_connection(("127.0.0.1", self.port), 1) as s:
                     s.settimeout(2)
                     if s.recv(1024).startswith(b"HI "):
+                        for port in self._others:
+                            socket.create_connection(("127.0.0.1", port), 1).close()
                         return
             except OSError:
                 pass

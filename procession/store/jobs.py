@@ -382,15 +382,22 @@ class Store:
             that has one, or L{UniqueHeld} (the id of the job holding its
             unique lock).
         """
-        if len(jobs) == 1 and not jobs[0].after and jobs[0].queue in self._known_queues:
-            # The hot path (one PUSH frame): no coroutine, as below.
-            job = jobs[0]
+        queue = jobs[0].queue if jobs else None
+        if queue in self._known_queues and all(
+            job.queue == queue and not job.after for job in jobs
+        ):
+            # The hot path (a PUSH frame, or the pushes of one queue that
+            # the coalescer gathered): one script call, no coroutine, as
+            # below for one queue.
             now = self.now_ms()
-            args = self._push_args(job.queue, now)
-            args.extend(_job_args(job, now, {}))
+            args = self._push_args(queue, now)
+            for job in jobs:
+                args.extend(_job_args(job, now, {}))
             return self.run_replicated(
-                _push_script(args), job.queue, args, [self.keys.ids]
-            ).addCallbacks(_one_pushed, _flow_refused)
+                _push_script(args), queue, args, [self.keys.ids]
+            ).addCallbacks(
+                _one_pushed if len(jobs) == 1 else _all_pushed, _flow_refused
+            )
         by_queue: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
             by_queue.setdefault(job.queue, []).append(index)
@@ -1373,6 +1380,13 @@ def _push_script(args: list[Any]) -> str:
     """
     flows = args[4 + PUSH_FLOW :: PUSH_STRIDE]
     return "push" if any(flows) else "push_plain"
+
+
+def _all_pushed(flags: list[Any]) -> list[PushOutcome]:
+    """
+    push.lua's reply, as L{Store.push} returns it.
+    """
+    return [_pushed_flag(flag) for flag in flags]
 
 
 def _one_pushed(flags: list[Any]) -> list[PushOutcome]:
