@@ -74,6 +74,9 @@ class Connection {
   received(data) {
     this.buffer += data;
     let end;
+    // what the frames of one read make us write (the drain's ACKs) goes
+    // out in one write, as bench/rawworker.py does
+    this.socket.cork();
     while ((end = this.buffer.indexOf("\n")) >= 0) {
       const line = this.buffer.slice(0, end);
       this.buffer = this.buffer.slice(end + 1);
@@ -81,6 +84,7 @@ class Connection {
       else if (line.startsWith("QUIET")) continue;
       else this.waiting.shift()(line);
     }
+    this.socket.uncork();
   }
 
   request(line) {
