@@ -12,19 +12,12 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from procession.core.json_checks import decode_json
+from tests.test_job import json_values as job_json_values
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**40), max_value=10**40)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=6), children, max_size=4)
-    ),
-    max_leaves=20,
+# tests.test_job's JSON values, and integers beyond 64 bits among them
+json_values = job_json_values | st.lists(
+    st.integers(min_value=-(10**40), max_value=10**40) | job_json_values,
+    max_size=4,
 )
 
 

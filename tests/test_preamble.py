@@ -11,7 +11,12 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from procession.store.jobs import PLAIN_VARIANTS, SCRIPT_NAMES, load_scripts
+from procession.store.jobs import (
+    PLAIN_VARIANTS,
+    SCRIPT_NAMES,
+    load_preamble,
+    load_scripts,
+)
 from procession.store.preamble import Preamble, PreambleError, names_used
 
 SAMPLE = """\
@@ -237,12 +242,7 @@ class ShippedScriptsTests(SynchronousTestCase):
         from importlib.resources import files
 
         folder = files("procession.store").joinpath("lua")
-        preamble = Preamble.parse(
-            folder.joinpath("common.lua").read_text("utf-8")
-            + "\n"
-            + folder.joinpath("workflow.lua").read_text("utf-8")
-        )
-        text = preamble.link(
+        text = load_preamble().link(
             folder.joinpath("push.lua").read_text("utf-8"), lambda n: n == "jobkey"
         )
         listing = subprocess.run(

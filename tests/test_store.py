@@ -79,9 +79,8 @@ class StoreTests(TestCase):
         in_batch = self.job(id="b", batch="nope")
         now = self.store.now_ms()
         args = self.store._push_args("default", now) + _job_args(in_batch, now, {})
-        self.assertEqual(_push_script(args), "push")
-        plain_args = self.store._push_args("default", now) + _job_args(plain, now, {})
-        self.assertEqual(_push_script(plain_args), "push_plain")
+        self.assertEqual(_push_script([in_batch]), "push")
+        self.assertEqual(_push_script([plain]), "push_plain")
         with self.assertRaises(txredisapi.ResponseError):
             await self.store.run("push_plain", "default", args, [self.store.keys.ids])
         self.assertEqual(

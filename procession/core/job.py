@@ -247,13 +247,20 @@ class NewJob:
             parts += [',"batch":', json.dumps(self.batch)]
         return "".join(parts)
 
+    @property
+    def in_workflow(self) -> bool:
+        """
+        Whether the job is in a batch or runs after other jobs.
+        """
+        return self.batch is not None or bool(self.after)
+
     def flow_value(self, parent_queues: dict[str, str]) -> str:
         """
         The push script's workflow value for this job (workflow.lua's
         C{flow.check}): '' for a job in no batch and after no job, else
         JSON naming its batch and its parents with their queues.
         """
-        if self.batch is None and not self.after:
+        if not self.in_workflow:
             return ""
         spec: dict[str, Any] = {}
         if self.batch is not None:

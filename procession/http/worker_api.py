@@ -370,7 +370,7 @@ class WorkerRoutes:
         body = request_object(request, self.max_body)
         lease, queue = lease_of(body, id)
         result = encode_result(body.get("result"))
-        return self._settling(
+        return self._settled(
             lease, self.dispatcher.ack(queue, id, lease, result), id, queue
         ).addCallback(_acked, request, id)
 
@@ -466,30 +466,17 @@ class WorkerRoutes:
     def _ack_one(
         self, job_id: str, lease: str, queue: str, result: str
     ) -> defer.Deferred[Any]:
-        return defer.Deferred.fromCoroutine(
-            self._settled(
-                lease,
-                self.dispatcher.ack(queue, job_id, lease, result),
-                job_id,
-                queue,
-            )
+        return self._settled(
+            lease, self.dispatcher.ack(queue, job_id, lease, result), job_id, queue
         )
 
-    async def _settled(
-        self, lease: str, d: defer.Deferred[Any], job_id: str, queue: str
-    ) -> Any:
-        """
-        Await an ack or fail: unless the store failed (the client may try
-        again), the lease is over.
-        """
-        return await self._settling(lease, d, job_id, queue)
-
-    def _settling(
+    def _settled(
         self, lease: str, d: defer.Deferred[Any], job_id: str, queue: str
     ) -> defer.Deferred[Any]:
         """
-        L{_settled} as callbacks on C{d} (the hot ack's, without a
-        coroutine): C{d}'s outcome, once the lease is forgotten.
+        An ack's or fail's outcome C{d}, once the lease is forgotten: it is
+        over unless the store failed (the client may try again).  Callbacks,
+        not a coroutine: the hot ack's path.
         """
         return d.addCallbacks(
             self._lease_over,

@@ -132,11 +132,7 @@ def load_scripts() -> dict[str, Script]:
     Read the Lua scripts shipped with the package.
     """
     folder = files("procession.store").joinpath("lua")
-    preamble = Preamble.parse(
-        folder.joinpath("common.lua").read_text("utf-8")
-        + "\n"
-        + folder.joinpath("workflow.lua").read_text("utf-8")
-    )
+    preamble = load_preamble()
     scripts = {}
     for name in SCRIPT_NAMES + REGISTRY_SCRIPT_NAMES:
         text = folder.joinpath(f"{name}.lua").read_text("utf-8")
@@ -148,6 +144,19 @@ def load_scripts() -> dict[str, Script]:
             text = preamble.link(text)
         scripts[name] = _script(name, text, name)
     return scripts
+
+
+def load_preamble() -> Preamble:
+    """
+    The shared helpers every queue script is linked with: common.lua, then
+    workflow.lua.
+    """
+    folder = files("procession.store").joinpath("lua")
+    return Preamble.parse(
+        folder.joinpath("common.lua").read_text("utf-8")
+        + "\n"
+        + folder.joinpath("workflow.lua").read_text("utf-8")
+    )
 
 
 def _script(name: str, text: str, source: str) -> Script:
@@ -394,7 +403,7 @@ class Store:
             for job in jobs:
                 args.extend(_job_args(job, now, {}))
             return self.run_replicated(
-                _push_script(args), queue, args, [self.keys.ids]
+                _push_script(jobs), queue, args, [self.keys.ids]
             ).addCallbacks(
                 _one_pushed if len(jobs) == 1 else _all_pushed, _flow_refused
             )
@@ -413,7 +422,10 @@ class Store:
                 for i in indexes:
                     args.extend(_job_args(jobs[i], now, parents))
                 call = self.run_replicated(
-                    _push_script(args), queue, args, [self.keys.ids]
+                    _push_script(jobs[i] for i in indexes),
+                    queue,
+                    args,
+                    [self.keys.ids],
                 ).addErrback(_flow_refused)
                 calls.append((indexes, call))
             if len(calls) == 1:
@@ -1367,19 +1379,12 @@ def _job_args(job: NewJob, now: int, parents: dict[str, str]) -> list[Any]:
     return [*job.script_args(now), job.flow_value(parents), *job.lifetime_args()]
 
 
-# push.lua's arguments: 4 first, then PUSH_STRIDE per job, of which the
-# job's workflow value is at PUSH_FLOW.
-PUSH_STRIDE = 15
-PUSH_FLOW = 10
-
-
-def _push_script(args: list[Any]) -> str:
+def _push_script(jobs: Iterable[NewJob]) -> str:
     """
-    push.lua's plain variant when no job in C{args} (push.lua's arguments)
-    has a workflow value, else push.lua.
+    push.lua's plain variant when no job of C{jobs} is in a workflow, else
+    push.lua.
     """
-    flows = args[4 + PUSH_FLOW :: PUSH_STRIDE]
-    return "push" if any(flows) else "push_plain"
+    return "push" if any(job.in_workflow for job in jobs) else "push_plain"
 
 
 def _all_pushed(flags: list[Any]) -> list[PushOutcome]:
